@@ -1,0 +1,1 @@
+"""flask-signal-bridge: Flask and blinker signals as structured JSON-lines events."""
