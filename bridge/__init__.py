@@ -1,1 +1,22 @@
-"""flask-signal-bridge: Flask and blinker signals as structured JSON-lines events."""
+"""flask-signal-bridge: Flask and blinker signals as structured JSON-lines events.
+
+from bridge import SignalBridge
+bridge = SignalBridge(app)
+"""
+
+from bridge.errors import BridgeError, ConfigError, DeliveryError, FatalError, RetryableError
+from bridge.extension import SignalBridge
+from bridge.testing import capture_events
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BridgeError",
+    "ConfigError",
+    "DeliveryError",
+    "FatalError",
+    "RetryableError",
+    "SignalBridge",
+    "__version__",
+    "capture_events",
+]

@@ -376,7 +376,9 @@ def _check_sink(index: int, raw: Any) -> SinkSettings:
     for key, value in raw.items():
         if key not in checkers:
             known = ", ".join(sorted(checkers))
-            raise ConfigError(f"{where}.{key}", value, f"a known key for a {sink_type} sink: {known}")
+            raise ConfigError(
+                f"{where}.{key}", value, f"a known key for a {sink_type} sink: {known}"
+            )
         values[key] = checkers[key](f"{where}.{key}", value)
     for key in _REQUIRED_SINK_KEYS[sink_type]:
         if key not in values:
@@ -385,8 +387,11 @@ def _check_sink(index: int, raw: Any) -> SinkSettings:
     has_spool = values.get("spool_dir") is not None
     values.setdefault("overflow", "spool" if has_spool else "drop_newest")
     if values["overflow"] == "spool" and not has_spool:
-        raise ConfigError(f"{where}.overflow", "spool", "a policy this sink can follow: `spool` "
-                          "needs `spool_dir` on an http sink")
+        raise ConfigError(
+            f"{where}.overflow",
+            "spool",
+            "a policy this sink can follow: `spool` needs `spool_dir` on an http sink",
+        )
     return cls(**values)
 
 

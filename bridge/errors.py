@@ -1,10 +1,10 @@
 """The bridge's exception hierarchy; sinks raise these and the engine branches on the type.
 
-    BridgeError
-    ├── ConfigError          bad configuration, raised by init_app (names key, value, expectation)
-    └── DeliveryError        a sink could not deliver a batch
-        ├── RetryableError   try again later (timeouts, 408/429/5xx, connection errors)
-        └── FatalError       retrying cannot help (other 4xx, a malformed batch)
+BridgeError
+├── ConfigError          bad configuration, raised by init_app (names key, value, expectation)
+└── DeliveryError        a sink could not deliver a batch
+    ├── RetryableError   try again later (timeouts, 408/429/5xx, connection errors)
+    └── FatalError       retrying cannot help (other 4xx, a malformed batch)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ class BridgeError(Exception):
 
 
 class ConfigError(BridgeError, ValueError):
-    """A configuration value is wrong; the message names the key, the value and what was expected."""
+    """A configuration value is wrong; the message names the key, the value and the expectation."""
 
     def __init__(self, key: str, value: object, expected: str) -> None:
         self.key = key

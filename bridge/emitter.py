@@ -1,0 +1,156 @@
+"""One app's pipeline: event dict -> processors -> one JSON line -> every sink.
+
+Built once per app in `init_app`; everything the hot path needs is precomputed here, so a
+receiver does no configuration look-ups. `emit` never raises: a failing processor, encoder or
+sink is counted in `receiver_errors` and reported on stderr at most once a minute.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import structlog
+from flask.globals import _cv_request
+
+from bridge.config import Settings
+from bridge.diagnostics import report
+from bridge.events import ENVELOPE_KEYS, HOST_NAME, new_event_id, request_fields, rfc3339_now
+from bridge.processors import LineEncoder, MakeJsonSafe, Processor, SensitiveKeys
+from bridge.sinks.base import Sink
+
+__all__ = ["Emitter"]
+
+
+class _Guard:
+    """`with emitter.guard:` swallows, counts and reports any exception of the block."""
+
+    __slots__ = ("_emitter",)
+
+    def __init__(self, emitter: Emitter) -> None:
+        self._emitter = emitter
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        self._emitter.count_error(exc)
+        return True
+
+
+class Emitter:
+    """Builds, processes, encodes and hands out the events of one Flask app."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sinks: Sequence[Sink],
+        processors: Iterable[Processor] = (),
+    ) -> None:
+        self.settings = settings
+        self.sinks = tuple(sinks)
+        self.is_sensitive = SensitiveKeys(settings.redact_terms)
+        make_safe = MakeJsonSafe(self.is_sensitive, max(256, settings.max_line_bytes // 4))
+        # The user's processors see the real objects; making them safe always comes last.
+        self.processors: tuple[Processor, ...] = (*processors, make_safe)
+        self.encode = LineEncoder(settings.max_line_bytes, make_safe)
+        self.guard = _Guard(self)
+        self.receiver_errors = 0
+        self._errors_lock = threading.Lock()
+        self._static = {"service.name": settings.service, "host.name": HOST_NAME}
+        self.taps: list[list[dict[str, Any]]] = []  # bridge.testing.capture_events
+
+    def emit(
+        self,
+        signal: str,
+        event: str,
+        level: str,
+        fields: Mapping[str, Any] | None = None,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Build one event (envelope, request context, fields, signal arguments) and ship it."""
+        event_dict: dict[str, Any] = {
+            "timestamp": rfc3339_now(),
+            "level": level,
+            "event": event,
+            "signal": signal,
+            "event_id": new_event_id(),
+            **self._static,
+            "process.pid": os.getpid(),
+        }
+        ctx = _cv_request.get(None)
+        if ctx is not None:
+            request = ctx.request
+            rule = request.url_rule
+            event_dict.update(
+                request_fields(request.environ, rule.rule if rule else None, self.is_sensitive)
+            )
+        if fields:
+            event_dict.update(fields)
+        if arguments:
+            for key, value in arguments.items():
+                if key in ENVELOPE_KEYS:  # a signal cannot forge the envelope
+                    key = f"args.{key}"
+                event_dict[key] = value
+        self.ship(event_dict, level)
+
+    def ship(self, event_dict: dict[str, Any], level: str) -> None:
+        """Run the processor chain, encode once, and submit the line to every sink."""
+        processed: Any = event_dict
+        try:
+            for processor in self.processors:
+                processed = processor(self, level, processed)
+        except structlog.DropEvent:
+            return
+        if self.taps:
+            for tap in self.taps:
+                tap.append(dict(processed))
+        line = self.encode(processed)
+        for sink in self.sinks:
+            sink.submit(line)
+
+    def count_error(self, exc: BaseException) -> None:
+        with self._errors_lock:
+            self.receiver_errors += 1
+        report(
+            f"receiver-{type(exc).__name__}",
+            f"a signal receiver failed and was skipped: {type(exc).__name__}: {exc}",
+        )
+
+    def flush(self, timeout: float) -> bool:
+        return _each_within(self.sinks, timeout, lambda sink, left: sink.flush(left))
+
+    def close(self, timeout: float) -> bool:
+        return _each_within(self.sinks, timeout, lambda sink, left: sink.close(left))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "sinks": {sink.name: sink.stats() for sink in self.sinks},
+            "receiver_errors": self.receiver_errors,
+        }
+
+
+def _each_within(
+    sinks: Sequence[Sink], timeout: float, action: Callable[[Sink, float], bool]
+) -> bool:
+    """Apply `action(sink, seconds_left)` to every sink within one shared deadline."""
+    deadline = time.monotonic() + timeout
+    ok = True
+    for sink in sinks:
+        try:
+            ok = bool(action(sink, max(0.0, deadline - time.monotonic()))) and ok
+        except Exception as exc:
+            report(f"lifecycle-{sink.name}", f"sink {sink.name} failed to flush/close: {exc}")
+            ok = False
+    return ok

@@ -1,0 +1,203 @@
+"""The event envelope and the request context, captured on the request thread.
+
+Everything here runs inside a signal receiver, so it reads as little as it can: the request is
+read once per request from the WSGI environ (a plain dict) and the result is cached in that
+environ for every later event of the same request; ids and timestamps avoid `uuid` and
+`datetime` (each costs several microseconds).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+__all__ = [
+    "ENVELOPE_KEYS",
+    "ENVELOPE_ORDER",
+    "REQUEST_START_KEY",
+    "exception_fields",
+    "new_event_id",
+    "request_fields",
+    "rfc3339_now",
+]
+
+ENVELOPE_ORDER = (
+    "timestamp",
+    "level",
+    "event",
+    "signal",
+    "event_id",
+    "service.name",
+    "host.name",
+    "process.pid",
+)
+ENVELOPE_KEYS = frozenset(ENVELOPE_ORDER)
+REQUEST_START_KEY = "bridge.request_start"
+_REQUEST_CACHE_KEY = "bridge.request_fields"
+_MAX_HEADER_CHARS = 512
+_MAX_STACK_CHARS = 16 * 1024
+HOST_NAME = socket.gethostname()
+
+
+# --- time and ids -----------------------------------------------------------------------------
+
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def rfc3339_now() -> str:
+    """UTC now as `2026-11-25T08:30:00.123456Z`; the formatted second is cached."""
+    global _second_cache
+    ns = time.time_ns()
+    seconds, rest = divmod(ns, 1_000_000_000)
+    cached_second, prefix = _second_cache
+    if cached_second != seconds:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second_cache = (seconds, prefix)
+    return f"{prefix}.{rest // 1000:06d}Z"
+
+
+_id_lock = threading.Lock()
+_last_ms = 0
+_sequence = 0
+
+
+def new_event_id() -> str:
+    """A UUIDv7 (RFC 9562) as text: 48-bit Unix milliseconds, then a per-process sequence.
+
+    The 12-bit `rand_a` field counts up within a millisecond (method 1 of RFC 9562 §6.2), so
+    ids from one process sort in emission order; 62 random bits keep processes apart. `random`
+    is reseeded in forked children by the standard library.
+    """
+    global _last_ms, _sequence
+    ms = time.time_ns() // 1_000_000
+    with _id_lock:
+        if ms > _last_ms:
+            _last_ms = ms
+            _sequence = random.getrandbits(11)
+        else:
+            ms = _last_ms
+            _sequence += 1
+            if _sequence > 0xFFF:  # sequence exhausted: borrow the next millisecond
+                _last_ms = ms = ms + 1
+                _sequence = 0
+        sequence = _sequence
+    value = (ms << 80) | (0x7000 | sequence) << 64 | 0x8000000000000000 | random.getrandbits(62)
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def _reset_ids_after_fork() -> None:
+    global _id_lock
+    _id_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_ids_after_fork)
+
+
+# --- request context --------------------------------------------------------------------------
+
+
+def _wsgi_text(value: str) -> str:
+    """WSGI passes paths as latin-1 'bytes in a str'; recover the UTF-8 the client sent."""
+    if value.isascii():
+        return value
+    return value.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
+def _header(environ: Mapping[str, Any], key: str) -> str | None:
+    value = environ.get(key)
+    if not value or not isinstance(value, str):
+        return None
+    return _wsgi_text(value[:_MAX_HEADER_CHARS])
+
+
+def redact_query(query: str, is_sensitive: Callable[[str], bool]) -> str:
+    """The query string with the values of sensitive parameters replaced by [REDACTED]."""
+    parts = []
+    for part in query.split("&"):
+        name, sep, _value = part.partition("=")
+        if sep and is_sensitive(unquote(name)):
+            part = f"{name}=[REDACTED]"
+        parts.append(part)
+    return "&".join(parts)
+
+
+def request_fields(
+    environ: MutableMapping[str, Any],
+    route: str | None,
+    is_sensitive: Callable[[str], bool],
+) -> dict[str, Any]:
+    """Fields describing the current request, computed once and cached in its environ.
+
+    Reads the environ when the first event of the request is captured, so middleware that ran
+    before (ProxyFix rewriting REMOTE_ADDR) is already reflected.
+    """
+    cached: dict[str, Any] | None = environ.get(_REQUEST_CACHE_KEY)
+    if cached is not None:
+        if route is not None and "http.route" not in cached:
+            cached["http.route"] = route
+        return cached
+    request_id = _header(environ, "HTTP_X_REQUEST_ID") or os.urandom(16).hex()
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "http.request.method": environ.get("REQUEST_METHOD", ""),
+        "url.path": _wsgi_text(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")),
+    }
+    query = environ.get("QUERY_STRING")
+    if query:
+        fields["url.query"] = redact_query(_wsgi_text(query[: _MAX_HEADER_CHARS * 4]), is_sensitive)
+    if route is not None:
+        fields["http.route"] = route
+    client = environ.get("REMOTE_ADDR")
+    if client:
+        fields["client.address"] = client
+    agent = _header(environ, "HTTP_USER_AGENT")
+    if agent:
+        fields["user_agent.original"] = agent
+    environ[_REQUEST_CACHE_KEY] = fields
+    return fields
+
+
+def request_duration_ms(environ: Mapping[str, Any]) -> float | None:
+    """Milliseconds since the bridge's WSGI middleware saw the request, if it did."""
+    started = environ.get(REQUEST_START_KEY)
+    if not isinstance(started, float):
+        return None
+    return round((time.perf_counter() - started) * 1000.0, 3)
+
+
+# --- exceptions -------------------------------------------------------------------------------
+
+
+def _safe_str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__qualname__}: str() failed>"
+
+
+def exception_fields(exc: BaseException) -> dict[str, str]:
+    """`exception.type`, `.message` and `.stacktrace` (OpenTelemetry names) for one exception."""
+    cls = type(exc)
+    module = cls.__module__
+    name = (
+        cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    )
+    try:
+        stack = "".join(traceback.format_exception(exc))
+    except Exception:
+        stack = ""
+    if len(stack) > _MAX_STACK_CHARS:  # keep the end: the innermost frames say the most
+        stack = "...\n" + stack[-_MAX_STACK_CHARS:]
+    return {
+        "exception.type": name,
+        "exception.message": _safe_str(exc),
+        "exception.stacktrace": stack,
+    }

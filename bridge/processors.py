@@ -1,0 +1,259 @@
+"""structlog processors that make any event safe to write, and the encoder that writes it.
+
+`MakeJsonSafe` runs last in the bridge's chain (after the user's processors, so they see the
+real objects): one walk that converts values to JSON types, redacts sensitive keys at any
+depth, truncates long strings and breaks cycles. `LineEncoder` turns the result into one
+UTF-8 JSON line of at most `max_line_bytes`, whatever the input: a payload that still fails to
+encode, or is too large, produces a smaller valid line that says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from decimal import Decimal
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import PurePath
+from typing import Any
+
+import orjson
+
+from bridge.events import ENVELOPE_KEYS, ENVELOPE_ORDER
+
+__all__ = [
+    "REDACTED",
+    "EventDict",
+    "LineEncoder",
+    "MakeJsonSafe",
+    "Processor",
+    "SensitiveKeys",
+]
+
+EventDict = MutableMapping[str, Any]
+Processor = Callable[[Any, str, EventDict], EventDict]
+
+REDACTED = "[REDACTED]"
+TRUNCATED_MARK = "...[truncated]"
+_MAX_DEPTH = 10
+_MAX_ITEMS = 1000
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson encodes natively
+_STR_TYPES = (PurePath, uuid.UUID, Decimal, IPv4Address, IPv6Address, IPv4Network, IPv6Network)
+
+
+class SensitiveKeys:
+    """Decides whether a key names a secret: normalized, it contains one of the terms.
+
+    Answers are cached, since the same few keys recur on every event.
+    """
+
+    _CACHE_LIMIT = 4096
+
+    def __init__(self, terms: Iterable[str]) -> None:
+        self.terms = tuple(terms)
+        self._cache: dict[str, bool] = {}
+
+    def __call__(self, key: str) -> bool:
+        answer = self._cache.get(key)
+        if answer is None:
+            normalized = key.lower().replace("-", "_").replace(" ", "_")
+            answer = any(term in normalized for term in self.terms)
+            if len(self._cache) < self._CACHE_LIMIT:
+                self._cache[key] = answer
+        return answer
+
+
+def _type_tag(value: object) -> str:
+    cls = type(value)
+    return f"<{cls.__module__}.{cls.__qualname__}>"
+
+
+def _clean_text(text: str, limit: int) -> str:
+    if len(text) > limit:
+        text = text[:limit] + TRUNCATED_MARK
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: orjson refuses them
+            text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+def _timestamp(value: dt.datetime) -> str:
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="microseconds") + "Z"
+
+
+class MakeJsonSafe:
+    """Convert, redact and truncate every value of the event, at any depth.
+
+    Rules (DESIGN.md section 4): datetime to RFC 3339 UTC (naive taken as UTC), bytes decoded
+    with replacement, sets to lists, an object with `get_id()` under key `K` to `K.id`, other
+    objects to a short type tag such as `<app.models.User>` (never their attributes or repr,
+    which may hold secrets). Envelope keys are left as the bridge wrote them.
+    """
+
+    def __init__(self, is_sensitive: Callable[[str], bool], max_string_chars: int) -> None:
+        self.is_sensitive = is_sensitive
+        self.max_string_chars = max_string_chars
+
+    def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        return self.convert_mapping(event_dict, top_level=True)
+
+    def convert_mapping(
+        self,
+        mapping: Mapping[Any, Any],
+        *,
+        top_level: bool = False,
+        depth: int = 0,
+        seen: frozenset[int] = frozenset(),
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        seen = seen | {id(mapping)}
+        for count, (raw_key, value) in enumerate(mapping.items()):
+            if count >= _MAX_ITEMS:
+                out["bridge.truncated_items"] = len(mapping) - _MAX_ITEMS
+                break
+            key = raw_key if type(raw_key) is str else self._key_text(raw_key)
+            key = _clean_text(key, 256)
+            if top_level and key in ENVELOPE_KEYS:
+                out[key] = value
+            elif self.is_sensitive(key):
+                out[key] = REDACTED
+            elif (user_id := self._user_id(value)) is not None:
+                out[f"{key}.id"] = user_id
+            else:
+                out[key] = self.convert(value, depth + 1, seen)
+        return out
+
+    def convert(self, value: Any, depth: int = 0, seen: frozenset[int] = frozenset()) -> Any:
+        """One value made JSON-safe; never raises."""
+        try:
+            return self._convert(value, depth, seen)
+        except Exception:
+            return f"<unserializable {type(value).__qualname__}>"
+
+    def _convert(self, value: Any, depth: int, seen: frozenset[int]) -> Any:
+        cls = type(value)
+        if cls is str:
+            return _clean_text(value, self.max_string_chars)
+        if value is None or cls is bool or cls is float:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool | enum.Enum):
+            return int(value) if _INT_MIN <= value <= _INT_MAX else str(value)
+        if isinstance(value, Mapping | list | tuple | set | frozenset):
+            if depth > _MAX_DEPTH:
+                return "<too deep>"
+            if id(value) in seen:
+                return "<cycle>"
+            if isinstance(value, Mapping):
+                return self.convert_mapping(value, depth=depth, seen=seen)
+            return self._convert_items(value, depth, seen | {id(value)})
+        if isinstance(value, str):  # str subclasses (markupsafe.Markup, ...)
+            return _clean_text(str.__str__(value), self.max_string_chars)
+        if isinstance(value, bytes | bytearray | memoryview):
+            data = bytes(value[: self.max_string_chars * 4])
+            return _clean_text(data.decode("utf-8", "replace"), self.max_string_chars)
+        if isinstance(value, dt.datetime):
+            return _timestamp(value)
+        if isinstance(value, dt.date | dt.time):
+            return value.isoformat()
+        if isinstance(value, dt.timedelta):
+            return value.total_seconds()
+        if isinstance(value, enum.Enum):
+            return self._convert(value.value, depth + 1, seen)
+        if isinstance(value, float):
+            return float(value)
+        if isinstance(value, _STR_TYPES):
+            return _clean_text(str(value), self.max_string_chars)
+        if isinstance(value, BaseException):
+            return _clean_text(f"{_type_tag(value)}: {value}", self.max_string_chars)
+        user_id = self._user_id(value)
+        if user_id is not None:
+            return user_id
+        return _type_tag(value)
+
+    def _convert_items(self, items: Iterable[Any], depth: int, seen: frozenset[int]) -> list[Any]:
+        out = []
+        for count, item in enumerate(items):
+            if count >= _MAX_ITEMS:
+                out.append(TRUNCATED_MARK)
+                break
+            out.append(self.convert(item, depth + 1, seen))
+        return out
+
+    def _user_id(self, value: Any) -> str | None:
+        """The id of an object that has `get_id()` (Flask-Login users), as text."""
+        if type(value) in (str, int, float, bool, dict, list, tuple) or value is None:
+            return None
+        try:
+            get_id = getattr(value, "get_id", None)
+            if not callable(get_id):
+                return None
+            return _clean_text(str(get_id()), 256)
+        except Exception:
+            return None
+
+    @staticmethod
+    def _key_text(key: Any) -> str:
+        if key is None or isinstance(key, int | float | bool | enum.Enum):
+            return str(key)
+        if isinstance(key, bytes):
+            return key.decode("utf-8", "replace")
+        return _type_tag(key)
+
+
+class LineEncoder:
+    """Encode an event as one JSON line (UTF-8, ending in a newline) of at most `max_bytes`.
+
+    Fast path: `orjson.dumps` on the event as it is. If that fails (something the safe walk was
+    not given the chance to clean) the event is made safe and encoded again; if it is too long,
+    its strings are cut shorter and shorter; as a last resort only the envelope is kept, with
+    `bridge.truncated` and the original size. The result is always one valid line.
+    """
+
+    _OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+
+    def __init__(self, max_bytes: int, make_safe: MakeJsonSafe) -> None:
+        self.max_bytes = max_bytes
+        self.make_safe = make_safe
+
+    def __call__(self, event_dict: EventDict) -> bytes:
+        try:
+            line = orjson.dumps(event_dict, option=self._OPTIONS)
+        except Exception:
+            event_dict = self.make_safe(None, "encode", event_dict)
+            line = self._dumps_or_envelope(event_dict, reason="encode_failed")
+        if len(line) > self.max_bytes:
+            line = self._shrink(event_dict, len(line))
+        return line
+
+    def _dumps_or_envelope(self, event_dict: EventDict, *, reason: str) -> bytes:
+        try:
+            return orjson.dumps(event_dict, option=self._OPTIONS)
+        except Exception:
+            return self._envelope_only(event_dict, {"bridge.error": reason})
+
+    def _shrink(self, event_dict: EventDict, original_size: int) -> bytes:
+        limit = self.max_bytes // 8
+        while limit >= 64:
+            shorter = MakeJsonSafe(self.make_safe.is_sensitive, limit)
+            line = self._dumps_or_envelope(
+                shorter(None, "shrink", event_dict), reason="encode_failed"
+            )
+            if len(line) <= self.max_bytes:
+                return line
+            limit //= 4
+        marker = {"bridge.truncated": True, "bridge.original_bytes": original_size}
+        return self._envelope_only(event_dict, marker)
+
+    def _envelope_only(self, event_dict: EventDict, extra: dict[str, Any]) -> bytes:
+        short = MakeJsonSafe(self.make_safe.is_sensitive, 256)
+        kept = {key: short.convert(event_dict[key]) for key in ENVELOPE_ORDER if key in event_dict}
+        kept.update(extra)
+        try:
+            return orjson.dumps(kept, option=self._OPTIONS)
+        except Exception:
+            return orjson.dumps(extra, option=self._OPTIONS)

@@ -1,0 +1,234 @@
+"""Which signals the bridge can capture: Flask's ten built-ins, and custom ones found by name.
+
+The catalogue gives each built-in its event name and the fields it contributes (DESIGN.md
+section 4). Custom signals are resolved from blinker's default namespace by name
+(`"user-login"`), or from an import path (`"flask_login.signals:user_logged_in"`); Flask-Login's
+signals get catalogue event names (`user.logged_in`, ...).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import blinker
+import flask.signals
+
+from bridge.errors import ConfigError
+from bridge.events import exception_fields
+
+__all__ = [
+    "BUILTIN_SIGNALS",
+    "DEFAULT_SIGNALS",
+    "BuiltinSignal",
+    "CustomSignal",
+    "expand_signal_names",
+    "resolve_signals",
+]
+
+FieldsFn = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+def _no_fields(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def _exception_if_any(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    exc = kwargs.get("exc")
+    return exception_fields(exc) if isinstance(exc, BaseException) else {}
+
+
+def _exception(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    exc = kwargs.get("exception")
+    return exception_fields(exc) if isinstance(exc, BaseException) else {}
+
+
+def _template(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    template = kwargs.get("template")
+    context = kwargs.get("context")
+    fields: dict[str, Any] = {}
+    name = getattr(template, "name", None)
+    if name is not None:
+        fields["template.name"] = name
+    if isinstance(context, Mapping):
+        fields["template.context_keys"] = sorted(str(key) for key in context)
+    return fields
+
+
+def _flash(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {"message": kwargs.get("message"), "category": kwargs.get("category")}
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltinSignal:
+    """One of Flask's built-in signals, with the event it becomes."""
+
+    name: str
+    signal: blinker.NamedSignal
+    event: str
+    level: str
+    fields: FieldsFn
+
+
+@dataclass(frozen=True, slots=True)
+class CustomSignal:
+    """A signal the application defines (or a library such as Flask-Login), resolved."""
+
+    spec: str
+    signal: blinker.Signal
+    signal_name: str
+    event: str
+
+
+# request_finished is built by the extension itself: it needs the response and the clock.
+BUILTIN_SIGNALS: dict[str, BuiltinSignal] = {
+    spec.name: spec
+    for spec in (
+        BuiltinSignal(
+            "request_started", flask.signals.request_started, "request.started", "info", _no_fields
+        ),
+        BuiltinSignal(
+            "request_finished",
+            flask.signals.request_finished,
+            "request.finished",
+            "info",
+            _no_fields,
+        ),
+        BuiltinSignal(
+            "got_request_exception",
+            flask.signals.got_request_exception,
+            "request.exception",
+            "error",
+            _exception,
+        ),
+        BuiltinSignal(
+            "request_tearing_down",
+            flask.signals.request_tearing_down,
+            "request.teardown",
+            "info",
+            _exception_if_any,
+        ),
+        BuiltinSignal(
+            "appcontext_pushed",
+            flask.signals.appcontext_pushed,
+            "appcontext.pushed",
+            "debug",
+            _no_fields,
+        ),
+        BuiltinSignal(
+            "appcontext_popped",
+            flask.signals.appcontext_popped,
+            "appcontext.popped",
+            "debug",
+            _no_fields,
+        ),
+        BuiltinSignal(
+            "appcontext_tearing_down",
+            flask.signals.appcontext_tearing_down,
+            "appcontext.teardown",
+            "debug",
+            _exception_if_any,
+        ),
+        BuiltinSignal(
+            "before_render_template",
+            flask.signals.before_render_template,
+            "template.rendering",
+            "debug",
+            _template,
+        ),
+        BuiltinSignal(
+            "template_rendered",
+            flask.signals.template_rendered,
+            "template.rendered",
+            "info",
+            _template,
+        ),
+        BuiltinSignal(
+            "message_flashed", flask.signals.message_flashed, "message.flashed", "info", _flash
+        ),
+    )
+}
+DEFAULT_SIGNALS = ("request_finished", "got_request_exception", "message_flashed")
+
+FLASK_LOGIN_EVENTS = {
+    "user_logged_in": "user.logged_in",
+    "user_logged_out": "user.logged_out",
+    "user_login_confirmed": "user.login_confirmed",
+    "user_unauthorized": "user.unauthorized",
+    "user_needs_refresh": "user.needs_refresh",
+    "user_accessed": "user.accessed",
+    "user_loaded_from_cookie": "user.loaded_from_cookie",
+    "user_loaded_from_request": "user.loaded_from_request",
+    "_user_loaded_from_header": "user.loaded_from_header",
+    "session_protected": "session.protected",
+}
+
+
+def expand_signal_names(names: Iterable[str]) -> tuple[str, ...]:
+    """Replace "default" and "builtin" by what they stand for; keep order, drop repeats."""
+    expanded: list[str] = []
+    for name in names:
+        group = {"default": DEFAULT_SIGNALS, "builtin": tuple(BUILTIN_SIGNALS)}.get(name, (name,))
+        expanded.extend(n for n in group if n not in expanded)
+    return tuple(expanded)
+
+
+def _catalogue_event(signal: blinker.Signal) -> str | None:
+    login_signals = sys.modules.get("flask_login.signals")
+    if login_signals is None:
+        return None
+    for attribute, event in FLASK_LOGIN_EVENTS.items():
+        if login_signals.__dict__.get(attribute) is signal:
+            return event
+    return None
+
+
+def _import_signal(spec: str) -> blinker.Signal:
+    module_name, _, attribute = spec.partition(":")
+    expected = 'an importable "module.path:attribute" naming a blinker signal'
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError("signals", spec, f"{expected} (import failed: {exc})") from None
+    signal = getattr(module, attribute, None)
+    if not isinstance(signal, blinker.Signal):
+        found = "nothing" if signal is None else type(signal).__name__
+        raise ConfigError("signals", spec, f"{expected} ({attribute} is {found})")
+    return signal
+
+
+def _named_signal(name: str) -> blinker.Signal:
+    signal = blinker.default_namespace.get(name)
+    if signal is not None:
+        return signal
+    close = difflib.get_close_matches(
+        name, [*BUILTIN_SIGNALS, *blinker.default_namespace, "default", "builtin"], n=1
+    )
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(
+        "signals",
+        name,
+        'a built-in signal name, "default", "builtin", a signal already defined with '
+        f'blinker.signal({name!r}) before init_app, or "module:attribute"{hint}',
+    )
+
+
+def resolve_signals(
+    names: Iterable[str], rename: Mapping[str, str]
+) -> tuple[list[BuiltinSignal], list[CustomSignal]]:
+    """Split the configured names into built-ins and resolved custom signals, or raise."""
+    builtins: list[BuiltinSignal] = []
+    customs: list[CustomSignal] = []
+    for name in expand_signal_names(names):
+        if name in BUILTIN_SIGNALS:
+            builtins.append(BUILTIN_SIGNALS[name])
+            continue
+        signal = _import_signal(name) if ":" in name else _named_signal(name)
+        signal_name = getattr(signal, "name", None) or name.rpartition(":")[2]
+        event = rename.get(name) or rename.get(signal_name) or _catalogue_event(signal)
+        customs.append(CustomSignal(name, signal, signal_name, event or signal_name))
+    return builtins, customs
