@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from decimal import Decimal
@@ -39,6 +40,7 @@ TRUNCATED_MARK = "...[truncated]"
 _MAX_DEPTH = 10
 _MAX_ITEMS = 1000
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson encodes natively
+_SURROGATES = re.compile("[\ud800-\udfff]")
 _STR_TYPES = (PurePath, uuid.UUID, Decimal, IPv4Address, IPv6Address, IPv4Network, IPv6Network)
 
 
@@ -76,7 +78,7 @@ def _clean_text(text: str, limit: int) -> str:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: orjson refuses them
-            text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+            text = _SURROGATES.sub("\ufffd", text)
     return text
 
 
