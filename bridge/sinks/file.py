@@ -28,10 +28,17 @@ __all__ = ["FileOutput", "FileSink"]
 class FileOutput:
     """An O_APPEND descriptor on `path` that follows external rotation and rotates by size."""
 
-    check_interval = 1.0
-
-    def __init__(self, path: Path, *, mode: int, rotate_bytes: int, backups: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        mode: int,
+        rotate_bytes: int,
+        backups: int,
+        check_interval: float = 1.0,
+    ) -> None:
         self.path = path
+        self.check_interval = check_interval
         self.mode = mode
         self.rotate_bytes = rotate_bytes
         self.backups = backups
@@ -41,6 +48,7 @@ class FileOutput:
         self._identity = self._fd_identity()
         self._next_check = time.monotonic() + self.check_interval
         self._bytes_since_check = 0
+        self._maintenance_pending = False
 
     def _open(self) -> int:
         for _ in range(10):
@@ -73,11 +81,15 @@ class FileOutput:
         return None  # regular files are always writable
 
     def maintenance_due(self, now: float) -> bool:
+        """Rate-limited: stat the path at most every `check_interval` or `_check_bytes`."""
+        if self._maintenance_pending:
+            return True
         if now < self._next_check and self._bytes_since_check < self._check_bytes:
             return False
         self._next_check = now + self.check_interval
         self._bytes_since_check = 0
-        return self._moved() or self._too_large()
+        self._maintenance_pending = self._moved() or self._too_large()
+        return self._maintenance_pending
 
     def _moved(self) -> bool:
         try:
@@ -90,6 +102,7 @@ class FileOutput:
         return bool(self.rotate_bytes) and os.fstat(self._fd).st_size >= self.rotate_bytes
 
     def maintain(self) -> None:
+        self._maintenance_pending = False
         if self._too_large():
             self._rotate()
         if self._moved():
@@ -136,7 +149,13 @@ class FileOutput:
 class FileSink(WriterSink):
     """Appends event lines to `settings.path`; see the module docstring for the guarantees."""
 
-    def __init__(self, settings: FileSinkSettings, *, config_key: str = "sinks") -> None:
+    def __init__(
+        self,
+        settings: FileSinkSettings,
+        *,
+        config_key: str = "sinks",
+        check_interval: float = 1.0,
+    ) -> None:
         self.name = settings.name
         self.kind = "file"
         self.settings = settings
@@ -147,6 +166,7 @@ class FileSink(WriterSink):
                 mode=settings.file_mode,
                 rotate_bytes=settings.rotate_bytes,
                 backups=settings.backups,
+                check_interval=check_interval,
             )
         except OSError as exc:
             raise ConfigError(

@@ -259,9 +259,9 @@ class LineWriter:
                 self._queued_bytes = 0
                 self._busy = True
                 self._drained.notify_all()
-            if self.output.maintenance_due(time.monotonic()):
-                self._maintain()
             for line in batch:
+                if self.output.maintenance_due(time.monotonic()):
+                    self._maintain()
                 self._write_fully(line)
             if self.fsync_each:
                 self._fsync()
