@@ -241,6 +241,8 @@ class LineWriter:
                     return
             with self._write_lock:
                 self._drain_queue_locked()
+                if self._stopping:
+                    return
                 if self.output.maintenance_due(time.monotonic()):
                     self._maintain()
                 if not self._always_background and time.monotonic() >= self._resume_direct_at:
@@ -259,10 +261,12 @@ class LineWriter:
                 self._queued_bytes = 0
                 self._busy = True
                 self._drained.notify_all()
-            for line in batch:
+            for index, line in enumerate(batch):
                 if self.output.maintenance_due(time.monotonic()):
                     self._maintain()
-                self._write_fully(line)
+                if not self._write_fully(line) and self._stopping:
+                    self.stats.count_dropped("shutdown", len(batch) - index)
+                    break
             if self.fsync_each:
                 self._fsync()
 
@@ -272,7 +276,9 @@ class LineWriter:
             try:
                 written = self.output.write(view)  # type: ignore[arg-type]
             except BlockingIOError:
-                self.output.wait_writable(1.0)
+                if self._stopping:  # closing, and the reader is gone: give up this line
+                    return False
+                self.output.wait_writable(0.1)
                 continue
             except OSError as exc:
                 self._count_write_error(exc)
@@ -322,15 +328,19 @@ class LineWriter:
         """Flush within `timeout`, stop the thread, close the output. Idempotent."""
         if self._closed:
             return True
+        deadline = time.monotonic() + timeout
         flushed = self.flush(timeout)
         self._closed = True
         with self._queue_lock:
-            lost = len(self._queue)
             self._stopping = True
             self._wakeup.notify_all()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(max(0.0, timeout))
+            thread.join(max(0.1, deadline - time.monotonic()))
+        with self._queue_lock:  # what the thread never took: lost, and counted once here
+            lost = len(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
         if lost:
             self.stats.count_dropped("shutdown", lost)
             report(f"shutdown-{self.name}", f"sink {self.name}: {lost} lines not written at exit")
