@@ -1,0 +1,1 @@
+"""The HTTP delivery engine: bounded queue, batching, retry, disk spool and dead-letter."""
