@@ -17,10 +17,24 @@ from tests.conftest import LOGIN_SIGNAL, BridgedApp, build_app, read_events
 
 Make = Callable[..., BridgedApp]
 
-ENVELOPE = {"timestamp", "level", "event", "signal", "event_id", "service.name", "host.name",
-            "process.pid"}
-REQUEST_KEYS = {"request_id", "http.request.method", "url.path", "http.route", "client.address",
-                "user_agent.original"}
+ENVELOPE = {
+    "timestamp",
+    "level",
+    "event",
+    "signal",
+    "event_id",
+    "service.name",
+    "host.name",
+    "process.pid",
+}
+REQUEST_KEYS = {
+    "request_id",
+    "http.request.method",
+    "url.path",
+    "http.route",
+    "client.address",
+    "user_agent.original",
+}
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -82,7 +96,7 @@ class TestBuiltinSignals:
         assert ["message.flashed", "request.finished"] == [e["event"] for e in bridged.events()]
 
     def test_every_builtin_event(self, make_bridged: Make) -> None:
-        """"builtin" captures all ten signals with their catalogue names."""
+        """ "builtin" captures all ten signals with their catalogue names."""
         bridged = make_bridged(signals=["builtin"])
         bridged.client.post("/login")
         names = [e["event"] for e in bridged.events()]
@@ -103,8 +117,9 @@ class TestBuiltinSignals:
     def test_envelope_and_request_context(self, make_bridged: Make) -> None:
         """Every request event has the envelope and the request context, flat keys."""
         bridged = make_bridged(signals=["builtin"])
-        bridged.client.get("/items/3?q=1", headers={"X-Request-ID": "req-1",
-                                                    "User-Agent": "pytest-agent"})
+        bridged.client.get(
+            "/items/3?q=1", headers={"X-Request-ID": "req-1", "User-Agent": "pytest-agent"}
+        )
         for event in bridged.events():
             assert ENVELOPE <= event.keys()
             assert RFC3339.match(event["timestamp"])
@@ -175,8 +190,9 @@ class TestBuiltinSignals:
 
     def test_rename(self, make_bridged: Make) -> None:
         """`rename` maps a signal to another event name."""
-        bridged = make_bridged(signals=["request_finished"],
-                               BRIDGE_RENAME={"request_finished": "http.access"})
+        bridged = make_bridged(
+            signals=["request_finished"], BRIDGE_RENAME={"request_finished": "http.access"}
+        )
         bridged.client.get("/")
         assert ["http.access"] == [e["event"] for e in bridged.events()]
 
@@ -225,7 +241,10 @@ class TestCustomSignals:
         bridged.client.post("/login")
         (login,) = bridged.events()
         assert ("user-login", "user-login", "info") == (
-            login["event"], login["signal"], login["level"])
+            login["event"],
+            login["signal"],
+            login["level"],
+        )
         assert (7, "ada", "/login") == (login["user_id"], login["username"], login["url.path"])
 
     def test_sent_without_sender_outside_any_app(self, make_bridged: Make) -> None:
@@ -292,8 +311,9 @@ class TestFlaskLogin:
     def test_user_logged_in(self, make_bridged: Make) -> None:
         """Flask-Login's user_logged_in becomes user.logged_in with user.id, no attributes."""
         flask_login = pytest.importorskip("flask_login")
-        bridged = make_bridged(signals=["flask_login.signals:user_logged_in",
-                                        "flask_login.signals:user_logged_out"])
+        bridged = make_bridged(
+            signals=["flask_login.signals:user_logged_in", "flask_login.signals:user_logged_out"]
+        )
         manager = flask_login.LoginManager(bridged.app)
 
         class User(flask_login.UserMixin):
@@ -325,17 +345,27 @@ class TestStatsAndFlush:
         stats = bridged.bridge.stats()
         assert 0 == stats["receiver_errors"]
         counters = stats["sinks"]["file-0"]
-        for key in ("enqueued", "delivered", "retried", "dropped", "dropped_by_reason",
-                    "spooled", "spool_bytes", "dead_lettered", "queue_depth", "last_error",
-                    "last_error_time", "last_success_time"):
+        for key in (
+            "enqueued",
+            "delivered",
+            "retried",
+            "dropped",
+            "dropped_by_reason",
+            "spooled",
+            "spool_bytes",
+            "dead_lettered",
+            "queue_depth",
+            "last_error",
+            "last_error_time",
+            "last_success_time",
+        ):
             assert key in counters
         assert (1, 1, 0) == (counters["enqueued"], counters["delivered"], counters["dropped"])
 
     def test_named_sinks(self, make_bridged: Make, tmp_path: Path) -> None:
         """A sink's `name` is its key in stats()."""
         path = tmp_path / "audit.jsonl"
-        bridged = make_bridged(BRIDGE_SINKS=[{"type": "file", "path": str(path),
-                                              "name": "audit"}])
+        bridged = make_bridged(BRIDGE_SINKS=[{"type": "file", "path": str(path), "name": "audit"}])
         assert ["audit"] == list(bridged.bridge.stats()["sinks"])
 
 

@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.processors import REDACTED, LineEncoder, MakeJsonSafe, SensitiveKeys
 from bridge.config import DEFAULT_REDACT_TERMS
+from bridge.processors import REDACTED, LineEncoder, MakeJsonSafe, SensitiveKeys
 from tests.conftest import LOGIN_SIGNAL, BridgedApp
 
 MAX_LINE = 4096
@@ -77,15 +77,26 @@ class TestMakeJsonSafe:
     def test_datetimes(self) -> None:
         """Aware datetimes become UTC RFC 3339; naive ones are taken as UTC."""
         tz = dt.timezone(dt.timedelta(hours=2))
-        parsed = encode({"aware": dt.datetime(2026, 1, 1, 12, 0, tzinfo=tz),
-                         "naive": dt.datetime(2026, 1, 1, 12, 0, 0, 5)})
+        parsed = encode(
+            {
+                "aware": dt.datetime(2026, 1, 1, 12, 0, tzinfo=tz),
+                "naive": dt.datetime(2026, 1, 1, 12, 0, 0, 5),
+            }
+        )
         assert "2026-01-01T10:00:00.000000Z" == parsed["aware"]
         assert "2026-01-01T12:00:00.000005Z" == parsed["naive"]
 
     def test_bytes_sets_decimals(self) -> None:
         """Bytes decode with replacement, sets become lists, Decimals text."""
-        parsed = encode({"raw": b"ok\xff", "tags": {"a"}, "price": decimal.Decimal("1.10"),
-                         "id": uuid.UUID(int=1), "path": Path("/x")})
+        parsed = encode(
+            {
+                "raw": b"ok\xff",
+                "tags": {"a"},
+                "price": decimal.Decimal("1.10"),
+                "id": uuid.UUID(int=1),
+                "path": Path("/x"),
+            }
+        )
         assert "ok\ufffd" == parsed["raw"]
         assert ["a"] == parsed["tags"]
         assert "1.10" == parsed["price"]
@@ -107,8 +118,14 @@ class TestMakeJsonSafe:
 
     def test_redaction_at_any_depth(self) -> None:
         """Sensitive keys are redacted at any depth, whatever their case or separators."""
-        parsed = encode({"Password": "p", "form": {"X-Api-Key": "k", "items": [{"cvv": 1}]},
-                         "session id": "s", "username": "ada"})
+        parsed = encode(
+            {
+                "Password": "p",
+                "form": {"X-Api-Key": "k", "items": [{"cvv": 1}]},
+                "session id": "s",
+                "username": "ada",
+            }
+        )
         assert REDACTED == parsed["Password"]
         assert REDACTED == parsed["form"]["X-Api-Key"]
         assert REDACTED == parsed["form"]["items"][0]["cvv"]
@@ -139,7 +156,8 @@ class TestMakeJsonSafe:
         """Keys that are not strings are converted."""
         parsed = encode({"m": {1: "one", None: "none", (1, 2): "tuple", b"k": "bytes"}})
         assert {"1": "one", "None": "none", "<builtins.tuple>": "tuple", "k": "bytes"} == (
-            parsed["m"])
+            parsed["m"]
+        )
 
     def test_lone_surrogates(self) -> None:
         """Lone surrogates, in keys and values, are replaced rather than failing."""
@@ -173,10 +191,19 @@ class TestMakeJsonSafe:
 
 
 json_leaves = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(), st.binary(), st.decimals(allow_nan=True), st.datetimes(),
-    st.datetimes(timezones=st.timezones()), st.uuids(),
-    st.builds(NoRepr), st.builds(User), st.builds(HostileGetattr),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(),
+    st.binary(),
+    st.decimals(allow_nan=True),
+    st.datetimes(),
+    st.datetimes(timezones=st.timezones()),
+    st.uuids(),
+    st.builds(NoRepr),
+    st.builds(User),
+    st.builds(HostileGetattr),
 )
 hostile = st.recursive(
     json_leaves,
@@ -206,10 +233,14 @@ class TestHostilePayloads:
         assert REDACTED == parsed[key]
 
 
-@settings(max_examples=50, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(payload=st.dictionaries(st.text(max_size=10).filter(lambda k: k not in ENVELOPE),
-                               hostile, max_size=5))
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    payload=st.dictionaries(
+        st.text(max_size=10).filter(lambda k: k not in ENVELOPE), hostile, max_size=5
+    )
+)
 def test_hostile_signal_through_a_real_app(
     make_bridged: Callable[..., BridgedApp], payload: dict[str, Any]
 ) -> None:

@@ -162,8 +162,10 @@ def test_processes_share_one_file(tmp_path: Path, rotate_bytes: int) -> None:
     """Four processes append to one file (rotating it too): no torn or lost line."""
     path = tmp_path / "events.jsonl"
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_append_from_process, args=(str(path), i * 10_000, 1500,
-                                                             rotate_bytes)) for i in range(4)]
+    procs = [
+        ctx.Process(target=_append_from_process, args=(str(path), i * 10_000, 1500, rotate_bytes))
+        for i in range(4)
+    ]
     for proc in procs:
         proc.start()
     for proc in procs:
@@ -211,8 +213,14 @@ class TestSlowOutput:
         from bridge.sinks.base import SinkStats
 
         output = SlowOutput()
-        writer = LineWriter(output, name="slow", stats=SinkStats(), overflow="drop_newest",
-                            max_events=100, max_bytes=1 << 20)
+        writer = LineWriter(
+            output,
+            name="slow",
+            stats=SinkStats(),
+            overflow="drop_newest",
+            max_events=100,
+            max_bytes=1 << 20,
+        )
         stuck = threading.Thread(target=writer.submit, args=(line(0),))
         stuck.start()
         assert output.started.wait(10)
@@ -233,8 +241,14 @@ class TestSlowOutput:
 
         output = SlowOutput()
         stats = SinkStats()
-        writer = LineWriter(output, name="slow", stats=stats, overflow="drop_newest",
-                            max_events=3, max_bytes=1 << 20)
+        writer = LineWriter(
+            output,
+            name="slow",
+            stats=stats,
+            overflow="drop_newest",
+            max_events=3,
+            max_bytes=1 << 20,
+        )
         stuck = threading.Thread(target=writer.submit, args=(line(0),))
         stuck.start()
         assert output.started.wait(10)
@@ -252,8 +266,15 @@ class TestSlowOutput:
 
         output = SlowOutput()
         output.release.set()
-        writer = LineWriter(output, name="slow", stats=SinkStats(), overflow="drop_newest",
-                            max_events=100, max_bytes=1 << 20, slow_write_seconds=-1.0)
+        writer = LineWriter(
+            output,
+            name="slow",
+            stats=SinkStats(),
+            overflow="drop_newest",
+            max_events=100,
+            max_bytes=1 << 20,
+            slow_write_seconds=-1.0,
+        )
         writer.submit(line(0))  # every write counts as slow here
         writer.submit(line(1))
         assert writer.flush(10)
