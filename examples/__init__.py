@@ -1,0 +1,1 @@
+"""Runnable examples of flask-signal-bridge (a package so gunicorn can import them)."""
