@@ -1,0 +1,189 @@
+"""Timing helpers shared by the benchmarks: interleaved rounds, medians, ratios, Markdown.
+
+Every comparison runs in one process with its contenders interleaved: each round runs one
+batch of every contender, in a shuffled order, and only the measured contender is connected
+while its batch runs. A noisy neighbour or a CPU frequency change then hits every contender
+alike, and medians throw out the batches it spoiled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+__all__ = [
+    "Contender",
+    "interleave",
+    "machine_header",
+    "markdown_table",
+    "median",
+    "per_call_us",
+    "target_line",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = (
+    "flask",
+    "werkzeug",
+    "jinja2",
+    "blinker",
+    "orjson",
+    "structlog",
+    "python-json-logger",
+)
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Contender:
+    """One way of doing the job: `start` connects it, `batch` times it, `stop` disconnects it.
+
+    `batch()` returns its samples (seconds, or whatever the caller compares); everything it
+    returns is pooled over the rounds. `start` and `stop` run outside the timed part.
+    """
+
+    name: str
+    batch: Callable[[], list[float]]
+    start: Callable[[], None] = _nothing
+    stop: Callable[[], None] = _nothing
+    samples: list[float] = field(default_factory=list)
+
+
+def interleave(contenders: Sequence[Contender], rounds: int, *, seed: int = 1) -> None:
+    """Run `rounds` rounds of one batch per contender, shuffled; samples land on each one."""
+    order = list(contenders)
+    shuffle = random.Random(seed).shuffle
+    for _ in range(rounds):
+        shuffle(order)
+        for contender in order:
+            contender.start()
+            try:
+                contender.samples.extend(contender.batch())
+            finally:
+                contender.stop()
+
+
+def median(values: Iterable[float]) -> float:
+    """The median, or NaN for no values (a contender that never ran)."""
+    data = list(values)
+    return statistics.median(data) if data else float("nan")
+
+
+def per_call_us(fn: Callable[[], object], calls: int, repeats: int) -> float:
+    """Median over `repeats` of the mean time of one `fn()` in a loop of `calls`, in µs.
+
+    Includes the ~0.03 µs of the loop and the call itself.
+    """
+    results = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in itertools.repeat(None, calls):
+            fn()
+        results.append((time.perf_counter() - started) / calls)
+    return statistics.median(results) * 1e6
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A GitHub Markdown table; numbers are right-aligned."""
+    body = [[str(cell) for cell in row] for row in rows]
+    align = [
+        "---:" if body and all(_numeric(row[i]) for row in body) else "---"
+        for i in range(len(headers))
+    ]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join(align) + " |",
+        *("| " + " | ".join(row) + " |" for row in body),
+    ]
+    return "\n".join(lines)
+
+
+def _numeric(text: str) -> bool:
+    stripped = text.replace(",", "").replace("%", "").replace("x", "").replace("+", "").strip()
+    try:
+        float(stripped)
+    except ValueError:
+        return False
+    return True
+
+
+def target_line(what: str, actual: float, limit: float, *, unit: str, at_most: bool) -> str:
+    """`- met: ...` or `- **missed** by ...: ...` for one target."""
+    met = actual <= limit if at_most else actual >= limit
+    sign = "≤" if at_most else "≥"
+    shown = f"{what}: {actual:,.1f}{unit} (target {sign} {limit:,.1f}{unit})"
+    if met:
+        return f"- met: {shown}"
+    gap = actual - limit if at_most else limit - actual
+    return f"- **missed** by {gap:,.1f}{unit}: {shown}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_revision() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head} (uncommitted changes)" if dirty else head
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def machine_header() -> str:
+    """Markdown lines saying when, where and with what the numbers were measured."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    versions = ", ".join(f"{name} {_version(name)}" for name in PACKAGES)
+    lines = [
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; commit {_git_revision()}",
+        f"- machine: {_cpu_model()}, {cpus} CPUs usable, load average {load} at start",
+        f"- system: {platform.platform()}",
+        f"- Python {platform.python_version()} ({platform.python_implementation()}, "
+        f"{sys.executable.replace(str(REPO), '.')})",
+        f"- libraries: {versions}",
+    ]
+    overrides = sorted(key for key in os.environ if key.startswith("BRIDGE_"))
+    if overrides:
+        lines.append(f"- warning: environment overrides the benchmark's config: {overrides}")
+    return "\n".join(lines)
