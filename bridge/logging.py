@@ -1,0 +1,190 @@
+"""Standard-library logging as bridge events: the `loggers` key routes loggers into the sinks.
+
+`attach_loggers(["myapp", "sqlalchemy.engine"], emitter)` adds one `BridgeHandler` to each
+named logger; their records become events (`signal = "logging"`, `event` = the message) that
+go through the app's pipeline like any signal: envelope, request context, redaction, size
+limits, the same JSON lines. The bridge adds handlers and nothing else: it never changes a
+logger's level, its propagation or the root logger, so a logger set to WARNING still sends
+only warnings and errors.
+
+structlog: the bridge never calls `structlog.configure()`. To route structlog's output, let
+structlog hand its events to the standard library and list that stdlib logger in `loggers`:
+
+    structlog.configure(                     # the user's own configuration
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[structlog.stdlib.filter_by_level, ..., structlog.stdlib.render_to_log_kwargs],
+    )
+    # BRIDGE_LOGGERS = ["myapp"]; structlog.get_logger("myapp").info("paid", order_id=7)
+    # -> {"event": "paid", "order_id": 7, "log.logger": "myapp", ...}
+
+`render_to_log_kwargs` turns the event dict into the record's message and `extra` fields,
+which this handler copies. A record whose message is a structlog event dict (the
+`ProcessorFormatter.wrap_for_formatter` renderer) is unpacked the same way.
+
+Loops are impossible by construction: a record logged while a bridge handler is emitting on
+the same thread (a sink, a processor or the encoder logging), any record from the bridge's own
+background threads (named `bridge-...`), and `urllib3`/`requests` records while the bridge is
+sending (`with sending():`) are ignored. The handler never raises: failures are counted in
+`stats()["receiver_errors"]` through the emitter's guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+
+from bridge.emitter import Emitter
+from bridge.events import exception_fields
+
+__all__ = ["LOGGING_SIGNAL", "BridgeHandler", "attach_loggers", "sending"]
+
+LOGGING_SIGNAL = "logging"
+BRIDGE_THREAD_PREFIX = "bridge-"
+HTTP_CLIENT_LOGGERS = ("urllib3", "requests")
+
+# Attributes every LogRecord has (python-json-logger's list; `taskName` is 3.12+), plus the
+# private keys structlog's stdlib integration adds: none of these is a user's `extra` field.
+_NOT_EXTRA = frozenset(RESERVED_ATTRS) | {"taskName", "_logger", "_name", "_from_structlog"}
+# Keys of a structlog event dict that the envelope already carries.
+_STRUCTLOG_ENVELOPE = frozenset({"event", "level", "timestamp", "_record", "_from_structlog"})
+
+
+class _ThreadState(threading.local):
+    emitting = False
+    sending = 0
+
+
+_state = _ThreadState()
+
+
+@contextmanager
+def sending() -> Iterator[None]:
+    """Mark the current thread as sending for the bridge: its HTTP client records are ignored.
+
+    Background sink threads are ignored anyway (by name); this covers the bridge sending on a
+    caller's thread (`flask bridge check` probing a collector, for example).
+    """
+    _state.sending += 1
+    try:
+        yield
+    finally:
+        _state.sending -= 1
+
+
+def level_name(levelno: int) -> str:
+    """The bridge level of a stdlib level number: critical counts as error."""
+    if levelno >= logging.ERROR:
+        return "error"
+    if levelno >= logging.WARNING:
+        return "warning"
+    if levelno >= logging.INFO:
+        return "info"
+    return "debug"
+
+
+def _is_http_client(name: str) -> bool:
+    return any(name == root or name.startswith(root + ".") for root in HTTP_CLIENT_LOGGERS)
+
+
+def _ignored(record: logging.LogRecord) -> bool:
+    """Records that could feed back into the bridge: see the module docstring."""
+    if _state.emitting:
+        return True
+    if threading.current_thread().name.startswith(BRIDGE_THREAD_PREFIX):
+        return True
+    return bool(_state.sending) and _is_http_client(record.name)
+
+
+def _message(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
+    """The formatted message, and the fields that record what went wrong formatting it."""
+    try:
+        return record.getMessage(), {}
+    except Exception as exc:  # a bad format string or a failing __str__ still makes an event
+        try:
+            raw = str(record.msg)
+        except Exception:
+            raw = f"<{type(record.msg).__qualname__}: str() failed>"
+        return raw, {"log.format_error": f"{type(exc).__name__}: {exc}"}
+
+
+class BridgeHandler(logging.Handler):
+    """Turns log records into events shipped through one app's `Emitter`.
+
+    Thread-safe without the handler lock: `Emitter.emit` already is, and taking the lock would
+    serialize every logging call of the process behind the bridge.
+    """
+
+    def __init__(self, emitter: Emitter, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.emitter = emitter
+        self._seen = threading.local()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _ignored(record):
+            return
+        # A record propagating through two listed loggers ("myapp", "myapp.db") reaches this
+        # handler twice, on the same thread, one call after the other: send it once.
+        last: weakref.ref[logging.LogRecord] | None = getattr(self._seen, "record", None)
+        if last is not None and last() is record:
+            return
+        _state.emitting = True
+        try:
+            with self.emitter.guard:
+                self._seen.record = weakref.ref(record)
+                self._emit(record)
+        finally:
+            _state.emitting = False
+
+    def _emit(self, record: logging.LogRecord) -> None:
+        fields: dict[str, Any] = {"log.logger": record.name}
+        arguments: dict[str, Any] = {
+            key: value for key, value in record.__dict__.items() if key not in _NOT_EXTRA
+        }
+        if isinstance(record.msg, Mapping) and "event" in record.msg and not record.args:
+            event = str(record.msg["event"])  # a structlog event dict (ProcessorFormatter)
+            arguments.update(
+                (str(key), value)
+                for key, value in record.msg.items()
+                if key not in _STRUCTLOG_ENVELOPE
+            )
+        else:
+            event, format_fields = _message(record)
+            fields.update(format_fields)
+        exc_info = record.exc_info
+        if exc_info and exc_info[1] is not None:
+            fields.update(exception_fields(exc_info[1]))
+        if record.stack_info:
+            fields["log.stack_info"] = record.stack_info
+        self.emitter.emit(
+            LOGGING_SIGNAL, event, level_name(record.levelno), fields=fields, arguments=arguments
+        )
+
+
+def attach_loggers(logger_names: Sequence[str], emitter: Emitter) -> Callable[[], None]:
+    """Add a `BridgeHandler` for `emitter` to each named logger; return the function that
+    removes it again (idempotent). An empty list attaches nothing."""
+    if not logger_names:
+        return lambda: None
+    handler = BridgeHandler(emitter)
+    loggers = [logging.getLogger(name) for name in dict.fromkeys(logger_names)]
+    for logger in loggers:
+        logger.addHandler(handler)
+
+    def detach() -> None:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+    return detach
