@@ -203,15 +203,15 @@ def count_records(fd: int, size: int, chunk: int = 1 << 20) -> int:
     in_corrupt = False
     want = chunk
     while pos < size:
-        buf = os.pread(fd, min(want, size - pos), pos)
-        if not buf:
-            break
-        parsed = parse(buf, pos, final=pos + len(buf) >= size, in_corrupt=in_corrupt)
+        asked = min(want, size - pos)
+        buf = os.pread(fd, asked, pos)
+        final = len(buf) < asked or pos + len(buf) >= size  # short: the file ends early
+        parsed = parse(buf, pos, final=final, in_corrupt=in_corrupt)
         count += len(parsed.records)
+        if final or (parsed.end == pos and parsed.need <= len(buf)):
+            break
         in_corrupt = parsed.in_corrupt
         want = max(chunk, parsed.need)
-        if parsed.end == pos and parsed.need == 0:
-            break
         pos = parsed.end
     return count
 

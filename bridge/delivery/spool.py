@@ -108,7 +108,6 @@ class Spool:
         self._lock = threading.Lock()  # all bookkeeping below; held briefly, never during reads
         self._reader_lock = threading.Lock()  # one reader at a time; only it closes read fds
         self._sync_lock = threading.Lock()
-        self._owner, self._lock_fd = segments.register_owner(self._dir)
         self._seq = 0
         self._adopted: dict[str, _Segment] = {}
         self._own: dict[str, _Segment] = {}
@@ -123,6 +122,7 @@ class Spool:
         self._last_sync = time.monotonic()
         self._next_rescan = 0.0
         self._closed = False
+        self._owner, self._lock_fd = segments.register_owner(self._dir)
 
     # -- request thread -------------------------------------------------------------------
 
@@ -292,6 +292,8 @@ class Spool:
             except OSError as exc:
                 report("spool_read_failed", f"spool read failed: {exc}")
                 return
+            if len(buf) < want:  # the file is shorter than we knew: somebody truncated it
+                final = self._shorten(seg, pos + len(buf))
             parsed = segments.parse(
                 buf,
                 pos,
@@ -309,6 +311,16 @@ class Spool:
             if parsed.end == pos and (parsed.need <= len(buf) or pos + len(buf) >= limit):
                 return  # the rest is not written yet
             need = parsed.need
+
+    def _shorten(self, seg: _Segment, end: int) -> bool:
+        """Believe the file's real end; what is cut off is gone (and a torn tail is counted)."""
+        with self._lock:
+            if seg is self._current:
+                self._seal_current()
+            if seg.limit > end:
+                self._pending_bytes -= seg.limit - end
+                seg.limit = end
+            return seg.sealed
 
     def _commit(
         self, seg: _Segment, parsed: segments.Parsed, out: list[SpoolRecord], budget: list[int]
@@ -449,21 +461,24 @@ class Spool:
         with self._lock:
             dead, self._dead_fds = self._dead_fds, []
         for fd in dead:
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _drain_retired(self, *, fsync: bool) -> None:
         with self._sync_lock:
             with self._lock:
                 retired, self._retired = self._retired, []
             for fd in retired:
-                try:
-                    if fsync:
-                        os.fsync(fd)
-                finally:
+                if fsync:
+                    _fsync(fd)
+                with contextlib.suppress(OSError):
                     os.close(fd)
 
     def sync(self) -> None:
-        """fsync the current segment (and segments rolled since the last sync) now."""
+        """fsync the current segment (and segments rolled since the last sync) now.
+
+        Never raises: a failed fsync is reported to stderr (the data stays in the page cache).
+        """
         self._drain_retired(fsync=True)
         with self._sync_lock:
             with self._lock:
@@ -472,13 +487,15 @@ class Spool:
                 self._last_sync = time.monotonic()
             # The fd stays open while we hold the sync lock: rolling only retires it.
             if dirty and fd >= 0:
-                os.fsync(fd)
+                _fsync(fd)
             if dir_dirty:
-                dir_fd = os.open(self._dir, os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                    dir_fd = os.open(self._dir, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as exc:
+                    report("spool_fsync_failed", f"spool fsync failed: {exc}")
+                    return
+                _fsync(dir_fd)
+                os.close(dir_fd)
 
     def maybe_sync(self) -> None:
         """fsync if the interval policy says it is due; also closes rolled segments' fds."""
@@ -551,3 +568,10 @@ class Spool:
             report("spool_fork_failed", f"spool could not start over after fork: {exc}")
             self._lock_fd = -1
             self._closed = True
+
+
+def _fsync(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        report("spool_fsync_failed", f"spool fsync failed: {exc}")

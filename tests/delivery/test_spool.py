@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import stat
 import subprocess
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from bridge.delivery.segments import HEADER_SIZE
+from bridge.delivery.segments import HEADER_SIZE, encode_record, parse
 from bridge.delivery.spool import Spool, SpoolRecord
 from bridge.sinks.base import SinkStats
 
@@ -105,6 +106,30 @@ def dead_owner(directory: Path, count: int, segment_bytes: int = 0) -> None:
     assert count == len(out.splitlines())
 
 
+class TestRecordFrame:
+    def test_parse_round_trip(self) -> None:
+        """Framed records parse back to their lines, offsets and append times."""
+        frames = [encode_record(line(i), 1000 + i) for i in range(3)]
+        parsed = parse(b"".join(frames), 4096, final=True)
+        assert [
+            (4096 + i * len(frames[0]), len(frames[0]), 1000 + i, line(i)) for i in range(3)
+        ] == (parsed.records)
+        assert (0, 4096 + 3 * len(frames[0])) == (parsed.corrupt, parsed.end)
+
+    def test_short_tail_is_pending_while_written(self) -> None:
+        """A short last record is incomplete (not corrupt) unless the segment is final."""
+        data = encode_record(line(0), 1) + encode_record(line(1), 2)[:-5]
+        pending = parse(data, 0, final=False)
+        torn = parse(data, 0, final=True)
+        assert ([line(0)], 0, HEADER_SIZE + 100) == (
+            [r[3] for r in pending.records],
+            pending.corrupt,
+            pending.end,
+        )
+        assert HEADER_SIZE + 100 == pending.need
+        assert ([line(0)], 1, len(data)) == ([r[3] for r in torn.records], torn.corrupt, torn.end)
+
+
 class TestSpoolRoundTrip:
     def test_append_read_ack_deletes(self, make_spool: MakeSpool, spool_dir: Path) -> None:
         """Appended lines come back in order, byte for byte; acked segments are deleted."""
@@ -175,16 +200,20 @@ class TestSpoolRoundTrip:
 
 
 class TestSpoolDamage:
-    def test_torn_last_record(self, make_spool: MakeSpool, spool_dir: Path) -> None:
+    @pytest.mark.parametrize("adopt_first", [False, True], ids=["before", "after-adoption"])
+    def test_torn_last_record(
+        self, make_spool: MakeSpool, spool_dir: Path, adopt_first: bool
+    ) -> None:
         """A short last record is skipped and counted; the records before it are delivered."""
         writer = make_spool()
         for i in range(5):
             writer.append(line(i))
         writer.close()
+        stats = SinkStats()
+        reader = make_spool(stats=stats) if adopt_first else None
         (segment,) = segment_files(spool_dir)
         os.truncate(segment, segment.stat().st_size - 3)
-        stats = SinkStats()
-        reader = make_spool(stats=stats)
+        reader = reader or make_spool(stats=stats)
         assert ["e0", "e1", "e2", "e3"] == ids(drain(reader))
         assert {"spool_corrupt": 1} == stats.dropped_by_reason
         assert [] == segment_files(spool_dir)
@@ -459,3 +488,40 @@ class TestSpoolSync:
         synced.clear()
         spool.sync()
         assert [] == synced
+
+
+class TestSpoolConcurrency:
+    def test_threads_append_while_engine_reads(
+        self, make_spool: MakeSpool, spool_dir: Path
+    ) -> None:
+        """Appends from four threads while the engine reads, acks and releases: every event is
+        acked exactly once, and the books balance at the end."""
+        spool = make_spool(segment_bytes=4096)
+        writers, per_writer = 4, 1500
+        failed: list[int] = []
+
+        def write(writer: int) -> None:
+            for i in range(writer * per_writer, (writer + 1) * per_writer):
+                if not spool.append(line(i)):
+                    failed.append(i)
+
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+        for thread in threads:
+            thread.start()
+        rng = random.Random(7)
+        acked: list[str] = []
+        deadline = time.monotonic() + DEADLINE
+        while len(acked) < writers * per_writer and time.monotonic() < deadline:
+            batch = spool.read(rng.randint(1, 50), 1 << 20)
+            rng.shuffle(batch)
+            keep = rng.randint(0, len(batch))
+            spool.release(batch[keep:])
+            spool.ack(batch[:keep])
+            acked += ids(batch[:keep])
+        for thread in threads:
+            thread.join(DEADLINE)
+        assert [] == failed
+        assert sorted(f"e{i}" for i in range(writers * per_writer)) == sorted(acked)
+        assert (0, 0) == (spool.pending_bytes(), spool.pending_events())
+        assert len(segment_files(spool_dir)) <= 1
+        assert [] == spool.read(100, 1 << 20)
