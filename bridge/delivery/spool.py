@@ -102,7 +102,7 @@ class Spool:
         self._reset()
         self._rescan()
 
-    def _reset(self) -> None:
+    def _reset(self, *, register: bool = True) -> None:
         """Fresh state and a fresh owner: at construction and in a forked child."""
         self._pid = os.getpid()
         self._lock = threading.Lock()  # all bookkeeping below; held briefly, never during reads
@@ -121,8 +121,10 @@ class Spool:
         self._dir_dirty = False
         self._last_sync = time.monotonic()
         self._next_rescan = 0.0
-        self._closed = False
-        self._owner, self._lock_fd = segments.register_owner(self._dir)
+        self._closed = not register
+        self._lock_fd = -1
+        if register:
+            self._owner, self._lock_fd = segments.register_owner(self._dir)
 
     # -- request thread -------------------------------------------------------------------
 
@@ -135,7 +137,9 @@ class Spool:
         with self._lock:
             if self._closed:
                 return self._write_failed("spool closed")
-            if self._pending_bytes + size > self._max_bytes and not self._make_room(size):
+            if size > self._max_bytes or (
+                self._pending_bytes + size > self._max_bytes and not self._make_room(size)
+            ):
                 self._stats.count_dropped("spool_full")
                 return False
             seg = self._current
@@ -208,7 +212,7 @@ class Spool:
                 if current.name in self._own:
                     self._evict(current)
             else:
-                return False  # one record larger than the whole cap
+                return False
         return True
 
     def _evict(self, seg: _Segment) -> None:
@@ -293,7 +297,7 @@ class Spool:
                 report("spool_read_failed", f"spool read failed: {exc}")
                 return
             if len(buf) < want:  # the file is shorter than we knew: somebody truncated it
-                final = self._shorten(seg, pos + len(buf))
+                final, limit = self._shorten(seg, pos + len(buf)), pos + len(buf)
             parsed = segments.parse(
                 buf,
                 pos,
@@ -556,17 +560,11 @@ class Spool:
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        if self._closed:
-            self._lock_fd = self._write_fd = -1
-            self._retired, self._dead_fds = [], []
-            self._adopted, self._own, self._evicted = {}, {}, {}
-            self._pid = os.getpid()
-            return
+        # A parent's thread may have held one of our locks at the fork: _reset makes new ones.
         try:
-            self._reset()
+            self._reset(register=not self._closed)
         except OSError as exc:  # no lock, no segment: appends fail and are counted
             report("spool_fork_failed", f"spool could not start over after fork: {exc}")
-            self._lock_fd = -1
             self._closed = True
 
 

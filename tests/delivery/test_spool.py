@@ -304,6 +304,23 @@ class TestSpoolLimits:
         assert ["e4"] == ids(drain(spool))
         assert 0 == spool.pending_bytes()
 
+    def test_line_larger_than_cap_is_refused(self, make_spool: MakeSpool) -> None:
+        """A single line larger than max_bytes is refused and counted; older ones stay."""
+        stats = SinkStats()
+        spool = make_spool(stats=stats, max_bytes=2 * (HEADER_SIZE + 100))
+        assert spool.append(line(0))
+        assert not spool.append(line(1, size=1000))
+        assert {"spool_full": 1} == stats.dropped_by_reason
+        assert ["e0"] == ids(drain(spool))
+
+    def test_append_after_close_is_refused(self, make_spool: MakeSpool) -> None:
+        """After close() append returns False and counts the line as spool_write_failed."""
+        stats = SinkStats()
+        spool = make_spool(stats=stats)
+        spool.close()
+        assert not spool.append(line(0))
+        assert {"spool_write_failed": 1} == stats.dropped_by_reason
+
     def test_ttl_expired_with_injected_clock(self, make_spool: MakeSpool) -> None:
         """Records older than event_ttl are skipped and counted, also when released."""
         clock = Clock()
@@ -415,8 +432,9 @@ class TestSpoolCrash:
 
 
 class TestSpoolFork:
+    @pytest.mark.parametrize("explicit", [True, False], ids=["after_fork_in_child", "pid-check"])
     def test_forked_child_gets_its_own_segment(
-        self, make_spool: MakeSpool, spool_dir: Path
+        self, make_spool: MakeSpool, spool_dir: Path, explicit: bool
     ) -> None:
         """A forked child writes its own segment; the parent's stays untouched and the child's
         records are adopted after it exits."""
@@ -428,7 +446,8 @@ class TestSpoolFork:
         if pid == 0:  # the child: never return into pytest
             code = 1
             try:
-                parent.after_fork_in_child()
+                if explicit:
+                    parent.after_fork_in_child()
                 code = 0 if all(parent.append(line(i)) for i in range(100, 103)) else 2
             finally:
                 os._exit(code)
