@@ -1,0 +1,28 @@
+"""`json_array`: the batch as one JSON array of event objects (`application/json`).
+
+For collectors that want a JSON document rather than NDJSON (generic webhooks, Logstash's
+`http` input with the json codec).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bridge.config import HttpSinkSettings
+from bridge.formats.base import NO_FAILURES, ItemFailures, Payload
+
+__all__ = ["JsonArrayFormat"]
+
+
+class JsonArrayFormat:
+    """`[` + the lines without their newlines, joined by `,` + `]`; each line is one object."""
+
+    name = "json_array"
+    content_type = "application/json"
+
+    def encode(self, lines: Sequence[bytes], settings: HttpSinkSettings) -> Payload:
+        items = [line[:-1] if line.endswith(b"\n") else line for line in lines]
+        return Payload(b"[" + b",".join(items) + b"]", self.content_type)
+
+    def interpret(self, status: int, body: bytes) -> ItemFailures:
+        return NO_FAILURES
