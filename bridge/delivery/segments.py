@@ -92,6 +92,8 @@ class Parsed:
     """(offset, record size with header, append time in µs, payload) of each good record."""
     corrupt: int = 0
     """Damaged records or regions that were skipped (a damaged region is counted once)."""
+    bad_payloads: int = 0
+    """Of those, records with an intact header (an adoption scan counted them)."""
     corrupt_bytes: int = 0
     end: int = 0
     """File offset up to which the buffer was consumed."""
@@ -112,6 +114,7 @@ def parse(
     max_events: int = 1 << 62,
     max_bytes: int = 1 << 62,
     oversize_ok: bool = True,
+    payloads: bool = True,
 ) -> Parsed:
     """Parse records from `buf`, which holds the file from offset `base`.
 
@@ -119,6 +122,7 @@ def parse(
     (counted as corrupt) rather than incomplete. Stops before a record that would exceed
     `max_events` or `max_bytes` of payload, except that the first record is taken whatever
     its size when `oversize_ok`. Records whose CRC fails are skipped and counted, never returned.
+    `payloads=False` only walks the headers (payloads are neither checked nor copied: b"").
     """
     out = Parsed(in_corrupt=in_corrupt)
     size = len(buf)
@@ -167,9 +171,10 @@ def parse(
             out.full = True
             break
         _, _, time_us, payload_crc, _ = _HEADER.unpack_from(buf, pos)
-        payload = buf[pos + HEADER_SIZE : pos + record_size]
-        if zlib.crc32(payload) != payload_crc:
+        payload = buf[pos + HEADER_SIZE : pos + record_size] if payloads else b""
+        if payloads and zlib.crc32(payload) != payload_crc:
             out.corrupt += 1
+            out.bad_payloads += 1
             out.corrupt_bytes += record_size
         else:
             out.records.append((base + pos, record_size, time_us, payload))
@@ -197,7 +202,10 @@ def _resync(buf: bytes, pos: int, final: bool) -> int:
 
 
 def count_records(fd: int, size: int, chunk: int = 1 << 20) -> int:
-    """The number of intact records in the first `size` bytes of a segment (an adoption scan)."""
+    """The number of records in the first `size` bytes of a segment (an adoption scan).
+
+    Checks headers only, so a record with a damaged payload is counted here and found later.
+    """
     count = 0
     pos = 0
     in_corrupt = False
@@ -206,7 +214,7 @@ def count_records(fd: int, size: int, chunk: int = 1 << 20) -> int:
         asked = min(want, size - pos)
         buf = os.pread(fd, asked, pos)
         final = len(buf) < asked or pos + len(buf) >= size  # short: the file ends early
-        parsed = parse(buf, pos, final=final, in_corrupt=in_corrupt)
+        parsed = parse(buf, pos, final=final, in_corrupt=in_corrupt, payloads=False)
         count += len(parsed.records)
         if final or (parsed.end == pos and parsed.need <= len(buf)):
             break

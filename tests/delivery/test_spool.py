@@ -350,6 +350,18 @@ class TestSpoolAdoption:
         spool.close()
         assert [] == os.listdir(spool_dir)
 
+    def test_adopted_over_cap_drops_oldest_and_counts(
+        self, make_spool: MakeSpool, spool_dir: Path
+    ) -> None:
+        """Adopting more than max_bytes evicts the oldest adopted segments, counted exactly."""
+        dead_owner(spool_dir, 300, segment_bytes=8192)
+        stats = SinkStats()
+        spool = make_spool(stats=stats, max_bytes=20000)
+        assert spool.pending_bytes() <= 20000
+        kept = ids(drain(spool))
+        assert [f"e{i}" for i in range(300 - len(kept), 300)] == kept
+        assert {"spool_full": 300 - len(kept)} == stats.dropped_by_reason
+
     def test_live_sibling_is_not_adopted(self, make_spool: MakeSpool) -> None:
         """A live spool's segments are never read by another spool on the same directory."""
         alive = make_spool()
