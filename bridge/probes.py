@@ -1,0 +1,124 @@
+"""Probes for `flask bridge check`: can each configured sink actually be written to?
+
+A probe touches the outside world as lightly as it can (one temporary file, one HEAD request)
+and returns `(ok, message)`; `ok` is None when the probe was skipped. Messages never show a
+header value, a URL's credentials or its query string: they end up in CI logs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from bridge.config import FileSinkSettings, HttpSinkSettings, SinkSettings
+from bridge.logging import sending
+
+__all__ = ["describe_sink", "probe_file", "probe_http", "probe_sink", "shown_url"]
+
+
+def shown_url(url: str) -> str:
+    """The URL without credentials or query string (either may hold a secret)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost OS-level reason ("Connection refused"), else the exception's type."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        reason = getattr(current, "reason", None)
+        nested = current.args[0] if current.args else None
+        current = (
+            current.__cause__
+            or current.__context__
+            or (reason if isinstance(reason, BaseException) else None)
+            or (nested if isinstance(nested, BaseException) else None)
+        )
+    return type(exc).__name__
+
+
+def probe_file(path: Path) -> tuple[bool, str]:
+    """Can the sink create and append to `path`? Creates (and removes) one temporary file."""
+    if path.is_dir():
+        return False, f"{path} is a directory"
+    if path.exists() and not os.access(path, os.W_OK):
+        return False, f"{path} is not writable"
+    existing = path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return False, f"{existing} is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        return False, f"cannot create files in {existing}: {exc.strerror or exc}"
+    created = "" if existing == path.parent else " (missing parts will be created)"
+    return True, f"directory {path.parent} is writable{created}"
+
+
+def http_sink_available() -> bool:
+    return importlib.util.find_spec("bridge.sinks.http") is not None
+
+
+def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool | None, str]:
+    """A HEAD request with the sink's headers and TLS settings; any reply means reachable,
+    except 401/403 (the credentials were refused). None: skipped."""
+    if not http_sink_available():
+        return None, "skipped: the http sink is not part of this installation yet"
+    import requests
+
+    cert: str | tuple[str, str] | None = settings.client_cert
+    if settings.client_cert and settings.client_key:
+        cert = (settings.client_cert, settings.client_key)
+    try:
+        with sending(), requests.Session() as session:
+            response = session.head(
+                settings.url,
+                headers=dict(settings.headers),
+                timeout=(
+                    min(settings.timeout_connect, timeout),
+                    min(settings.timeout_read, timeout),
+                ),
+                verify=settings.ca_bundle or settings.verify,
+                cert=cert,
+                allow_redirects=False,
+            )
+            response.close()
+    except requests.exceptions.SSLError as exc:
+        return False, f"TLS failed: {_root_cause(exc)}"
+    except requests.exceptions.Timeout:
+        return False, f"no answer within {timeout:g}s"
+    except (requests.RequestException, OSError) as exc:
+        return False, f"unreachable: {_root_cause(exc)}"
+    status = response.status_code
+    if status in (401, 403):
+        return False, f"reachable, but HTTP {status}: the collector refused the credentials"
+    return True, f"reachable (HTTP {status} to HEAD)"
+
+
+def describe_sink(sink: SinkSettings) -> str:
+    """`name (type) target`, for listing the sinks."""
+    if isinstance(sink, FileSinkSettings):
+        return f"{sink.name} (file) {sink.path.absolute()}"
+    if isinstance(sink, HttpSinkSettings):
+        return f"{sink.name} (http, {sink.format}) {shown_url(sink.url)}"
+    return f"{sink.name} ({sink.type}) {getattr(sink, 'stream', '')}".rstrip()
+
+
+def probe_sink(sink: SinkSettings, timeout: float) -> tuple[bool | None, str]:
+    """Probe one sink by its type; stdout is always writable."""
+    if isinstance(sink, FileSinkSettings):
+        return probe_file(sink.path)
+    if isinstance(sink, HttpSinkSettings):
+        return probe_http(sink, timeout)
+    return True, "ok"

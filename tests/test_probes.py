@@ -1,0 +1,134 @@
+"""Sink probes for `flask bridge check`: real directories and a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+import bridge.probes
+from bridge.config import HttpSinkSettings
+from bridge.probes import probe_file, probe_http, shown_url
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers HEAD with 200 when the Authorization header is right, 401 otherwise."""
+
+    def do_HEAD(self) -> None:
+        good = self.headers.get("Authorization") == "Bearer good-token"
+        self.send_response(200 if good else 401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+@pytest.fixture
+def collector() -> Iterator[str]:
+    """A one-thread HTTP server on an ephemeral 127.0.0.1 port; its URL."""
+    server = HTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="test-collector"
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/ingest?api_key=query-secret"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10.0)
+
+
+@pytest.fixture
+def http_sink_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe as if bridge/sinks/http.py were installed."""
+    monkeypatch.setattr(bridge.probes, "http_sink_available", lambda: True)
+
+
+def http_settings(url: str, token: str = "good-token") -> HttpSinkSettings:
+    return HttpSinkSettings(
+        type="http", name="http-0", url=url, headers={"Authorization": f"Bearer {token}"}
+    )
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TestProbeFile:
+    def test_writable_directory(self, tmp_path: Path) -> None:
+        """An existing writable directory passes and nothing is left in it."""
+        ok, message = probe_file(tmp_path / "events.jsonl")
+        assert (True, f"directory {tmp_path} is writable") == (ok, message)
+        assert [] == list(tmp_path.iterdir())
+
+    def test_missing_directories_will_be_created(self, tmp_path: Path) -> None:
+        """Missing parent directories are fine when the nearest existing one is writable."""
+        ok, message = probe_file(tmp_path / "a" / "b" / "events.jsonl")
+        assert ok is True
+        assert message.endswith("(missing parts will be created)")
+        assert not (tmp_path / "a").exists()
+
+    def test_parent_is_a_file(self, tmp_path: Path) -> None:
+        """A path under a regular file cannot be created."""
+        (tmp_path / "plain").write_text("x")
+        assert (False, f"{tmp_path / 'plain'} is not a directory") == probe_file(
+            tmp_path / "plain" / "events.jsonl"
+        )
+
+    def test_path_is_a_directory(self, tmp_path: Path) -> None:
+        """A directory where the file should be fails."""
+        assert (False, f"{tmp_path} is a directory") == probe_file(tmp_path)
+
+
+@pytest.mark.usefixtures("http_sink_present")
+class TestProbeHttp:
+    def test_reachable(self, collector: str) -> None:
+        """A collector that answers HEAD is reachable."""
+        assert (True, "reachable (HTTP 200 to HEAD)") == probe_http(http_settings(collector), 3.0)
+
+    def test_credentials_refused(self, collector: str) -> None:
+        """401 means the configured headers are wrong; the token is never shown."""
+        ok, message = probe_http(http_settings(collector, token="bad-token"), 3.0)
+        assert (False, "reachable, but HTTP 401: the collector refused the credentials") == (
+            ok,
+            message,
+        )
+
+    def test_connection_refused(self) -> None:
+        """Nobody listening: unreachable, with the OS's reason and no URL secrets."""
+        url = f"http://127.0.0.1:{closed_port()}/?api_key=query-secret"
+        ok, message = probe_http(http_settings(url), 3.0)
+        assert (False, "unreachable: Connection refused") == (ok, message)
+
+
+class TestProbeHttpMissing:
+    def test_skipped_without_http_sink(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without bridge/sinks/http.py the probe is skipped, not failed."""
+        monkeypatch.setattr(bridge.probes, "http_sink_available", lambda: False)
+        ok, message = probe_http(http_settings("http://127.0.0.1:9/"), 3.0)
+        assert ok is None
+        assert message.startswith("skipped")
+
+
+class TestShownUrl:
+    @pytest.mark.parametrize(
+        ("url", "shown"),
+        [
+            (
+                "https://user:pw@logs.example:8443/v1/logs?token=x",
+                "https://logs.example:8443/v1/logs",
+            ),
+            ("http://127.0.0.1/", "http://127.0.0.1/"),
+        ],
+    )
+    def test_no_credentials_or_query(self, url: str, shown: str) -> None:
+        """Credentials and the query string are dropped from displayed URLs."""
+        assert shown == shown_url(url)
