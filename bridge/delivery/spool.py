@@ -7,6 +7,11 @@ is no longer written and every record in it is acknowledged. Segments of dead pr
 adopted and replayed, so delivery is at least once (collectors deduplicate on `event_id`).
 File names, the record frame and adoption are described in `bridge.delivery.segments`.
 
+Acknowledgements live in memory: a process that dies replays its unfinished segments whole,
+acknowledged records included (so a fully acknowledged current segment is rolled and deleted
+once it passes 64 KiB, which bounds that replay). Never delete a live process's `.lock` file:
+it is how siblings know the process, and its segments, are alive.
+
 Losses are counted in `SinkStats.dropped_by_reason`, never silent: `spool_write_failed` (the
 write failed; the engine may fall back), `spool_full` (evicted by the size cap),
 `spool_corrupt` (CRC failure or a record torn by a crash) and `ttl_expired`.
