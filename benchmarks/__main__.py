@@ -18,7 +18,7 @@ from pathlib import Path
 from benchmarks.common import machine_header
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-SECTIONS = ("bench_request", "bench_sink", "bench_breakdown", "bench_http")
+SECTIONS = ("bench_request", "bench_capture", "bench_sink", "bench_breakdown", "bench_http")
 OPTIONAL = {"bench_http": "HTTP sink"}  # written by someone else; may not exist yet
 
 

@@ -1,4 +1,4 @@
-"""What the bridge costs a Flask request, and what one captured event costs the request thread.
+"""What the bridge costs a Flask request, against a bare app and plain receivers.
 
 Every contender has its own copy of the same small app (flash, custom `user-login` signal, a
 template with a list) and is connected only while its own batch runs: `init_app` / `close`
@@ -10,95 +10,30 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
 import blinker
 import flask.signals
-from flask import Flask, current_app, flash, has_request_context, render_template, request
+from flask import Flask, request
 from pythonjsonlogger.json import JsonFormatter
 
+from benchmarks.apps import BUILTIN_NAMES, LOGIN, PAGE, build_app, count_lines, naive_receiver
 from benchmarks.common import Contender, interleave, markdown_table, median, target_line
 from bridge import SignalBridge
 
-__all__ = ["CAPTURE_ROWS", "REQUEST_ROWS", "run"]
-
-LOGIN = blinker.signal("user-login")  # defined before any init_app, as an app would
-BUILTIN_NAMES = (
-    "request_started",
-    "request_finished",
-    "got_request_exception",
-    "request_tearing_down",
-    "appcontext_pushed",
-    "appcontext_popped",
-    "appcontext_tearing_down",
-    "before_render_template",
-    "template_rendered",
-    "message_flashed",
-)
-PAGE = (
-    "<h1>Welcome</h1>{% for message in get_flashed_messages() %}<p>{{ message }}</p>{% endfor %}"
-    "<ul>{% for item in items %}<li>{{ item }}</li>{% endfor %}</ul>"
-)
-ITEMS = ["tea", "coffee", "cocoa", "juice", "water"]
+__all__ = ["REQUEST_ROWS", "run"]
 
 BARE = "bare app (no bridge)"
 DEFAULT = "bridge: default + user-login, file sink"
 BUILTIN = "bridge: all ten built-ins + user-login, file sink"
 JSON_LOGGER = "python-json-logger: 3 receivers, FileHandler"
 NAIVE = "naive receiver on all ten built-ins"
-REQUEST_ROWS = (BARE, DEFAULT, BUILTIN, JSON_LOGGER, NAIVE)
-NO_RECEIVER = "no receiver"
-CAPTURE_BRIDGE = "bridge, file sink"
-CAPTURE_NAIVE = "naive dict-into-a-list receiver"
-CAPTURE_ROWS = (NO_RECEIVER, CAPTURE_BRIDGE, CAPTURE_NAIVE)
-
-
-def build_app(name: str, templates: Path, **config: Any) -> Flask:
-    """The measured app: one route that flashes, sends `user-login` and renders a template."""
-    app = Flask(name, template_folder=str(templates))
-    app.secret_key = "benchmark"
-    app.config.update(config)
-
-    @app.post("/login")
-    def login() -> str:
-        LOGIN.send(current_app._get_current_object(), user_id=7, username="ada", remember=True)
-        flash("welcome back, ada", "info")
-        return render_template("page.html", items=ITEMS)
-
-    return app
-
-
-def naive_receiver(captured: list[dict[str, Any]], signal_name: str) -> Callable[..., None]:
-    """What a first attempt looks like: copy the request into a dict, append it to a list."""
-
-    def receive(sender: Any, /, **kwargs: Any) -> None:
-        entry: dict[str, Any] = {
-            "signal": signal_name,
-            "time": datetime.now(UTC).isoformat(),
-            "id": str(uuid.uuid4()),
-        }
-        if has_request_context():
-            entry.update(
-                method=request.method,
-                path=request.path,
-                url=request.url,
-                headers=dict(request.headers),
-                remote_addr=request.remote_addr,
-                args=request.args.to_dict(),
-            )
-        captured.append(entry)
-
-    return receive
-
-
-def count_lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
+STRING = "reference: bare app with render_template_string (compiles every request)"
+REQUEST_ROWS = (BARE, DEFAULT, BUILTIN, JSON_LOGGER, NAIVE, STRING)
 
 
 def _nothing() -> None:
@@ -116,6 +51,7 @@ class Site:
     events: Callable[[], int] = lambda: 0
     requests: int = 0
     samples: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
 
     def contender(self, batch: int, warmup: int) -> Contender:
         client = self.app.test_client(use_cookies=False)
@@ -126,10 +62,13 @@ class Site:
                 if status != 200:
                     raise RuntimeError(f"{self.label}: POST /login answered {status}")
             samples = []
+            wall, cpu = time.perf_counter_ns, time.thread_time_ns
             for _ in range(batch):
-                started = time.perf_counter_ns()
+                started, started_cpu = wall(), cpu()
                 client.post("/login")
-                samples.append((time.perf_counter_ns() - started) / 1000.0)
+                ended_cpu, ended = cpu(), wall()
+                samples.append((ended - started) / 1000.0)
+                self.cpu.append((ended_cpu - started_cpu) / 1000.0)
             self.requests += warmup + batch
             return samples
 
@@ -232,6 +171,7 @@ def measure_requests(work: Path, *, rounds: int, batch: int, warmup: int) -> lis
         bridge_site(BUILTIN, "builtin", work, ["builtin", "user-login"]),
         json_logger_site(work),
         naive_site(work),
+        Site(STRING, build_app("string", work, from_string=True)),
     ]
     contenders = [site.contender(batch, warmup) for site in sites]
     interleave(contenders, rounds)
@@ -239,114 +179,74 @@ def measure_requests(work: Path, *, rounds: int, batch: int, warmup: int) -> lis
 
 
 def request_section(sites: list[Site], *, rounds: int, batch: int) -> str:
-    medians = {site.label: median(site.samples) for site in sites}
-    bare = medians[BARE]
+    wall = {site.label: median(site.samples) for site in sites}
+    cpu = {site.label: median(site.cpu) for site in sites}
     rows = []
     for site in sites:
-        value = medians[site.label]
         events = site.events() / site.requests if site.requests else 0.0
         rows.append(
             (
                 site.label,
                 f"{events:.1f}",
-                f"{value:,.1f}",
-                f"{value - bare:+,.1f}",
-                f"{(value / bare - 1) * 100:+.1f}%",
+                f"{wall[site.label]:,.1f}",
+                f"{wall[site.label] - wall[BARE]:+,.1f}",
+                f"{(wall[site.label] / wall[BARE] - 1) * 100:+.1f}%",
+                f"{cpu[site.label]:,.1f}",
+                f"{cpu[site.label] - cpu[BARE]:+,.1f}",
+                f"{(cpu[site.label] / cpu[BARE] - 1) * 100:+.1f}%",
             )
         )
-    table = markdown_table(
-        ("variant", "events / request", "median µs", "overhead µs", "overhead %"), rows
+    headers = (
+        "variant",
+        "events / request",
+        "median µs",
+        "overhead µs",
+        "overhead %",
+        "median CPU µs",
+        "CPU overhead µs",
+        "CPU overhead %",
     )
-    pct = {label: (value / bare - 1) * 100 for label, value in medians.items()}
+    wall_pct = {label: (value / wall[BARE] - 1) * 100 for label, value in wall.items()}
+    cpu_pct = {label: (value / cpu[BARE] - 1) * 100 for label, value in cpu.items()}
+
+    def against_string(label: str) -> str:
+        return f"{(wall[label] - wall[BARE]) / wall[STRING] * 100:+.1f}%"
+
     return "\n\n".join(
         [
             "## Request overhead (Flask test client)",
             "`POST /login`: flashes a message, sends the custom `user-login` signal, renders a "
-            "small cached template with a list. Each variant is its own app; the variants "
-            f"run interleaved: {rounds} rounds of {batch} timed requests each, in a shuffled "
-            "order, and only the variant being timed is connected. Median of per-request times.",
-            table,
+            "small template (a file, compiled once and cached) with a list. Each variant is its "
+            f"own app; they run interleaved: {rounds} rounds of {batch} timed requests each, in "
+            "a shuffled order, and only the variant being timed is connected. Medians of "
+            "per-request wall time and of per-request CPU time (thread time: what the request "
+            "itself burns, immune to neighbours taking the CPU away).",
+            markdown_table(headers, rows),
             "\n".join(
                 [
                     target_line(
-                        "default set + user-login", pct[DEFAULT], 5.0, unit="%", at_most=True
+                        "default + user-login, wall", wall_pct[DEFAULT], 5.0, unit="%", at_most=True
                     ),
-                    target_line("all ten + user-login", pct[BUILTIN], 15.0, unit="%", at_most=True),
-                    f"- reference: the naive receiver on all ten adds {pct[NAIVE]:+.1f}% "
-                    "(the issue expected about +26%).",
+                    target_line(
+                        "default + user-login, CPU", cpu_pct[DEFAULT], 5.0, unit="%", at_most=True
+                    ),
+                    target_line(
+                        "all ten + user-login, wall",
+                        wall_pct[BUILTIN],
+                        15.0,
+                        unit="%",
+                        at_most=True,
+                    ),
+                    target_line(
+                        "all ten + user-login, CPU", cpu_pct[BUILTIN], 15.0, unit="%", at_most=True
+                    ),
+                    f"- reference: the naive receiver on all ten adds {wall_pct[NAIVE]:+.1f}% "
+                    f"wall, {cpu_pct[NAIVE]:+.1f}% CPU (the issue expected about +26%).",
+                    "- reference: the same µs overheads measured against the "
+                    "render_template_string request instead: default "
+                    f"{against_string(DEFAULT)}, all ten {against_string(BUILTIN)}, naive "
+                    f"{against_string(NAIVE)}.",
                 ]
-            ),
-        ]
-    )
-
-
-def measure_capture(work: Path, *, rounds: int, sends: int) -> dict[str, list[float]]:
-    """µs per `LOGIN.send(app, ...)` inside a request context, for each receiver."""
-    path = work / "capture.jsonl"
-    app = build_app(
-        "capture",
-        work,
-        BRIDGE_SIGNALS=["user-login"],
-        BRIDGE_SINKS=[{"type": "file", "path": str(path)}],
-    )
-    bridge = SignalBridge()
-    captured: list[dict[str, Any]] = []
-    naive = naive_receiver(captured, "user-login")
-
-    def timed() -> list[float]:
-        with app.test_request_context("/login", method="POST", headers={"User-Agent": "bench"}):
-            for _ in range(10):
-                LOGIN.send(app, user_id=7, username="ada", remember=True)
-            started = time.perf_counter()
-            for _ in range(sends):
-                LOGIN.send(app, user_id=7, username="ada", remember=True)
-            return [(time.perf_counter() - started) / sends * 1e6]
-
-    def close_bridge() -> None:
-        if not bridge.close(timeout=10.0, app=app):
-            raise RuntimeError("the capture bridge did not flush within 10 s")
-        path.unlink(missing_ok=True)
-
-    def disconnect_naive() -> None:
-        LOGIN.disconnect(naive)
-        captured.clear()
-
-    contenders = [
-        Contender(NO_RECEIVER, timed),
-        Contender(CAPTURE_BRIDGE, timed, lambda: bridge.init_app(app), close_bridge),
-        Contender(
-            CAPTURE_NAIVE,
-            timed,
-            lambda: LOGIN.connect(naive, sender=app, weak=False),
-            disconnect_naive,
-        ),
-    ]
-    interleave(contenders, rounds, seed=3)
-    return {contender.name: contender.samples for contender in contenders}
-
-
-def capture_section(samples: dict[str, list[float]], *, rounds: int, sends: int) -> str:
-    base = median(samples[NO_RECEIVER])
-    rows = [
-        (name, f"{median(values):,.2f}", f"{median(values) - base:,.2f}")
-        for name, values in samples.items()
-    ]
-    ours = median(samples[CAPTURE_BRIDGE]) - base
-    naive = median(samples[CAPTURE_NAIVE]) - base
-    return "\n\n".join(
-        [
-            "## Cost of one captured event on the request thread",
-            f"`user-login` sent {sends} times inside one request context (so the event carries "
-            f"the request fields), {rounds} interleaved rounds; cost = median µs per send minus "
-            "the same send with no receiver.",
-            markdown_table(("receiver", "µs per send", "µs per captured event"), rows),
-            target_line(
-                "bridge, µs per captured event (naive receiver: "
-                f"{naive:,.2f} µs; the issue expected ~20 µs)",
-                ours,
-                naive,
-                unit=" µs",
-                at_most=True,
             ),
         ]
     )
@@ -357,20 +257,11 @@ def run(
     *,
     rounds: int | None = None,
     batch: int | None = None,
-    sends: int | None = None,
     work: Path | None = None,
 ) -> str:
-    """Both sections as Markdown; `quick` (or explicit counts) for a smoke run."""
-    request_rounds = rounds or (3 if quick else 60)
-    request_batch = batch or (10 if quick else 40)
-    capture_rounds = rounds or (3 if quick else 21)
-    capture_sends = sends or (200 if quick else 2000)
+    """The section as Markdown; `quick` (or explicit counts) for a smoke run."""
+    rounds = rounds or (3 if quick else 60)
+    batch = batch or (10 if quick else 40)
     with TemporaryDirectory(prefix="bench-request-") as tmp:
-        base = work or Path(tmp)
-        sites = measure_requests(
-            base, rounds=request_rounds, batch=request_batch, warmup=2 if quick else 3
-        )
-        first = request_section(sites, rounds=request_rounds, batch=request_batch)
-        samples = measure_capture(base, rounds=capture_rounds, sends=capture_sends)
-        second = capture_section(samples, rounds=capture_rounds, sends=capture_sends)
-    return f"{first}\n\n{second}\n"
+        sites = measure_requests(work or Path(tmp), rounds=rounds, batch=batch, warmup=3)
+    return request_section(sites, rounds=rounds, batch=batch) + "\n"

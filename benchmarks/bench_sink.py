@@ -17,18 +17,17 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any, BinaryIO
 
-import blinker
 import orjson
 import structlog
 from flask import Flask
 from pythonjsonlogger.json import JsonFormatter
 
+from benchmarks.apps import LOGIN
 from benchmarks.common import Contender, interleave, markdown_table, median, target_line
 from bridge import SignalBridge
 
 __all__ = ["SINK_ROWS", "run"]
 
-LOGIN = blinker.signal("user-login")
 FIELDS: dict[str, Any] = {
     "user_id": 7,
     "username": "ada",

@@ -1,0 +1,130 @@
+"""The benchmarks still run against the current code, on tiny counts (timings never checked)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from benchmarks import __main__ as entry
+from benchmarks import bench_breakdown, bench_capture, bench_request, bench_sink
+from benchmarks.common import markdown_table, target_line
+
+
+def table_rows(markdown: str) -> list[str]:
+    """The first cell of every body row of every table in `markdown`."""
+    rows = []
+    for line in markdown.splitlines():
+        if line.startswith("| ") and not re.match(r"\| -+:? \|", line):
+            rows.append(line.split(" | ")[0].removeprefix("| ").strip())
+    return rows
+
+
+def assert_rows(markdown: str, expected: Iterable[str]) -> None:
+    missing = [row for row in expected if row not in table_rows(markdown)]
+    assert [] == missing
+
+
+class TestBenchRequest:
+    def test_quick_run_has_every_variant(self, tmp_path: Path) -> None:
+        """The request section has a row per variant and a verdict per target."""
+        text = bench_request.run(quick=True, rounds=1, batch=2, work=tmp_path)
+        assert_rows(text, bench_request.REQUEST_ROWS)
+        assert 4 == len(re.findall(r"^- (met|\*\*missed\*\*)", text, flags=re.MULTILINE))
+
+    def test_bridge_variants_write_their_events(self, tmp_path: Path) -> None:
+        """Each variant's events per request match the signals it captures."""
+        text = bench_request.run(quick=True, rounds=1, batch=2, work=tmp_path)
+        events = {
+            line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1]
+            for line in text.splitlines()
+            if line.startswith("| ")
+        }
+        expected = {
+            bench_request.BARE: "0.0",
+            bench_request.DEFAULT: "3.0",
+            bench_request.BUILTIN: "10.0",
+            bench_request.JSON_LOGGER: "3.0",
+            bench_request.NAIVE: "9.0",
+        }
+        assert expected == {name: events[name] for name in expected}
+
+
+class TestBenchCapture:
+    def test_quick_run_has_every_receiver(self, tmp_path: Path) -> None:
+        """The capture section has a row per receiver and both verdicts."""
+        text = bench_capture.run(quick=True, rounds=1, sends=5, work=tmp_path)
+        assert_rows(text, bench_capture.CAPTURE_ROWS)
+        assert 2 == len(re.findall(r"^- (met|\*\*missed\*\*)", text, flags=re.MULTILINE))
+
+
+class TestBenchSink:
+    def test_quick_run_has_every_writer(self, tmp_path: Path) -> None:
+        """The sink section has a row per writer and both verdicts."""
+        text = bench_sink.run(quick=True, rounds=1, events=5, work=tmp_path)
+        assert_rows(text, bench_sink.SINK_ROWS)
+        assert 2 == len(re.findall(r"^- (met|\*\*missed\*\*)", text, flags=re.MULTILINE))
+
+
+class TestBenchBreakdown:
+    def test_quick_run_has_every_piece(self, tmp_path: Path) -> None:
+        """The breakdown times every piece of the capture path."""
+        text = bench_breakdown.run(quick=True, calls=3, repeats=1, work=tmp_path)
+        assert_rows(text, bench_breakdown.BREAKDOWN_ROWS)
+
+    def test_profile_names_the_pipeline(self) -> None:
+        """The cProfile report covers the emitter."""
+        assert "emitter.py" in bench_breakdown.profile_capture(sends=5, top=50)
+
+
+class TestMain:
+    def test_missing_http_benchmark_is_announced(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without bench_http.py the results say so instead of failing."""
+        monkeypatch.setitem(sys.modules, "benchmarks.bench_http", None)  # import fails
+        assert "`benchmarks/bench_http.py`: not built yet.\n" in str(entry._runner("bench_http"))
+
+    def test_quick_run_writes_every_section(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`python -m benchmarks --quick --output F` writes the header and every section."""
+        sections = [name for name in entry.SECTIONS if name != "bench_http"]
+        monkeypatch.setattr(entry, "SECTIONS", tuple(sections))
+        tiny = {
+            "bench_request": lambda quick: bench_request.run(quick, rounds=1, batch=1),
+            "bench_capture": lambda quick: bench_capture.run(quick, rounds=1, sends=2),
+            "bench_sink": lambda quick: bench_sink.run(quick, rounds=1, events=2),
+            "bench_breakdown": lambda quick: bench_breakdown.run(quick, calls=2, repeats=1),
+        }
+        monkeypatch.setattr(entry, "_runner", tiny.__getitem__)
+        output = tmp_path / "RESULTS.md"
+        assert 0 == entry.main(["--quick", "--output", str(output)])
+        headings = re.findall(r"^## (.+)$", output.read_text(encoding="utf-8"), re.MULTILINE)
+        expected = [
+            "Request overhead (Flask test client)",
+            "Cost of one captured event on the request thread",
+            "Sink throughput and CPU per event (outside any request)",
+            "Where one captured event's time goes",
+        ]
+        assert expected == headings
+
+
+class TestCommon:
+    def test_markdown_table_aligns_numbers_right(self) -> None:
+        """Numeric columns are right-aligned, text columns left."""
+        expected = "| a | b |\n| --- | ---: |\n| x | 1,234.5 |"
+        assert expected == markdown_table(("a", "b"), [("x", "1,234.5")])
+
+    @pytest.mark.parametrize(
+        ("actual", "at_most", "expected"),
+        [
+            (4.0, True, "- met: overhead: 4.0% (target ≤ 5.0%)"),
+            (7.5, True, "- **missed** by 2.5%: overhead: 7.5% (target ≤ 5.0%)"),
+            (2.0, False, "- **missed** by 3.0%: overhead: 2.0% (target ≥ 5.0%)"),
+        ],
+    )
+    def test_target_line(self, actual: float, at_most: bool, expected: str) -> None:
+        """A target line says met, or missed and by how much."""
+        assert expected == target_line("overhead", actual, 5.0, unit="%", at_most=at_most)
