@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import socket
-import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping
@@ -42,6 +41,7 @@ ENVELOPE_KEYS = frozenset(ENVELOPE_ORDER)
 REQUEST_START_KEY = "bridge.request_start"
 _REQUEST_CACHE_KEY = "bridge.request_fields"
 _MAX_HEADER_CHARS = 512
+_MAX_PATH_CHARS = 2048
 _MAX_STACK_CHARS = 16 * 1024
 HOST_NAME = socket.gethostname()
 
@@ -63,42 +63,31 @@ def rfc3339_now() -> str:
     return f"{prefix}.{rest // 1000:06d}Z"
 
 
-_id_lock = threading.Lock()
-_last_ms = 0
-_sequence = 0
+_clock_state: tuple[int, int] = (0, 0)  # (milliseconds, sequence) of the last id
 
 
 def new_event_id() -> str:
-    """A UUIDv7 (RFC 9562) as text: 48-bit Unix milliseconds, then a per-process sequence.
+    """A UUIDv7 (RFC 9562) as text: 48-bit Unix milliseconds, a 12-bit sequence, 62 random bits.
 
-    The 12-bit `rand_a` field counts up within a millisecond (method 1 of RFC 9562 §6.2), so
-    ids from one process sort in emission order; 62 random bits keep processes apart. `random`
-    is reseeded in forked children by the standard library.
+    The sequence fills `rand_a` (RFC 9562 §6.2, method 1) and restarts every millisecond; when
+    it runs out the id borrows the next millisecond, so ids of one thread always sort in
+    emission order. No lock: threads racing on the state may share a sequence value, and the
+    random bits still keep their ids apart (`random` is reseeded in forked children by the
+    standard library). ~1 us, against ~5 us for uuid4().
     """
-    global _last_ms, _sequence
+    global _clock_state
     ms = time.time_ns() // 1_000_000
-    with _id_lock:
-        if ms > _last_ms:
-            _last_ms = ms
-            _sequence = random.getrandbits(11)
-        else:
-            ms = _last_ms
-            _sequence += 1
-            if _sequence > 0xFFF:  # sequence exhausted: borrow the next millisecond
-                _last_ms = ms = ms + 1
-                _sequence = 0
-        sequence = _sequence
-    value = (ms << 80) | (0x7000 | sequence) << 64 | 0x8000000000000000 | random.getrandbits(62)
+    last_ms, sequence = _clock_state
+    if ms > last_ms:
+        sequence = 0
+    else:
+        ms, sequence = last_ms, sequence + 1
+        if sequence > 0xFFF:
+            ms, sequence = ms + 1, 0
+    _clock_state = (ms, sequence)
+    value = ms << 80 | (0x7000 | sequence) << 64 | 0x8000000000000000 | random.getrandbits(62)
     text = f"{value:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
-def _reset_ids_after_fork() -> None:
-    global _id_lock
-    _id_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_ids_after_fork)
 
 
 # --- request context --------------------------------------------------------------------------
@@ -148,11 +137,13 @@ def request_fields(
     fields: dict[str, Any] = {
         "request_id": request_id,
         "http.request.method": environ.get("REQUEST_METHOD", ""),
-        "url.path": _wsgi_text(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")),
+        "url.path": _wsgi_text(
+            (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))[:_MAX_PATH_CHARS]
+        ),
     }
     query = environ.get("QUERY_STRING")
     if query:
-        fields["url.query"] = redact_query(_wsgi_text(query[: _MAX_HEADER_CHARS * 4]), is_sensitive)
+        fields["url.query"] = redact_query(_wsgi_text(query[:_MAX_PATH_CHARS]), is_sensitive)
     if route is not None:
         fields["http.route"] = route
     client = environ.get("REMOTE_ADDR")

@@ -68,7 +68,11 @@ class _RequestClock:
 
 # --- custom signals: one process-wide receiver per signal, routed to the right app -----------
 
-_bridged_apps: weakref.WeakKeyDictionary[Flask, Emitter] = weakref.WeakKeyDictionary()
+_Target = tuple["weakref.ref[Flask]", Emitter, CustomSignal]
+
+
+def _bridged(app: Flask) -> bool:
+    return "bridge" in app.extensions
 
 
 class _CustomRoute:
@@ -76,47 +80,51 @@ class _CustomRoute:
 
     A send whose sender is a bridged app goes to that app's bridge; otherwise to the bridge of
     the current app (inside an app context); otherwise (a script, a job worker) to every bridge
-    configured for the signal.
+    configured for the signal. Apps are held weakly (by id, checked through a weak reference),
+    and the receiver is a plain function: both keep the per-send cost low.
     """
 
     routes: ClassVar[dict[int, _CustomRoute]] = {}
 
     def __init__(self, signal: blinker.Signal) -> None:
         self.signal = signal
-        self.targets: weakref.WeakKeyDictionary[Flask, tuple[Emitter, CustomSignal]] = (
-            weakref.WeakKeyDictionary()
-        )
-        signal.connect(self, weak=False)
+        self.targets: dict[int, _Target] = {}
+
+        def receive(sender: Any, /, **kwargs: Any) -> None:
+            for _ref, emitter, spec in self._select(sender):
+                with emitter.guard:
+                    emitter.emit(spec.signal_name, spec.event, "info", arguments=kwargs)
+
+        self.receiver = receive
+        signal.connect(receive, weak=False)
 
     @classmethod
     def add(cls, app: Flask, emitter: Emitter, spec: CustomSignal) -> None:
         route = cls.routes.get(id(spec.signal))
         if route is None or route.signal is not spec.signal:
             route = cls.routes[id(spec.signal)] = cls(spec.signal)
-        route.targets[app] = (emitter, spec)
+        route.targets[id(app)] = (weakref.ref(app), emitter, spec)
 
     @classmethod
     def remove(cls, app: Flask) -> None:
         for key, route in list(cls.routes.items()):
-            route.targets.pop(app, None)
+            target = route.targets.get(id(app))
+            if target is not None and target[0]() is app:
+                del route.targets[id(app)]
             if not route.targets:
-                route.signal.disconnect(route)
+                route.signal.disconnect(route.receiver)
                 del cls.routes[key]
 
-    def __call__(self, sender: Any, /, **kwargs: Any) -> None:
-        for emitter, spec in self._select(sender):
-            with emitter.guard:
-                emitter.emit(spec.signal_name, spec.event, "info", arguments=kwargs)
-
-    def _select(self, sender: Any) -> list[tuple[Emitter, CustomSignal]]:
-        app = sender if isinstance(sender, Flask) else None
-        if app is None or app not in _bridged_apps:
+    def _select(self, sender: Any) -> list[_Target]:
+        app = sender if isinstance(sender, Flask) and _bridged(sender) else None
+        if app is None:
             app_ctx = _cv_app.get(None)
-            app = app_ctx.app if app_ctx is not None else None
-        if app is not None and app in _bridged_apps:
-            target = self.targets.get(app)
-            return [target] if target is not None else []
-        return list(self.targets.values())
+            if app_ctx is not None and _bridged(app_ctx.app):
+                app = app_ctx.app
+        if app is not None:
+            target = self.targets.get(id(app))
+            return [target] if target is not None and target[0]() is app else []
+        return [target for target in self.targets.values() if target[0]() is not None]
 
 
 # --- built-in signals --------------------------------------------------------------------------
@@ -224,7 +232,6 @@ class SignalBridge:
             app.wsgi_app = _RequestClock(app.wsgi_app)  # type: ignore[method-assign]
         app.extensions["bridge"] = self
         self._bindings[app] = binding
-        _bridged_apps[app] = emitter
         _open_emitters.add(emitter)
 
     @staticmethod
@@ -285,7 +292,6 @@ class SignalBridge:
             for signal, receiver in binding.connections:
                 signal.disconnect(receiver)
             _CustomRoute.remove(each)
-            _bridged_apps.pop(each, None)
             each.extensions.pop("bridge", None)
             emitter = binding.emitter
             _open_emitters.discard(emitter)

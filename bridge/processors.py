@@ -100,9 +100,22 @@ class MakeJsonSafe:
     def __init__(self, is_sensitive: Callable[[str], bool], max_string_chars: int) -> None:
         self.is_sensitive = is_sensitive
         self.max_string_chars = max_string_chars
+        # key -> (cleaned key, redact?); the same few keys recur on every event
+        self._keys: dict[str, tuple[str, bool]] = {}
 
     def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
         return self.convert_mapping(event_dict, top_level=True)
+
+    def _key(self, raw_key: Any) -> tuple[str, bool]:
+        known = self._keys.get(raw_key) if type(raw_key) is str else None
+        if known is not None:
+            return known
+        text = raw_key if type(raw_key) is str else self._key_text(raw_key)
+        text = _clean_text(text, 256)
+        known = (text, self.is_sensitive(text))
+        if type(raw_key) is str and len(self._keys) < 4096:
+            self._keys[raw_key] = known
+        return known
 
     def convert_mapping(
         self,
@@ -113,21 +126,29 @@ class MakeJsonSafe:
         seen: frozenset[int] = frozenset(),
     ) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        seen = seen | {id(mapping)}
-        for count, (raw_key, value) in enumerate(mapping.items()):
-            if count >= _MAX_ITEMS:
-                out["bridge.truncated_items"] = len(mapping) - _MAX_ITEMS
-                break
-            key = raw_key if type(raw_key) is str else self._key_text(raw_key)
-            key = _clean_text(key, 256)
-            if top_level and key in ENVELOPE_KEYS:
-                out[key] = value
-            elif self.is_sensitive(key):
+        limit = self.max_string_chars
+        inner_seen: frozenset[int] | None = None
+        items = mapping.items()
+        if len(mapping) > _MAX_ITEMS:
+            items = list(items)[:_MAX_ITEMS]  # type: ignore[assignment]
+            out["bridge.truncated_items"] = len(mapping) - _MAX_ITEMS
+        for raw_key, value in items:
+            key, sensitive = self._key(raw_key)
+            cls = type(value)
+            if sensitive and not (top_level and key in ENVELOPE_KEYS):
                 out[key] = REDACTED
+            elif cls is str and len(value) <= limit and value.isascii():
+                out[key] = value  # the common case, kept cheap
+            elif value is None or cls is int or cls is bool or cls is float:
+                out[key] = value if cls is not int or _INT_MIN <= value <= _INT_MAX else str(value)
+            elif top_level and key in ENVELOPE_KEYS:
+                out[key] = value
             elif (user_id := self._user_id(value)) is not None:
                 out[f"{key}.id"] = user_id
             else:
-                out[key] = self.convert(value, depth + 1, seen)
+                if inner_seen is None:
+                    inner_seen = seen | {id(mapping)}
+                out[key] = self.convert(value, depth + 1, inner_seen)
         return out
 
     def convert(self, value: Any, depth: int = 0, seen: frozenset[int] = frozenset()) -> Any:

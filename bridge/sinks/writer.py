@@ -32,7 +32,7 @@ from bridge.sinks.base import SinkStats
 
 __all__ = ["LineWriter", "Output", "WriterSink"]
 
-_WRITTEN, _PARTIAL, _DEFERRED, _FAILED = range(4)
+_monotonic = time.monotonic
 
 
 class Output(Protocol):
@@ -110,7 +110,8 @@ class LineWriter:
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._busy = False
-        self._direct = not self._always_background
+        # direct writes from the calling thread: never with sync (own path) or fsync (thread)
+        self._direct = not self._always_background and not self.sync
         self._resume_direct_at = 0.0
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -124,59 +125,55 @@ class LineWriter:
         closed = self._closed
         self._reset_state()
         self._closed = closed
+        self._direct = self._direct and not closed
 
     # --- calling thread ----------------------------------------------------------------------
 
     def submit(self, line: bytes) -> bool:
-        """Write or queue one line; never raises, never waits (except `sync` and `block`)."""
+        """Write or queue one line; never raises, never waits (except `sync` and `block`).
+
+        The fast path (direct write) is inlined: it runs for nearly every event.
+        """
+        if self._direct and not self._queue and self._write_lock.acquire(blocking=False):
+            try:
+                if self._direct and not self._queue:
+                    started = _monotonic()
+                    if self.output.maintenance_due(started):
+                        self._defer(started, 0.0)
+                    else:
+                        try:
+                            written = self.output.write(line)
+                        except BlockingIOError:
+                            written = 0
+                        except OSError as exc:
+                            self._count_write_error(exc)
+                            return False
+                        if _monotonic() - started > self.slow_write_seconds:
+                            self._slow_write(started)
+                        if written == len(line):
+                            self._accepted_direct += 1
+                            self._written += 1
+                            return True
+                        self._defer(started, 0.0)
+                        if written:  # partial: the rest must go out next, whatever the policy
+                            return self._enqueue(line[written:], force=True)
+            finally:
+                self._write_lock.release()
         if self._closed:
             self.stats.count_dropped("closed")
             return False
         if self.sync:
             return self._write_now(line)
-        if self._direct and not self._queue and self._write_lock.acquire(blocking=False):
-            try:
-                if not self._queue:
-                    outcome, rest = self._try_direct(line)
-                    if outcome == _WRITTEN:
-                        return True
-                    if outcome == _FAILED:
-                        return False
-                    if outcome == _PARTIAL:  # the rest must go out next, whatever the policy
-                        return self._enqueue(rest, force=True)
-            finally:
-                self._write_lock.release()
         return self._enqueue(line)
 
-    def _try_direct(self, line: bytes) -> tuple[int, bytes]:
-        """Under the write lock: try one write of `line`; say what happened and what is left."""
-        started = time.monotonic()
-        if self.output.maintenance_due(started):
-            self._defer(started, 0.0)
-            return _DEFERRED, line
-        try:
-            written = self.output.write(line)
-        except BlockingIOError:
-            written = 0
-        except OSError as exc:
-            self._count_write_error(exc)
-            return _FAILED, b""
-        elapsed = time.monotonic() - started
-        if elapsed > self.slow_write_seconds:
-            self._defer(started, self.defer_seconds)
-            report(
-                f"slow-{self.name}",
-                f"sink {self.name}: a write took {elapsed * 1000:.0f} ms; "
-                f"writing from a background thread for {self.defer_seconds:.0f} s",
-            )
-        if written == len(line):
-            self._accepted_direct += 1
-            self._written += 1
-            return _WRITTEN, b""
-        self._defer(started, 0.0)
-        if written == 0:
-            return _DEFERRED, line
-        return _PARTIAL, line[written:]
+    def _slow_write(self, started: float) -> None:
+        elapsed = _monotonic() - started
+        self._defer(started, self.defer_seconds)
+        report(
+            f"slow-{self.name}",
+            f"sink {self.name}: a write took {elapsed * 1000:.0f} ms; "
+            f"writing from a background thread for {self.defer_seconds:.0f} s",
+        )
 
     def _defer(self, now: float, seconds: float) -> None:
         self._direct = False
@@ -245,7 +242,11 @@ class LineWriter:
                     return
                 if self.output.maintenance_due(time.monotonic()):
                     self._maintain()
-                if not self._always_background and time.monotonic() >= self._resume_direct_at:
+                if (
+                    not self._always_background
+                    and not self._closed
+                    and time.monotonic() >= self._resume_direct_at
+                ):
                     self._direct = True
 
     def _drain_queue_locked(self) -> None:
@@ -331,6 +332,7 @@ class LineWriter:
         deadline = time.monotonic() + timeout
         flushed = self.flush(timeout)
         self._closed = True
+        self._direct = False
         with self._queue_lock:
             self._stopping = True
             self._wakeup.notify_all()
