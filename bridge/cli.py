@@ -1,0 +1,309 @@
+"""`flask bridge ...`: check the configuration, send a test event, show counters, read files.
+
+Registered through the `flask.commands` entry point, so Flask's CLI finds the group without
+loading the app; each command loads the app itself. That is what lets `check` explain a
+`ConfigError` that made the app fail in `init_app`, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from flask import Flask
+from flask.cli import ScriptInfo
+
+from bridge.config import HttpSinkSettings, SinkSettings, load_settings
+from bridge.errors import BridgeError, ConfigError
+from bridge.extension import SignalBridge
+from bridge.probes import describe_sink, probe_sink
+from bridge.signals import resolve_signals
+from bridge.sinks.base import Sink
+from bridge.tail import (
+    LEVEL_COLORS,
+    EventFilter,
+    EventLine,
+    format_event,
+    format_invalid,
+    read_file,
+    tail_lines,
+)
+
+__all__ = ["bridge_command"]
+
+EXIT_CONFIG = 1  # the configuration is wrong, or the app failed to load
+EXIT_PROBE = 3  # the configuration is valid but a sink cannot be reached
+_sleep = time.sleep  # follow mode's poll; tests replace it to drive the file without waiting
+
+
+@click.group("bridge")
+def bridge_command() -> None:
+    """flask-signal-bridge: check the configuration, send a test event, read event files."""
+
+
+def _load_app() -> Flask:
+    return click.get_current_context().ensure_object(ScriptInfo).load_app()
+
+
+def _bridged_app() -> tuple[Flask, SignalBridge]:
+    """The app, inside an app context, and its SignalBridge; a clear error when either fails."""
+    ctx = click.get_current_context()
+    try:
+        app = _load_app()
+    except BridgeError as exc:
+        raise click.ClickException(f"{exc}\nRun `flask bridge check` for details.") from None
+    ctx.with_resource(app.app_context())
+    bridge = app.extensions.get("bridge")
+    if not isinstance(bridge, SignalBridge):
+        raise click.ClickException(
+            "this app has no SignalBridge: call SignalBridge(app) or bridge.init_app(app)"
+        )
+    return app, bridge
+
+
+# --- check ----------------------------------------------------------------------------------
+
+
+def _explain(exc: ConfigError) -> None:
+    top = exc.key.split(".", 1)[0].split("[", 1)[0].split(" ", 1)[0]
+    click.secho("bridge configuration is invalid:", fg="red", err=True)
+    click.echo(f"  key:      {exc.key}", err=True)
+    click.echo(f"  value:    {exc.value!r}", err=True)
+    click.echo(f"  expected: {exc.expected}", err=True)
+    if top != "BRIDGE_CONFIG":
+        click.echo(
+            f"  (set in the TOML file named by BRIDGE_CONFIG, app.config['BRIDGE_{top.upper()}']"
+            f" or the environment variable BRIDGE_{top.upper()}; later ones win)",
+            err=True,
+        )
+
+
+@bridge_command.command("check")
+@click.option("--timeout", default=3.0, show_default=True, help="Seconds per network probe.")
+@click.pass_context
+def check_command(ctx: click.Context, timeout: float) -> None:
+    """Validate the configuration, list sinks and signals, probe each sink.
+
+    Exit status: 0 all good, 1 the configuration is wrong (or the app failed to load),
+    3 valid but a sink cannot be reached.
+    """
+    try:
+        app = _load_app()
+    except ConfigError as exc:
+        click.secho("the app failed to start: init_app raised a ConfigError", fg="red", err=True)
+        _explain(exc)
+        ctx.exit(EXIT_CONFIG)
+    except click.ClickException:
+        raise
+    except Exception as exc:
+        click.secho(f"the app failed to load: {type(exc).__name__}: {exc}", fg="red", err=True)
+        ctx.exit(EXIT_CONFIG)
+    try:
+        settings = load_settings(app.config, os.environ, default_service=app.import_name)
+        builtins, customs = resolve_signals(settings.signals, settings.rename)
+    except ConfigError as exc:
+        _explain(exc)
+        ctx.exit(EXIT_CONFIG)
+    if not isinstance(app.extensions.get("bridge"), SignalBridge):
+        click.secho(
+            "warning: this app has no SignalBridge (configuration checked anyway)", fg="yellow"
+        )
+    click.echo(f"service: {settings.service}")
+    click.echo("signals:")
+    for builtin in builtins:
+        event = settings.rename.get(builtin.name) or builtin.event
+        click.echo(f"  {builtin.name} -> {event} (built-in)")
+    for custom in customs:
+        click.echo(f"  {custom.spec} -> {custom.event} (custom)")
+    click.echo(f"loggers: {', '.join(settings.loggers) or '(none)'}")
+    click.echo("sinks:")
+    failed = False
+    for sink in settings.sinks:
+        ok, message = probe_sink(sink, timeout)
+        failed = failed or ok is False
+        mark = {True: ("ok", "green"), False: ("FAIL", "red"), None: ("skip", "yellow")}[ok]
+        click.echo(f"  {describe_sink(sink)}: " + click.style(mark[0], fg=mark[1]) + f", {message}")
+    if failed:
+        ctx.exit(EXIT_PROBE)
+    click.secho("configuration ok", fg="green")
+
+
+# --- emit-test and stats ----------------------------------------------------------------------
+
+
+def _sink_line(name: str, counters: dict[str, Any]) -> str:
+    keys = ("enqueued", "delivered", "dropped", "spooled", "dead_lettered", "queue_depth")
+    text = " ".join(f"{key}={counters.get(key)}" for key in keys if key in counters)
+    if counters.get("last_error"):
+        text += f" last_error={counters['last_error']!r}"
+    return f"  {name}: {text}"
+
+
+@bridge_command.command("emit-test")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for delivery.")
+def emit_test_command(timeout: float) -> None:
+    """Send one `bridge.test` event through every sink, flush, and show each sink's counters."""
+    app, bridge = _bridged_app()
+    bridge.emitter(app).emit(
+        "bridge-test", "bridge.test", "info", {"message": "test event from flask bridge emit-test"}
+    )
+    flushed = bridge.flush(timeout, app=app)
+    stats = bridge.stats(app=app)
+    click.echo("bridge.test sent; sinks:")
+    for name, counters in stats["sinks"].items():
+        click.echo(_sink_line(name, counters))
+    dropped = sum(int(c.get("dropped", 0)) for c in stats["sinks"].values())
+    if not flushed or dropped:
+        reason = f"{dropped} dropped" if dropped else f"not delivered within {timeout:g}s"
+        raise click.ClickException(f"the test event did not reach every sink: {reason}")
+    click.secho("delivered", fg="green")
+
+
+@bridge_command.command("stats")
+def stats_command() -> None:
+    """Print the bridge's counters as JSON.
+
+    Counters are per process: this shows those of the process running this command (the
+    app it just loaded), not those of your server's workers. Call `bridge.stats()` inside a
+    worker (a health endpoint, for example) to see theirs.
+    """
+    app, bridge = _bridged_app()
+    click.echo(json.dumps(bridge.stats(app=app), indent=2, sort_keys=True))
+
+
+# --- tail -----------------------------------------------------------------------------------
+
+
+def _show(line: EventLine, *, as_json: bool, verbose: bool) -> None:
+    if line.event is None:
+        click.secho(format_invalid(line), fg="magenta", err=as_json)
+    elif as_json:
+        click.echo(line.raw.decode("utf-8", "replace"))
+    else:
+        text, level = format_event(line.event, verbose=verbose)
+        click.secho(text, fg=LEVEL_COLORS.get(level))
+
+
+@bridge_command.command("tail")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-f", "--follow", "follow_mode", is_flag=True, help="Keep reading as it grows.")
+@click.option("--event", "events", multiple=True, help="Event name or glob (repeatable).")
+@click.option("--level", type=click.Choice(["debug", "info", "warning", "error"]), help="At least.")
+@click.option("--grep", help="Only lines containing this text (case-insensitive).")
+@click.option("--json", "as_json", is_flag=True, help="Print matching lines as they are.")
+@click.option("-n", "--lines", "last", type=click.IntRange(min=0), help="Start with the last N.")
+@click.option("--max-events", type=click.IntRange(min=1), help="Stop after N events shown.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every key, including the envelope's.")
+def tail_command(
+    file: Path,
+    follow_mode: bool,
+    events: tuple[str, ...],
+    level: str | None,
+    grep: str | None,
+    as_json: bool,
+    last: int | None,
+    max_events: int | None,
+    verbose: bool,
+) -> None:
+    """Pretty-print a JSON-lines event file: one line per event (time, level, event, then
+    key=value). Invalid lines are shown as such (on stderr with --json). With --follow, keeps
+    reading like `tail -F`, across logrotate renames and truncation."""
+    if not follow_mode and not file.exists():
+        raise click.BadParameter(f"{file} does not exist", param_hint="FILE")
+    keep = EventFilter(events, level, grep)
+    lines = tail_lines(file, keep, follow_mode=follow_mode, last=last, sleep=_sleep)
+    with closing(lines):
+        for shown, line in enumerate(lines, start=1):
+            _show(line, as_json=as_json, verbose=verbose)
+            if max_events is not None and shown >= max_events:
+                return
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+
+def original_line(record: Any) -> bytes | None:
+    """The event line a dead-letter record holds (`line`: text, or `event`: the object)."""
+    if not isinstance(record, dict):
+        return None
+    value = record.get("line", record.get("event"))
+    if isinstance(value, str):
+        data = value.rstrip("\n").encode("utf-8")
+    elif isinstance(value, dict):
+        data = orjson.dumps(value)
+    else:
+        return None
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return data + b"\n" if isinstance(parsed, dict) else None
+
+
+def _target_sink(
+    settings: tuple[SinkSettings, ...], sinks: tuple[Sink, ...], name: str | None
+) -> Sink:
+    by_name = {sink.name: sink for sink in sinks}
+    if name is None:
+        name = next((s.name for s in settings if isinstance(s, HttpSinkSettings)), None)
+        if name is None:
+            raise click.UsageError(
+                f"no http sink is configured; name a sink with --sink ({', '.join(by_name)})"
+            )
+    if name not in by_name:
+        raise click.BadParameter(
+            f"no sink named {name!r}; sinks: {', '.join(by_name)}", param_hint="--sink"
+        )
+    return by_name[name]
+
+
+@bridge_command.command("replay")
+@click.argument("dead_letter_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--sink", "sink_name", help="Sink to resend to (default: the first http sink).")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for delivery.")
+def replay_command(dead_letter_file: Path, sink_name: str | None, timeout: float) -> None:
+    """Resend the events of a dead-letter file, unchanged (same event_id, so collectors can
+    deduplicate). The file is read whole first and left in place. Exits 1 unless every record
+    was resent and delivered."""
+    app, bridge = _bridged_app()
+    emitter = bridge.emitter(app)
+    sink = _target_sink(emitter.settings.sinks, emitter.sinks, sink_name)
+    originals: list[bytes] = []
+    skipped = 0
+    with dead_letter_file.open("rb") as handle:
+        for line in read_file(handle):
+            data = original_line(line.event)
+            if data is None:
+                skipped += 1
+                click.secho(
+                    f"!! line {line.number}: not a dead-letter record, skipped",
+                    fg="magenta",
+                    err=True,
+                )
+            else:
+                originals.append(data)
+    before = sink.stats()
+    accepted = sum(1 for data in originals if sink.submit(data))
+    flushed = sink.flush(timeout)
+    after = sink.stats()
+    again = int(after.get("dead_lettered", 0)) - int(before.get("dead_lettered", 0))
+    click.echo(f"resent {accepted} of {len(originals)} events to {sink.name}")
+    if again:
+        click.echo(f"{again} were refused again and dead-lettered")
+    if skipped or accepted < len(originals) or not flushed or again:
+        problems = []
+        if skipped:
+            problems.append(f"{skipped} records skipped")
+        if accepted < len(originals):
+            problems.append(f"{len(originals) - accepted} refused by the sink")
+        if not flushed:
+            problems.append(f"not all delivered within {timeout:g}s")
+        if again:
+            problems.append(f"{again} dead-lettered again")
+        raise click.ClickException("replay incomplete: " + ", ".join(problems))

@@ -1,0 +1,370 @@
+"""`flask bridge ...` through Flask's CLI runner, real apps and real files in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from flask import Flask
+from flask.cli import FlaskGroup, ScriptInfo
+
+import bridge.cli
+import bridge.probes
+from bridge import SignalBridge
+from bridge.cli import bridge_command
+from tests.conftest import BridgedApp, build_app, read_events
+
+Make = Callable[..., BridgedApp]
+
+
+def invoke(app: Flask, *args: str, **kwargs: Any) -> Result:
+    return app.test_cli_runner().invoke(bridge_command, list(args), **kwargs)
+
+
+def broken_app_factory() -> Flask:
+    """An app factory whose init_app fails on a wrong configuration value."""
+    app = Flask("broken")
+    app.config["BRIDGE_MAX_LINE_BYTES"] = "big"
+    SignalBridge(app)
+    return app
+
+
+def event_line(**event: Any) -> bytes:
+    return json.dumps(event).encode() + b"\n"
+
+
+@pytest.fixture
+def closing_bridges() -> Iterator[list[SignalBridge]]:
+    """Bridges a test makes itself; closed at teardown."""
+    bridges: list[SignalBridge] = []
+    yield bridges
+    for each in bridges:
+        each.close(timeout=5.0)
+
+
+class TestCheck:
+    def test_valid_configuration(self, make_bridged: Make) -> None:
+        """Lists the service, the signals with their events and the sinks, probed, exit 0."""
+        bridged = make_bridged(
+            signals=["default", "user-login"], BRIDGE_RENAME={"message_flashed": "flash"}
+        )
+        result = invoke(bridged.app, "check")
+        assert 0 == result.exit_code, result.output
+        assert [
+            "service: shop",
+            "signals:",
+            "  request_finished -> request.finished (built-in)",
+            "  got_request_exception -> request.exception (built-in)",
+            "  message_flashed -> flash (built-in)",
+            "  user-login -> user-login (custom)",
+            "loggers: (none)",
+            "sinks:",
+            f"  file-0 (file) {bridged.path}: ok, directory {bridged.path.parent} is writable",
+            "configuration ok",
+        ] == result.output.splitlines()
+
+    def test_wrong_value_names_key_value_and_expectation(self) -> None:
+        """A wrong value exits 1 with the key, the value and what was expected."""
+        app = build_app(BRIDGE_SINKS=[{"type": "file", "path": ""}])
+        result = invoke(app, "check")
+        assert 1 == result.exit_code
+        assert [
+            "bridge configuration is invalid:",
+            "  key:      sinks[0].path",
+            "  value:    ''",
+            "  expected: a non-empty string",
+            "  (set in the TOML file named by BRIDGE_CONFIG, app.config['BRIDGE_SINKS'] or the "
+            "environment variable BRIDGE_SINKS; later ones win)",
+        ] == result.output.splitlines()
+
+    def test_unknown_signal(self) -> None:
+        """A misspelt signal exits 1 with a suggestion."""
+        result = invoke(build_app(BRIDGE_SIGNALS=["request_finishd"]), "check")
+        assert 1 == result.exit_code
+        assert "did you mean 'request_finished'?" in result.output
+
+    def test_unreachable_sink_exits_3(self, tmp_path: Path) -> None:
+        """A valid configuration whose file sink cannot be created exits 3 and says why."""
+        (tmp_path / "plain").write_text("x")
+        path = tmp_path / "plain" / "events.jsonl"
+        app = build_app(BRIDGE_SINKS=[{"type": "file", "path": str(path)}, {"type": "stdout"}])
+        result = invoke(app, "check")
+        assert 3 == result.exit_code
+        lines = result.output.splitlines()
+        assert "warning: this app has no SignalBridge (configuration checked anyway)" == lines[0]
+        assert f"  file-0 (file) {path}: FAIL, {tmp_path / 'plain'} is not a directory" in lines
+        assert "  stdout-1 (stdout) stdout: ok, ok" in lines
+
+    def test_http_probe_skipped_without_http_sink(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Until bridge/sinks/http.py exists, an http sink is listed and its probe skipped."""
+        monkeypatch.setattr(bridge.probes, "http_sink_available", lambda: False)
+        sink = {"type": "http", "url": "https://u:pw@logs.example/in?key=s3cret"}
+        result = invoke(build_app(BRIDGE_SINKS=[sink]), "check")
+        assert 0 == result.exit_code, result.output
+        assert (
+            "  http-0 (http, ndjson) https://logs.example/in: skip, "
+            "skipped: the http sink is not part of this installation yet"
+        ) in result.output.splitlines()
+        assert "s3cret" not in result.output and "pw" not in result.output
+
+
+class TestCheckWhenTheAppFails:
+    def test_init_app_config_error_is_explained(self, make_bridged: Make) -> None:
+        """An app whose init_app raised a ConfigError is explained, not a traceback; exit 1."""
+        runner = make_bridged().app.test_cli_runner()
+        result = runner.invoke(
+            bridge_command, ["check"], obj=ScriptInfo(create_app=broken_app_factory)
+        )
+        assert 1 == result.exit_code
+        assert [
+            "the app failed to start: init_app raised a ConfigError",
+            "bridge configuration is invalid:",
+            "  key:      max_line_bytes",
+            "  value:    'big'",
+            "  expected: a whole number >= 1",
+        ] == result.output.splitlines()[:5]
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+    def test_other_load_failures(self, make_bridged: Make) -> None:
+        """Any other failure while loading the app is reported in one line; exit 1."""
+
+        def factory() -> Flask:
+            raise RuntimeError("database URL missing")
+
+        runner = make_bridged().app.test_cli_runner()
+        result = runner.invoke(bridge_command, ["check"], obj=ScriptInfo(create_app=factory))
+        assert 1 == result.exit_code
+        expected = "the app failed to load: RuntimeError: database URL missing\n"
+        assert expected == result.output
+
+    def test_found_through_the_entry_point(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Flask's CLI finds `bridge` through the entry point even though the app fails."""
+        monkeypatch.setenv("FLASK_RUN_FROM_CLI", "true")  # FlaskGroup sets it; restore after
+        cli = FlaskGroup(create_app=broken_app_factory, load_dotenv=False)
+        result = CliRunner().invoke(cli, ["bridge", "check"])
+        assert 1 == result.exit_code
+        assert "  key:      max_line_bytes" in result.output.splitlines()
+
+    @pytest.mark.slow
+    def test_real_flask_command(self, tmp_path: Path) -> None:
+        """`flask --app broken:create_app bridge check` in a fresh process explains the error."""
+        (tmp_path / "broken.py").write_text(
+            "from flask import Flask\n"
+            "from bridge import SignalBridge\n\n"
+            "def create_app():\n"
+            "    app = Flask('broken')\n"
+            "    app.config['BRIDGE_SINKS'] = [{'type': 'file'}]\n"
+            "    SignalBridge(app)\n"
+            "    return app\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "FLASK_"))}
+        done = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "broken:create_app", "bridge", "check"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert 1 == done.returncode, done.stderr
+        assert "  key:      sinks[0].path" in done.stderr.splitlines()
+        assert "Traceback" not in done.stderr
+
+
+class TestEmitTest:
+    def test_sends_and_reports(self, make_bridged: Make) -> None:
+        """One bridge.test event reaches the file; each sink's counters are printed."""
+        bridged = make_bridged()
+        result = invoke(bridged.app, "emit-test")
+        assert 0 == result.exit_code, result.output
+        assert (
+            "  file-0: enqueued=1 delivered=1 dropped=0 spooled=0 dead_lettered=0 queue_depth=0"
+            in result.output.splitlines()
+        )
+        [event] = read_events(bridged.path)
+        assert ("bridge.test", "bridge-test", "info") == (
+            event["event"],
+            event["signal"],
+            event["level"],
+        )
+
+    def test_failure_exits_1(self, closing_bridges: list[SignalBridge]) -> None:
+        """A sink that drops the event (a full disk: /dev/full) makes emit-test fail."""
+        app = build_app(BRIDGE_SINKS=[{"type": "file", "path": "/dev/full"}])
+        closing_bridges.append(SignalBridge(app))
+        result = invoke(app, "emit-test")
+        assert 1 == result.exit_code
+        assert "Error: the test event did not reach every sink: 1 dropped" in result.output
+
+    def test_app_without_bridge(self) -> None:
+        """An app without a SignalBridge gets a clear error."""
+        result = invoke(build_app(), "emit-test")
+        assert 1 == result.exit_code
+        assert "this app has no SignalBridge" in result.output
+
+
+class TestStats:
+    def test_prints_json(self, make_bridged: Make) -> None:
+        """Prints stats() as JSON."""
+        bridged = make_bridged()
+        bridged.client.get("/")
+        assert bridged.bridge.flush(timeout=10.0)
+        result = invoke(bridged.app, "stats")
+        assert 0 == result.exit_code, result.output
+        assert bridged.bridge.stats() == json.loads(result.output)
+
+    def test_help_says_per_process(self, make_bridged: Make) -> None:
+        """The help text says the counters are those of the process running the command."""
+        result = invoke(make_bridged().app, "stats", "--help")
+        assert "Counters are per process" in result.output
+
+
+@pytest.fixture
+def event_file(tmp_path: Path) -> Path:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(
+        event_line(timestamp="T1", level="info", event="request.finished", status=200)
+        + b"{torn line\n"
+        + event_line(timestamp="T2", level="warning", event="user.login", user="ada")
+        + event_line(timestamp="T3", level="error", event="request.exception", signal="s")
+    )
+    return path
+
+
+class TestTail:
+    def test_pretty_prints_and_shows_invalid_lines(
+        self, make_bridged: Make, event_file: Path
+    ) -> None:
+        """One readable line per event; an invalid line is shown as such."""
+        result = invoke(make_bridged().app, "tail", str(event_file))
+        assert 0 == result.exit_code, result.output
+        first, invalid, *rest = result.output.splitlines()
+        assert "T1 INFO    request.finished  status=200" == first
+        assert invalid.startswith("!! line 2: invalid JSON: ")
+        assert invalid.endswith(": {torn line")
+        assert ["T2 WARNING user.login  user=ada", "T3 ERROR   request.exception"] == rest
+
+    @pytest.mark.parametrize(
+        ("options", "expected"),
+        [
+            (["--event", "request.*"], ["T1", "!!", "T3"]),
+            (["--level", "warning"], ["!!", "T2", "T3"]),
+            (["--grep", "ADA"], ["T2"]),
+            (["--event", "user.login", "--event", "request.exception"], ["!!", "T2", "T3"]),
+            (["-n", "2"], ["T2", "T3"]),
+            (["--max-events", "1"], ["T1"]),
+        ],
+    )
+    def test_filters(
+        self, make_bridged: Make, event_file: Path, options: list[str], expected: list[str]
+    ) -> None:
+        """--event (globs, repeatable), --level (at least), --grep, -n and --max-events."""
+        result = invoke(make_bridged().app, "tail", str(event_file), *options)
+        assert 0 == result.exit_code, result.output
+        assert expected == [text.split(" ", 1)[0] for text in result.output.splitlines()]
+
+    def test_json_keeps_lines_and_sends_invalid_to_stderr(
+        self, make_bridged: Make, event_file: Path
+    ) -> None:
+        """--json prints matching lines unchanged on stdout; invalid lines go to stderr."""
+        result = invoke(make_bridged().app, "tail", str(event_file), "--json", "--level", "error")
+        assert 0 == result.exit_code, result.output
+        assert [event_file.read_bytes().splitlines()[3].decode()] == result.stdout.splitlines()
+        assert result.stderr.startswith("!! line 2: invalid JSON")
+
+    def test_missing_file(self, make_bridged: Make, tmp_path: Path) -> None:
+        """Without --follow a missing file is a usage error."""
+        result = invoke(make_bridged().app, "tail", str(tmp_path / "nope.jsonl"))
+        assert 2 == result.exit_code
+        assert "does not exist" in result.output
+
+    def test_follow_across_rotation(
+        self, make_bridged: Make, event_file: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """--follow prints new events, survives a rename-and-recreate, stops at --max-events."""
+        steps = [
+            lambda: event_file.rename(event_file.with_suffix(".1")),
+            lambda: event_file.write_bytes(event_line(timestamp="T4", event="after.rotation")),
+        ]
+
+        def scripted_sleep(seconds: float) -> None:
+            assert steps, "tail --follow slept more often than the scenario planned"
+            steps.pop(0)()
+
+        monkeypatch.setattr(bridge.cli, "_sleep", scripted_sleep)
+        result = invoke(
+            make_bridged().app, "tail", str(event_file), "-f", "--grep", '"T', "--max-events", "4"
+        )
+        assert 0 == result.exit_code, result.output
+        assert ["T1", "T2", "T3", "T4"] == [x.split(" ", 1)[0] for x in result.output.splitlines()]
+        assert [] == steps
+
+
+class TestReplay:
+    def dead_letters(self, path: Path, *records: dict[str, Any] | str) -> Path:
+        text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records)
+        path.write_text(text)
+        return path
+
+    def test_resends_original_lines(self, make_bridged: Make, tmp_path: Path) -> None:
+        """`line` and `event` records are resent unchanged to the named sink."""
+        original = '{"event":"user.login","event_id":"0190-a","user_id":7}'
+        dead = self.dead_letters(
+            tmp_path / "dead.jsonl",
+            {
+                "time": "T",
+                "reason": "rejected_4xx",
+                "status": 400,
+                "response": "",
+                "line": original,
+            },
+            {"event": {"event": "order.paid", "event_id": "0190-b"}},
+        )
+        bridged = make_bridged()
+        result = invoke(bridged.app, "replay", str(dead), "--sink", "file-0")
+        assert 0 == result.exit_code, result.output
+        assert "resent 2 of 2 events to file-0\n" == result.output
+        assert (original + "\n").encode() == bridged.path.read_bytes().splitlines(True)[0]
+        assert [
+            {"event": "user.login", "event_id": "0190-a", "user_id": 7},
+            {"event": "order.paid", "event_id": "0190-b"},
+        ] == read_events(bridged.path)
+
+    def test_unreadable_records_are_skipped_and_counted(
+        self, make_bridged: Make, tmp_path: Path
+    ) -> None:
+        """Records without an original event are skipped, the rest resent, exit 1."""
+        dead = self.dead_letters(
+            tmp_path / "dead.jsonl",
+            {"line": '{"event": "kept"}'},
+            "not json",
+            {"line": "[1, 2]"},
+            {"reason": "no line"},
+        )
+        bridged = make_bridged()
+        result = invoke(bridged.app, "replay", str(dead), "--sink", "file-0")
+        assert 1 == result.exit_code
+        assert ["kept"] == [e["event"] for e in read_events(bridged.path)]
+        assert "Error: replay incomplete: 3 records skipped" in result.output.splitlines()
+        assert "!! line 2: not a dead-letter record, skipped" in result.output.splitlines()
+
+    def test_default_needs_an_http_sink(self, make_bridged: Make, tmp_path: Path) -> None:
+        """Without --sink the first http sink is used; none configured is a usage error."""
+        dead = self.dead_letters(tmp_path / "dead.jsonl", {"line": '{"event": "x"}'})
+        result = invoke(make_bridged().app, "replay", str(dead))
+        assert 2 == result.exit_code
+        assert "no http sink is configured; name a sink with --sink (file-0)" in result.output
+
+    def test_unknown_sink(self, make_bridged: Make, tmp_path: Path) -> None:
+        """An unknown --sink name is a usage error listing the sinks."""
+        dead = self.dead_letters(tmp_path / "dead.jsonl", {"line": '{"event": "x"}'})
+        result = invoke(make_bridged().app, "replay", str(dead), "--sink", "nope")
+        assert 2 == result.exit_code
+        assert "no sink named 'nope'; sinks: file-0" in result.output
