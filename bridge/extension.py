@@ -31,6 +31,7 @@ from bridge.config import (
 from bridge.emitter import Emitter
 from bridge.errors import ConfigError
 from bridge.events import REQUEST_START_KEY, request_duration_ms
+from bridge.logging import attach_loggers
 from bridge.processors import Processor
 from bridge.signals import BuiltinSignal, CustomSignal, resolve_signals
 from bridge.sinks.base import Sink
@@ -187,6 +188,7 @@ class _AppBinding:
     def __init__(self, emitter: Emitter) -> None:
         self.emitter = emitter
         self.connections: list[tuple[blinker.Signal, Receiver]] = []
+        self.detach_loggers: Callable[[], None] = lambda: None
 
 
 class SignalBridge:
@@ -228,6 +230,8 @@ class SignalBridge:
             binding.connections.append((spec.signal, receiver))
         for custom in customs:
             _CustomRoute.add(app, emitter, custom)
+        if settings.loggers:
+            binding.detach_loggers = attach_loggers(settings.loggers, emitter)
         if not isinstance(app.wsgi_app, _RequestClock):
             app.wsgi_app = _RequestClock(app.wsgi_app)  # type: ignore[method-assign]
         app.extensions["bridge"] = self
@@ -292,6 +296,7 @@ class SignalBridge:
             for signal, receiver in binding.connections:
                 signal.disconnect(receiver)
             _CustomRoute.remove(each)
+            binding.detach_loggers()
             each.extensions.pop("bridge", None)
             emitter = binding.emitter
             _open_emitters.discard(emitter)

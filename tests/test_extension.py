@@ -393,3 +393,28 @@ def test_signal_defined_after_init_app_is_refused() -> None:
     with pytest.raises(ConfigError, match="never-defined-signal"):
         SignalBridge(app)
     assert "never-defined-signal" not in blinker.default_namespace
+
+
+def test_loggers_key_routes_stdlib_records(make_bridged: Make) -> None:
+    """`loggers` sends those stdlib loggers' records through the sinks, until close()."""
+    import logging
+
+    bridged = make_bridged(signals=["default"], BRIDGE_LOGGERS=["shop.payments"])
+    logger = logging.getLogger("shop.payments")
+    logger.setLevel(logging.INFO)
+    with bridged.app.test_request_context("/pay", headers={"X-Request-ID": "pay-1"}):
+        logger.warning("card declined", extra={"order_id": 7, "card_number": "4111"})
+    (event,) = bridged.events()
+    assert ("card declined", "warning", "logging") == (
+        event["event"],
+        event["level"],
+        event["signal"],
+    )
+    assert (7, "[REDACTED]", "pay-1") == (
+        event["order_id"],
+        event["card_number"],
+        event["request_id"],
+    )
+    bridged.bridge.close()
+    logger.warning("after close")
+    assert 1 == len(read_events(bridged.path))
