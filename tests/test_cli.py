@@ -19,6 +19,7 @@ import bridge.cli
 import bridge.probes
 from bridge import SignalBridge
 from bridge.cli import bridge_command
+from tests.collector import Collector, Reply
 from tests.conftest import BridgedApp, build_app, read_events
 
 Make = Callable[..., BridgedApp]
@@ -34,6 +35,11 @@ def broken_app_factory() -> Flask:
     app.config["BRIDGE_MAX_LINE_BYTES"] = "big"
     SignalBridge(app)
     return app
+
+
+def read_dead_lines(path: Path) -> list[str]:
+    """The original event lines held by a dead-letter file."""
+    return [json.loads(record)["line"] for record in path.read_text().splitlines()]
 
 
 def event_line(**event: Any) -> bytes:
@@ -113,6 +119,16 @@ class TestCheck:
             "skipped: the http sink is not part of this installation yet"
         ) in result.output.splitlines()
         assert "s3cret" not in result.output and "pw" not in result.output
+
+    def test_http_sink_probed(self, closing_bridges: list[SignalBridge]) -> None:
+        """A bridged app's http sink is probed against the real collector."""
+        with Collector() as collector:
+            app = build_app(BRIDGE_SINKS=[{"type": "http", "url": collector.url}])
+            closing_bridges.append(SignalBridge(app))
+            result = invoke(app, "check")
+            assert 0 == result.exit_code, result.output
+            assert f"  http-0 (http, ndjson) {collector.url}: ok, reachable" in result.output
+        assert ["configuration ok"] == result.output.splitlines()[-1:]
 
 
 class TestCheckWhenTheAppFails:
@@ -361,6 +377,51 @@ class TestReplay:
         result = invoke(make_bridged().app, "replay", str(dead))
         assert 2 == result.exit_code
         assert "no http sink is configured; name a sink with --sink (file-0)" in result.output
+
+    def test_dead_letters_go_back_to_the_http_sink(
+        self, closing_bridges: list[SignalBridge], tmp_path: Path
+    ) -> None:
+        """Events the collector refused (dead-lettered by the http sink) are resent to the
+        first http sink by default, with their original event ids."""
+        dead = tmp_path / "dead.jsonl"
+        sink = {
+            "type": "http",
+            "url": "",
+            "dead_letter_path": str(dead),
+            "batch_timeout": 0.05,
+        }
+        with Collector() as collector:
+            sink["url"] = collector.url
+            app = build_app(BRIDGE_SINKS=[{"type": "stdout", "stream": "stderr"}, sink])
+            bridge = SignalBridge(app)
+            closing_bridges.append(bridge)
+            collector.plan(Reply(400, body=b"mapping error"))
+            for n in range(3):
+                bridge.emitter(app).emit("s", "order.paid", "info", {"n": n})
+            assert bridge.flush(timeout=20.0)
+            refused = [json.loads(x)["event_id"] for x in read_dead_lines(dead)]
+            assert 3 == len(refused)
+            assert [] == collector.event_ids()
+
+            result = invoke(app, "replay", str(dead))
+            assert 0 == result.exit_code, result.output
+            assert "resent 3 of 3 events to http-1\n" == result.output
+            assert refused == collector.event_ids()
+
+    def test_refused_again(self, closing_bridges: list[SignalBridge], tmp_path: Path) -> None:
+        """Events the collector refuses again are dead-lettered again, and replay exits 1."""
+        dead = self.dead_letters(tmp_path / "dead.jsonl", {"line": '{"event": "x"}'})
+        again = tmp_path / "again.jsonl"
+        with Collector() as collector:
+            sink = {"type": "http", "url": collector.url, "dead_letter_path": str(again)}
+            app = build_app(BRIDGE_SINKS=[sink])
+            closing_bridges.append(SignalBridge(app))
+            collector.plan(Reply(422))
+            result = invoke(app, "replay", str(dead))
+        assert 1 == result.exit_code
+        assert "1 were refused again and dead-lettered" in result.output.splitlines()
+        assert "Error: replay incomplete: 1 dead-lettered again" in result.output.splitlines()
+        assert ['{"event": "x"}'] == read_dead_lines(again)
 
     def test_unknown_sink(self, make_bridged: Make, tmp_path: Path) -> None:
         """An unknown --sink name is a usage error listing the sinks."""
