@@ -66,6 +66,13 @@ class HttpTransport:
         self._url = settings.url
         self._origin = origin(settings.url)
         self._timeout = (settings.timeout_connect, settings.timeout_read)
+        # Passed on every request: requests lets REQUESTS_CA_BUNDLE override `session.verify`.
+        self._verify: bool | str = settings.verify
+        if settings.verify and settings.ca_bundle:
+            self._verify = settings.ca_bundle
+        self._cert: str | tuple[str, str] | None = settings.client_cert
+        if settings.client_cert and settings.client_key:
+            self._cert = (settings.client_cert, settings.client_key)
         password = urlsplit(settings.url).password
         secrets = [*settings.headers.values(), *([password] if password else [])]
         self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
@@ -80,11 +87,6 @@ class HttpTransport:
         session.mount("https://", adapter)
         session.headers["User-Agent"] = USER_AGENT
         session.headers.update(s.headers)
-        session.verify = s.ca_bundle if (s.verify and s.ca_bundle) else s.verify
-        if s.client_cert and s.client_key:
-            session.cert = (s.client_cert, s.client_key)
-        elif s.client_cert:
-            session.cert = s.client_cert
         return session
 
     def send(self, lines: Sequence[bytes]) -> Outcome:
@@ -99,7 +101,13 @@ class HttpTransport:
             headers["Content-Encoding"] = "gzip"
         try:
             response = self._session.post(
-                self._url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+                self._url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                verify=self._verify,
+                cert=self._cert,
+                allow_redirects=False,
             )
             content = response.content
         except requests.Timeout as exc:

@@ -1,0 +1,71 @@
+"""Wire formats: the exact body and content type of each, and the registry's errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bridge.config import HTTP_FORMATS
+from bridge.errors import ConfigError
+from bridge.formats import IMPLEMENTED, NO_FAILURES, PLANNED, get_format
+from tests.delivery.helpers import fast_settings
+
+LINES = [b'{"event_id":"a","n":1}\n', b'{"event_id":"b","msg":"x\\ny"}\n']
+
+
+class TestRegistry:
+    def test_every_configurable_name_is_implemented_or_planned(self) -> None:
+        """The config's format choices are exactly the implemented plus the planned ones."""
+        assert set(HTTP_FORMATS) == set(IMPLEMENTED) | set(PLANNED)
+
+    @pytest.mark.parametrize("name", IMPLEMENTED)
+    def test_implemented_formats_are_found_by_name(self, name: str) -> None:
+        """get_format returns a format that calls itself by the same name."""
+        assert name == get_format(name).name
+
+    @pytest.mark.parametrize("name", PLANNED)
+    def test_planned_formats_fail_with_a_config_error(self, name: str) -> None:
+        """A planned format fails at construction, naming the key, the value and what exists."""
+        with pytest.raises(ConfigError) as caught:
+            get_format(name)
+        assert ("format", name) == (caught.value.key, caught.value.value)
+        assert "ndjson, json_array" in str(caught.value) or "json_array, ndjson" in str(
+            caught.value
+        )
+        assert "planned" in str(caught.value)
+
+    def test_unknown_formats_fail_with_a_config_error(self) -> None:
+        """A name nobody knows is a ConfigError too."""
+        with pytest.raises(ConfigError, match="format='gelf'"):
+            get_format("gelf")
+
+
+class TestNdjson:
+    def test_body_is_the_lines_concatenated(self) -> None:
+        """NDJSON: the lines as they are, newline-terminated, in order."""
+        payload = get_format("ndjson").encode(LINES, fast_settings())
+        assert b"".join(LINES) == payload.body
+        assert "application/x-ndjson" == payload.content_type
+        assert payload.compressible
+
+    def test_all_or_nothing_replies(self) -> None:
+        """NDJSON collectors report no per-item failures."""
+        assert NO_FAILURES == get_format("ndjson").interpret(200, b"{}")
+
+
+class TestJsonArray:
+    def test_body_is_one_json_array_of_the_events(self) -> None:
+        """json_array: `[` + lines without newlines joined by `,` + `]`, valid JSON."""
+        payload = get_format("json_array").encode(LINES, fast_settings())
+        expected = b'[{"event_id":"a","n":1},{"event_id":"b","msg":"x\\ny"}]'
+        assert expected == payload.body
+        assert [{"event_id": "a", "n": 1}, {"event_id": "b", "msg": "x\ny"}] == json.loads(
+            payload.body
+        )
+        assert "application/json" == payload.content_type
+
+    def test_a_single_event_is_a_one_element_array(self) -> None:
+        """One line still makes an array."""
+        payload = get_format("json_array").encode(LINES[:1], fast_settings())
+        assert b'[{"event_id":"a","n":1}]' == payload.body
