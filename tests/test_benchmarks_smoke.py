@@ -29,15 +29,15 @@ def assert_rows(markdown: str, expected: Iterable[str]) -> None:
 
 
 class TestBenchRequest:
-    def test_quick_run_has_every_variant(self, tmp_path: Path) -> None:
+    def test_quick_run_has_every_variant(self) -> None:
         """The request section has a row per variant and a verdict per target."""
-        text = bench_request.run(quick=True, rounds=1, batch=2, work=tmp_path)
+        text = bench_request.run(quick=True, rounds=1, batch=2)
         assert_rows(text, bench_request.REQUEST_ROWS)
         assert 4 == len(re.findall(r"^- (met|\*\*missed\*\*)", text, flags=re.MULTILINE))
 
-    def test_bridge_variants_write_their_events(self, tmp_path: Path) -> None:
+    def test_bridge_variants_write_their_events(self) -> None:
         """Each variant's events per request match the signals it captures."""
-        text = bench_request.run(quick=True, rounds=1, batch=2, work=tmp_path)
+        text = bench_request.run(quick=True, rounds=1, batch=2)
         events = {
             line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1]
             for line in text.splitlines()
@@ -45,8 +45,10 @@ class TestBenchRequest:
         }
         expected = {
             bench_request.BARE: "0.0",
+            bench_request.ONE: "1.0",
             bench_request.DEFAULT: "3.0",
             bench_request.BUILTIN: "10.0",
+            bench_request.MINIMAL: "3.0",
             bench_request.JSON_LOGGER: "3.0",
             bench_request.NAIVE: "9.0",
         }
