@@ -1,12 +1,15 @@
 """`make demo`: the login example under a real gunicorn, real traffic, then what arrived where.
 
-1. Start `examples.login_log.app:app` under gunicorn (2 sync workers, 127.0.0.1, a free port),
-   in a fresh run directory under `.demo/` (the file sink's `logs/` lands there).
+1. Start a tiny local log collector (ndjson over HTTP), then `examples.login_log.app:app` under
+   gunicorn (2 sync workers, 127.0.0.1, a free port) in a fresh run directory under `.demo/`
+   (the file sink's `logs/` lands there), with bridge.toml's file and stdout sinks plus an
+   http sink to the collector.
 2. Send real HTTP requests: good and bad logins, a logout (which flashes a message), a route
    that raises. Each carries its own X-Request-ID, so its events can be found again.
 3. Stop gunicorn the way a deployment does (SIGTERM; workers flush on exit).
-4. Read the audit file and gunicorn's stdout, check that every expected event is there exactly
-   once with the right fields and that no password leaked anywhere, and print a summary.
+4. Read the audit file, gunicorn's stdout and what the collector received; check that every
+   expected event is in each exactly once with the right fields and that no password leaked
+   anywhere, and print a summary.
 
 Exits 0 when everything expected arrived, 1 otherwise (with the reason).
 """
@@ -19,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python examples/demo.py` puts examples/, not the root, first
     sys.path.insert(0, str(ROOT))
 
+from examples.collector import LocalCollector  # noqa: E402
 from examples.server import GunicornServer, ServerError  # noqa: E402
 
 APP = "examples.login_log.app:app"
+BRIDGE_TOML = ROOT / "examples" / "login_log" / "bridge.toml"
 AUDIT_FILE = Path("logs/login-audit.jsonl")  # bridge.toml's path, relative to the run directory
 ENVELOPE_KEYS = (
     "timestamp",
@@ -223,22 +229,34 @@ def check_expected(report: Report, where: str, events: list[dict[str, Any]]) -> 
     )
 
 
-def show_counts(
-    file_events: list[dict[str, Any]], stdout_events: list[dict[str, Any]], probes: int
-) -> None:
-    file_counts = Counter(e.get("event") for e in file_events)
-    stdout_counts = Counter(e.get("event") for e in stdout_events)
-    names = sorted(set(file_counts) | set(stdout_counts), key=str)
-    print(f"  {'event':22} {'file':>6} {'stdout':>7}")
+@dataclass
+class Output:
+    """One place the events arrived: what it held, parsed, and the lines that were not JSON."""
+
+    name: str
+    raw: bytes
+    events: list[dict[str, Any]]
+    problems: list[str]
+
+
+def read_output(name: str, raw: bytes) -> Output:
+    events, problems = parse_lines(raw)
+    return Output(name, raw, events, problems)
+
+
+def show_counts(outputs: list[Output], probes: int) -> None:
+    counts = [Counter(str(e.get("event")) for e in out.events) for out in outputs]
+    names = sorted(set().union(*counts))
+    print(f"  {'event':22}" + "".join(f" {out.name:>10}" for out in outputs))
     for name in names:
-        print(f"  {name!s:22} {file_counts[name]:6} {stdout_counts[name]:7}")
-    print(f"  {'total':22} {len(file_events):6} {len(stdout_events):7}")
+        print(f"  {name:22}" + "".join(f" {count[name]:10}" for count in counts))
+    print(f"  {'total':22}" + "".join(f" {len(out.events):10}" for out in outputs))
     print(f"  (request.finished includes {probes} readiness probe(s) sent while gunicorn booted)")
-    logins = [e for e in file_events if e.get("event") == "user-login"]
+    logins = [e for e in outputs[0].events if e.get("event") == "user-login"]
     good = sum(1 for e in logins if e.get("success") is True)
     print(f"  user-login: {good} successful, {len(logins) - good} failed")
-    pids = sorted({e.get("process.pid") for e in file_events}, key=str)
-    print(f"  written by worker pids: {', '.join(str(p) for p in pids)}")
+    pids = sorted({str(e.get("process.pid")) for e in outputs[0].events})
+    print(f"  written by worker pids: {', '.join(pids)}")
 
 
 def careless_send(run_dir: Path) -> dict[str, Any]:
@@ -256,26 +274,17 @@ def careless_send(run_dir: Path) -> dict[str, Any]:
     return events[-1] if events else {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--dir", type=Path, default=ROOT / ".demo", help="where run directories go (.demo/)"
-    )
-    args = parser.parse_args(argv)
-    args.dir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=args.dir))
-    run_id = run_dir.name.rsplit("-", 1)[-1]
-    # The demo shows bridge.toml at work: BRIDGE_* variables of this shell would override it.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    # TODO(http sink): once bridge/sinks/http.py exists, start a tiny local collector here
-    # (http.server on 127.0.0.1:<free port> taking ndjson POSTs, gzip or not), add
-    # {"type": "http", "url": collector_url, "batch_timeout": 0.2} to the sinks through
-    # BRIDGE_SINKS (with the file and stdout sinks of bridge.toml), and add a "collector"
-    # column to the summary and the same exactly-once check as for the file.
-    report = Report()
+def sinks_with_collector(url: str) -> list[dict[str, Any]]:
+    """bridge.toml's sinks plus an http sink to the local collector (for BRIDGE_SINKS, which
+    replaces the file's list)."""
+    with BRIDGE_TOML.open("rb") as handle:
+        sinks: list[dict[str, Any]] = tomllib.load(handle)["sinks"]
+    http = {"name": "collector", "type": "http", "url": url, "format": "ndjson"}
+    return [*sinks, {**http, "batch_timeout": 0.2}]
 
-    print("flask-signal-bridge demo: the login audit example under gunicorn")
-    print(f"  run directory: {shown(run_dir)}")
+
+def run_server(run_dir: Path, env: dict[str, str], run_id: str) -> tuple[GunicornServer, list[str]]:
+    """Start gunicorn, send the traffic, stop it; returns the server and wrong statuses."""
     server = GunicornServer(APP, cwd=run_dir, workers=2, env=env)
     try:
         server.start()
@@ -283,50 +292,31 @@ def main(argv: list[str] | None = None) -> int:
         heading("Traffic (requests, one X-Request-ID each)")
         wrong = send_traffic(server.url, run_id)
         status = server.stop()
-        print(f"  stopped gunicorn with SIGTERM: exit status {status}")
-    except (ServerError, requests.RequestException) as exc:
+    except BaseException:
         server.kill()
-        print(f"\nDemo FAILED: {exc}", file=sys.stderr)
-        return 1
-    report_statuses = not wrong
+        raise
+    print(f"  stopped gunicorn with SIGTERM: exit status {status}")
+    if status != 0:
+        wrong.append(f"gunicorn exited with status {status}")
+    return server, wrong
 
-    file_raw = (run_dir / AUDIT_FILE).read_bytes() if (run_dir / AUDIT_FILE).exists() else b""
-    stdout_raw = server.stdout_path.read_bytes()
-    file_events, file_problems = parse_lines(file_raw)
-    stdout_events, stdout_problems = parse_lines(stdout_raw)
 
-    heading(f"What arrived: {AUDIT_FILE} and gunicorn's stdout")
-    show_counts(file_events, stdout_events, server.ready_probes)
-
-    failed_login = next(
-        (e for e in file_events if e.get("event") == "user-login" and e.get("success") is False),
-        None,
-    )
-    heading(f"An audit line (a failed login), from {AUDIT_FILE}, shown indented")
-    text = json.dumps(failed_login, indent=2) if failed_login else "(none found)"
-    print("\n".join("  " + line for line in text.splitlines()))
-
-    careless = careless_send(run_dir)
-    heading("Checks")
-    report.check(report_statuses, "every request got the expected status", "; ".join(wrong))
-    report.check(
-        not file_problems,
-        f"every line of the file is valid JSON ({len(file_events)} lines)",
-        "; ".join(file_problems),
-    )
-    report.check(
-        not stdout_problems,
-        f"every line on stdout is valid JSON ({len(stdout_events)} lines)",
-        "; ".join(stdout_problems),
-    )
-    check_expected(report, "the file", file_events)
-    check_expected(report, "stdout", stdout_events)
-    file_ids = sorted(str(e.get("event_id")) for e in file_events)
-    stdout_ids = sorted(str(e.get("event_id")) for e in stdout_events)
-    report.check(file_ids == stdout_ids, "the file and stdout hold the same events")
+def check_outputs(report: Report, outputs: list[Output], wrong: list[str]) -> None:
+    report.check(not wrong, "every request got the expected status", "; ".join(wrong))
+    for out in outputs:
+        report.check(
+            not out.problems,
+            f"every line in {out.name} is valid JSON ({len(out.events)} lines)",
+            "; ".join(out.problems[:5]),
+        )
+    for out in outputs:
+        check_expected(report, out.name, out.events)
+    ids = [sorted(str(e.get("event_id")) for e in out.events) for out in outputs]
+    names = ", ".join(out.name for out in outputs)
+    report.check(all(each == ids[0] for each in ids), f"{names} hold the same events")
     incomplete = [
         str(e.get("event_id"))
-        for e in file_events
+        for e in outputs[0].events
         if any(key not in e for key in ENVELOPE_KEYS)
         or (
             str(e.get("request_id", "")).startswith("demo-")
@@ -338,26 +328,79 @@ def main(argv: list[str] | None = None) -> int:
         "every event carries the envelope and request keys (DESIGN.md section 4)",
         f"incomplete: {incomplete[:5]}",
     )
-    outputs = {
-        str(AUDIT_FILE): file_raw,
-        "stdout": stdout_raw,
-        "gunicorn's stderr": server.stderr_path.read_bytes(),
-        "redaction-check.jsonl": json.dumps(careless).encode(),
-    }
+
+
+def check_passwords(report: Report, places: dict[str, bytes], careless: dict[str, Any]) -> None:
     leaks = [
         f"{password!r} in {where}"
-        for where, raw in outputs.items()
+        for where, raw in places.items()
         for password in PASSWORDS
         if password.encode() in raw
     ]
-    report.check(
-        not leaks, "no password appears in the file, stdout or gunicorn's log", ", ".join(leaks)
-    )
+    report.check(not leaks, f"no password appears in {', '.join(places)}", ", ".join(leaks))
     report.check(
         careless.get("password") == "[REDACTED]",
         'a careless login_signal.send(..., password="...") is written as "[REDACTED]"',
         f"got {careless.get('password')!r}",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--dir", type=Path, default=ROOT / ".demo", help="where run directories go (.demo/)"
+    )
+    args = parser.parse_args(argv)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=args.dir))
+    run_id = run_dir.name.rsplit("-", 1)[-1]
+    # The demo shows bridge.toml at work: BRIDGE_* variables of this shell would override it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+
+    print("flask-signal-bridge demo: the login audit example under gunicorn")
+    print(f"  run directory: {shown(run_dir)}")
+    with LocalCollector() as collector:
+        print(f"  local log collector (ndjson over HTTP): {collector.url}")
+        env["BRIDGE_SINKS"] = json.dumps(sinks_with_collector(collector.url))
+        try:
+            server, wrong = run_server(run_dir, env, run_id)
+        except (ServerError, requests.RequestException) as exc:
+            print(f"\nDemo FAILED: {exc}", file=sys.stderr)
+            return 1
+    # Workers flushed their http sinks at exit (SIGTERM), before gunicorn's master returned.
+    audit_path = run_dir / AUDIT_FILE
+    outputs = [
+        read_output("file", audit_path.read_bytes() if audit_path.exists() else b""),
+        read_output("stdout", server.stdout_path.read_bytes()),
+        Output("collector", b"", collector.events, collector.problems),
+    ]
+
+    heading(f"What arrived: {AUDIT_FILE}, gunicorn's stdout, the collector")
+    show_counts(outputs, server.ready_probes)
+    print(
+        f"  the collector took {collector.batches} POST(s), "
+        f"{collector.gzipped_batches} of them gzip-compressed"
+    )
+
+    failed_login = next(
+        (e for e in outputs[0].events if e.get("event") == "user-login" and not e.get("success")),
+        None,
+    )
+    heading(f"An audit line (a failed login), from {AUDIT_FILE}, shown indented")
+    text = json.dumps(failed_login, indent=2) if failed_login else "(none found)"
+    print("\n".join("  " + line for line in text.splitlines()))
+
+    careless = careless_send(run_dir)
+    heading("Checks")
+    report = Report()
+    check_outputs(report, outputs, wrong)
+    places = {
+        "the file": outputs[0].raw,
+        "stdout": outputs[1].raw,
+        "the collector": json.dumps(collector.events).encode(),
+        "gunicorn's log": server.stderr_path.read_bytes(),
+    }
+    check_passwords(report, places, careless)
 
     if report.failures:
         print(f"\nDemo FAILED ({len(report.failures)} checks). Files kept in {shown(run_dir)}")

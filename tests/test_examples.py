@@ -259,6 +259,8 @@ class TestDemo:
         )
         assert 0 == result.returncode, result.stdout + result.stderr
         assert "Demo OK" in result.stdout
+        for where in ("file", "stdout", "collector"):
+            assert f"ok   every request's events are in {where} exactly once" in result.stdout
         (run_dir,) = tmp_path.iterdir()
         audit = read_events(run_dir / "logs" / "login-audit.jsonl")
         logins = sorted(
