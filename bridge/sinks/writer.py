@@ -180,9 +180,15 @@ class LineWriter:
         self._resume_direct_at = now + seconds
 
     def _write_now(self, line: bytes) -> bool:
-        """`sync` mode: the line is written (and fsynced if asked) before returning."""
+        """`sync` mode: the line is written (and fsynced if asked) before returning.
+
+        Rotation and reopening happen here too, on the calling thread: the user chose to
+        wait for the disk.
+        """
         with self._write_lock:
             self._drain_queue_locked()
+            if self.output.maintenance_due(_monotonic()):
+                self._maintain()
             ok = self._write_fully(line)
             self._accepted_direct += 1
             if ok and self.fsync_each:

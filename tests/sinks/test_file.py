@@ -301,3 +301,17 @@ def test_file_output_detects_rename_without_writes(tmp_path: Path) -> None:
     output.maintain()
     assert path.exists()
     output.close()
+
+
+def test_sync_mode_follows_rotation(tmp_path: Path) -> None:
+    """sync = true still reopens after a rename and rotates by size."""
+    path = tmp_path / "audit.jsonl"
+    sink = make_sink(path, sync=True, rotate_bytes=4096, backups=2)
+    sink.submit(line(0))
+    os.rename(path, tmp_path / "moved.jsonl")
+    for n in range(1, 60):
+        sink.submit(line(n, pad=100))
+    assert sink.close(5.0)
+    assert [0] == [e["n"] for e in read_events(tmp_path / "moved.jsonl")]
+    assert (tmp_path / "audit.jsonl.1").exists()
+    assert list(range(1, 60))[-len(all_numbers(path)) :] == all_numbers(path)
