@@ -218,11 +218,14 @@ def tail_command(
         raise click.BadParameter(f"{file} does not exist", param_hint="FILE")
     keep = EventFilter(events, level, grep)
     lines = tail_lines(file, keep, follow_mode=follow_mode, last=last, sleep=_sleep)
-    with closing(lines):
-        for shown, line in enumerate(lines, start=1):
-            _show(line, as_json=as_json, verbose=verbose)
-            if max_events is not None and shown >= max_events:
-                return
+    try:
+        with closing(lines):
+            for shown, line in enumerate(lines, start=1):
+                _show(line, as_json=as_json, verbose=verbose)
+                if max_events is not None and shown >= max_events:
+                    return
+    except KeyboardInterrupt:  # Ctrl-C is how `--follow` ends: no "Aborted!", tail's status
+        click.get_current_context().exit(130)
 
 
 # --- replay ---------------------------------------------------------------------------------

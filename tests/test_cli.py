@@ -322,6 +322,19 @@ class TestTail:
         assert ["T1", "T2", "T3", "T4"] == [x.split(" ", 1)[0] for x in result.output.splitlines()]
         assert [] == steps
 
+    def test_ctrl_c_ends_follow_quietly(
+        self, make_bridged: Make, event_file: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Ctrl-C while following ends with tail's status 130 after what was shown."""
+
+        def interrupted(seconds: float) -> None:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(bridge.cli, "_sleep", interrupted)
+        result = invoke(make_bridged().app, "tail", str(event_file), "-f", "--event", "user.*")
+        assert 130 == result.exit_code
+        assert ["!!", "T2"] == [x.split(" ", 1)[0] for x in result.output.splitlines()]
+
 
 class TestReplay:
     def dead_letters(self, path: Path, *records: dict[str, Any] | str) -> Path:
