@@ -121,9 +121,12 @@ class BridgeHandler(logging.Handler):
     serialize every logging call of the process behind the bridge.
     """
 
-    def __init__(self, emitter: Emitter, level: int = logging.NOTSET) -> None:
+    def __init__(
+        self, emitter: Emitter, level: int = logging.NOTSET, *, dedupe: bool = False
+    ) -> None:
         super().__init__(level)
         self.emitter = emitter
+        self._dedupe = dedupe
         self._seen = threading.local()
 
     def handle(self, record: logging.LogRecord) -> bool:
@@ -137,13 +140,14 @@ class BridgeHandler(logging.Handler):
             return
         # A record propagating through two listed loggers ("myapp", "myapp.db") reaches this
         # handler twice, on the same thread, one call after the other: send it once.
-        last: weakref.ref[logging.LogRecord] | None = getattr(self._seen, "record", None)
-        if last is not None and last() is record:
-            return
+        if self._dedupe:
+            last: weakref.ref[logging.LogRecord] | None = getattr(self._seen, "record", None)
+            if last is not None and last() is record:
+                return
+            self._seen.record = weakref.ref(record)
         _state.emitting = True
         try:
             with self.emitter.guard:
-                self._seen.record = weakref.ref(record)
                 self._emit(record)
         finally:
             _state.emitting = False
@@ -173,13 +177,25 @@ class BridgeHandler(logging.Handler):
         )
 
 
+def _nested(loggers: Sequence[logging.Logger]) -> bool:
+    """Is one of the loggers an ancestor of another (so a record can reach both)?"""
+    listed = {id(logger) for logger in loggers}
+    for logger in loggers:
+        parent = logger.parent
+        while parent is not None:
+            if id(parent) in listed:
+                return True
+            parent = parent.parent
+    return False
+
+
 def attach_loggers(logger_names: Sequence[str], emitter: Emitter) -> Callable[[], None]:
     """Add a `BridgeHandler` for `emitter` to each named logger; return the function that
     removes it again (idempotent). An empty list attaches nothing."""
     if not logger_names:
         return lambda: None
-    handler = BridgeHandler(emitter)
     loggers = [logging.getLogger(name) for name in dict.fromkeys(logger_names)]
+    handler = BridgeHandler(emitter, dedupe=_nested(loggers))
     for logger in loggers:
         logger.addHandler(handler)
 

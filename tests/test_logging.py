@@ -268,11 +268,13 @@ class TestAttachLoggers:
         assert ["before"] == [e["event"] for e in sink.events()]
         assert not any(isinstance(h, BridgeHandler) for h in logger.handlers)
 
-    def test_parent_and_child_send_once(self, logger_name: str) -> None:
-        """A record propagating through two listed loggers is sent once."""
+    @pytest.mark.parametrize("ancestor", ["parent", "root"])
+    def test_ancestor_and_child_send_once(self, logger_name: str, ancestor: str) -> None:
+        """A record propagating through two listed loggers (parent or root) is sent once."""
         sink = ListSink()
         child = f"{logger_name}.db"
-        detach = attach_loggers([logger_name, child, child], make_emitter(sink))
+        names = [logger_name if ancestor == "parent" else "", child, child]
+        detach = attach_loggers(names, make_emitter(sink))
         try:
             logging.getLogger(child).info("query")
             logging.getLogger(child).info("query")
