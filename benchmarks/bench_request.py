@@ -266,7 +266,9 @@ def request_section(sites: list[Site], *, rounds: int, batch: int) -> str:
             f"own app; they run interleaved: {rounds} rounds of {batch} timed requests each, in "
             "a shuffled order, and only the variant being timed is connected. Medians of "
             "per-request wall time and of per-request CPU time (thread time: what the request "
-            "itself burns, immune to neighbours taking the CPU away).",
+            "itself burns, immune to neighbours taking the CPU away). An event costs more here "
+            "than in the tight loops of the next sections: a request runs the capture path "
+            "once or a few times with cold caches. The floor row is what any receiver pays.",
             markdown_table(headers, rows),
             "\n".join(
                 [
