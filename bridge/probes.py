@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -76,12 +77,15 @@ def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool | None,
     if not http_sink_available():
         return None, "skipped: the http sink is not part of this installation yet"
     import requests
+    from urllib3.exceptions import InsecureRequestWarning
 
     cert: str | tuple[str, str] | None = settings.client_cert
     if settings.client_cert and settings.client_key:
         cert = (settings.client_cert, settings.client_key)
     try:
-        with sending(), requests.Session() as session:
+        with sending(), warnings.catch_warnings(), requests.Session() as session:
+            if not settings.verify:  # the user turned verification off; the sink says so too
+                warnings.simplefilter("ignore", InsecureRequestWarning)
             response = session.head(
                 settings.url,
                 headers=dict(settings.headers),

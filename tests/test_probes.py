@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -13,6 +15,12 @@ import pytest
 import bridge.probes
 from bridge.config import HttpSinkSettings
 from bridge.probes import probe_file, probe_http, shown_url
+
+OPENSSL_SELF_SIGNED = (
+    *("openssl", "req", "-x509", "-nodes", "-days", "1", "-newkey", "ec"),
+    *("-pkeyopt", "ec_paramgen_curve:prime256v1", "-subj", "/CN=127.0.0.1"),
+    *("-addext", "subjectAltName=IP:127.0.0.1"),
+)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -38,6 +46,32 @@ def collector() -> Iterator[str]:
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}/ingest?api_key=query-secret"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10.0)
+
+
+@pytest.fixture
+def tls_collector(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The same server behind TLS with a fresh self-signed certificate for 127.0.0.1."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [*OPENSSL_SELF_SIGNED, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = HTTPServer(("127.0.0.1", 0), _Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="test-tls-collector"
+    )
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_port}/ingest", cert
     finally:
         server.shutdown()
         server.server_close()
@@ -101,6 +135,27 @@ class TestProbeHttp:
             ok,
             message,
         )
+
+    def test_untrusted_certificate(self, tls_collector: tuple[str, Path]) -> None:
+        """A self-signed certificate fails verification: a TLS failure, not "unreachable"."""
+        ok, message = probe_http(http_settings(tls_collector[0]), 3.0)
+        assert (False, "TLS failed") == (ok, message.split(":", 1)[0])
+
+    def test_trusted_through_ca_bundle(self, tls_collector: tuple[str, Path]) -> None:
+        """`ca_bundle` naming the certificate makes it trusted."""
+        url, cert = tls_collector
+        settings = HttpSinkSettings(
+            type="http", name="h", url=url, ca_bundle=str(cert), headers=http_settings(url).headers
+        )
+        assert (True, "reachable (HTTP 200 to HEAD)") == probe_http(settings, 3.0)
+
+    def test_verification_off_probes_without_warning(self, tls_collector: tuple[str, Path]) -> None:
+        """verify = false is the user's choice: the probe passes and raises no warning."""
+        url = tls_collector[0]
+        settings = HttpSinkSettings(
+            type="http", name="h", url=url, verify=False, headers=http_settings(url).headers
+        )
+        assert (True, "reachable (HTTP 200 to HEAD)") == probe_http(settings, 3.0)
 
     def test_connection_refused(self) -> None:
         """Nobody listening: unreachable, with the OS's reason and no URL secrets."""
