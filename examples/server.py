@@ -138,7 +138,9 @@ class GunicornServer:
                         timeout=(1.0, max(1.0, deadline - time.monotonic())),
                     )
                     self.ready_probes += 1
-                    return True
+                    # Ours, not whoever grabbed the port between free_port() and the bind.
+                    if f"Listening at: {self.url} (" in self.stderr_text():
+                        return True
                 except requests.RequestException:  # refused: not listening yet
                     pass
                 try:  # doubles as the pause between probes
