@@ -81,7 +81,8 @@ class _CustomRoute:
 
     A send whose sender is a bridged app goes to that app's bridge; otherwise to the bridge of
     the current app (inside an app context); otherwise (a script, a job worker) to every bridge
-    configured for the signal. Apps are held weakly (by id, checked through a weak reference),
+    configured for the signal. An app that is not bridged, as sender or as current app, is
+    nobody else's event. Apps are held weakly (by id, checked through a weak reference),
     and the receiver is a plain function: both keep the per-send cost low.
     """
 
@@ -117,11 +118,11 @@ class _CustomRoute:
                 del cls.routes[key]
 
     def _select(self, sender: Any) -> list[_Target]:
-        app = sender if isinstance(sender, Flask) and _bridged(sender) else None
-        if app is None:
+        app = sender if isinstance(sender, Flask) else None
+        if app is None or not _bridged(app):
             app_ctx = _cv_app.get(None)
-            if app_ctx is not None and _bridged(app_ctx.app):
-                app = app_ctx.app
+            if app_ctx is not None and (app is None or _bridged(app_ctx.app)):
+                app = app_ctx.app  # bridged or not: another app's bridge must not log it
         if app is not None:
             target = self.targets.get(id(app))
             return [target] if target is not None and target[0]() is app else []

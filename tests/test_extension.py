@@ -275,6 +275,15 @@ class TestCustomSignals:
         assert [9] == [e["user_id"] for e in one.events()]
         assert [] == two.events()
 
+    def test_unbridged_app_context_is_not_logged_elsewhere(self, make_bridged: Make) -> None:
+        """A send inside a bridged-less app's context is not some other app's event."""
+        bridged = make_bridged("one", signals=["user-login"])
+        plain = build_app("plain")
+        with plain.app_context():
+            LOGIN_SIGNAL.send(user_id=10)
+        LOGIN_SIGNAL.send(plain, user_id=11)
+        assert [] == bridged.events()
+
     def test_envelope_cannot_be_overwritten(self, make_bridged: Make) -> None:
         """A signal argument named like an envelope key is kept under args.<key>."""
         bridged = make_bridged(signals=["user-login"])
