@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+import trustme
 
 import bridge.probes
 from bridge.config import HttpSinkSettings
 from bridge.probes import probe_file, probe_http, shown_url
-
-OPENSSL_SELF_SIGNED = (
-    *("openssl", "req", "-x509", "-nodes", "-days", "1", "-newkey", "ec"),
-    *("-pkeyopt", "ec_paramgen_curve:prime256v1", "-subj", "/CN=127.0.0.1"),
-    *("-addext", "subjectAltName=IP:127.0.0.1"),
-)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -54,16 +48,12 @@ def collector() -> Iterator[str]:
 
 @pytest.fixture
 def tls_collector(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """The same server behind TLS with a fresh self-signed certificate for 127.0.0.1."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [*OPENSSL_SELF_SIGNED, "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    """The same server behind TLS, with a certificate for 127.0.0.1 from a throwaway CA."""
+    authority = trustme.CA()
+    cert = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(cert))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
     server = HTTPServer(("127.0.0.1", 0), _Handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(
