@@ -25,9 +25,10 @@ from typing import Protocol
 
 from bridge.config import HttpSinkSettings
 from bridge.delivery.deadletter import DeadLetter
-from bridge.delivery.queue import Batch, Batching, Feed, MemoryFeed, SpoolFeed
+from bridge.delivery.queue import Batch, Batching, Feed, MemoryFeed
 from bridge.delivery.retry import Retry
 from bridge.delivery.spool import Spool
+from bridge.delivery.spoolfeed import SpoolFeed
 from bridge.diagnostics import report
 from bridge.errors import FatalError, RetryableError
 from bridge.sinks.base import SinkStats
@@ -125,8 +126,7 @@ class DeliveryEngine:
         if spool is not None and spool.pending_events():
             # Ship what dead processes left behind without waiting for traffic.
             with self._feed.lock:
-                self._feed.worker_started = True
-                self._start_worker()
+                self._feed._ensure_worker()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -142,7 +142,8 @@ class DeliveryEngine:
         SinkStats.__init__(self._stats)  # a fresh lock (and counters) for this process
         closed = self._feed.closed
         self._feed.reset()
-        self._feed.closed = closed
+        if closed:
+            self._feed.close()
         self._work.clear()
         self._thread = None
         self._retry = self._retry_template
@@ -157,25 +158,22 @@ class DeliveryEngine:
         meanwhile (retries exhausted, evicted, expired; each counted in `stats()`)."""
         feed = self._feed
         deadline = time.monotonic() + timeout
-        with feed.lock:
-            target = feed.accepted
         losses = self._losses()
-        feed.hurry(+1)
+        target = feed.begin_flush()
         try:
             while True:
                 with feed.lock:
                     generation = feed.settle_gen
-                    accepted = feed.accepted
-                if feed.pending() <= accepted - target:
+                if feed.settled() >= target:
                     return self._losses() == losses
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or feed.stopping:
                     return False
                 with feed.lock:
                     if feed.settle_gen == generation and not feed.stopping:
-                        feed.settled.wait(remaining)
+                        feed.progress.wait(remaining)
         finally:
-            feed.hurry(-1)
+            feed.end_flush(target)
 
     def _losses(self) -> int:
         """Accepted lines lost so far: every drop except refusals at submit and dead letters."""
@@ -193,8 +191,7 @@ class DeliveryEngine:
                 return self._closed_result
             deadline = time.monotonic() + timeout
             feed = self._feed
-            with feed.lock:
-                feed.closed = True
+            feed.close()
             feed.cut_backoff()
             flushed = self.flush(timeout)
             feed.stop()
@@ -233,7 +230,8 @@ class DeliveryEngine:
 
     def accepted(self) -> int:
         """Lines `submit` took in this process."""
-        return self._feed.accepted
+        with self._feed.lock:
+            return self._feed.accepted()
 
     # -- worker thread ------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from bridge.delivery.queue import Batch, Batching, MemoryFeed, SpoolFeed
+from bridge.delivery.queue import Batch, Batching, MemoryFeed
+from bridge.delivery.spoolfeed import SpoolFeed
 from bridge.delivery.spool import Spool
 from bridge.sinks.base import SinkStats
 from tests.delivery.helpers import event_line, ids_of
@@ -138,7 +139,7 @@ class TestMemoryFeed:
     def test_closed_feed_refuses_and_counts(self) -> None:
         """After close, put() refuses lines and counts them as dropped "closed"."""
         feed, stats, _ = memory_feed()
-        feed.closed = True
+        feed.close()
         assert not feed.put(event_line())
         assert {"closed": 1} == stats.dropped_by_reason
         assert 1 == feed.rejected
@@ -202,7 +203,7 @@ class TestWakeUpRule:
         worker = threading.Thread(target=feed.wait_for_batch)
         worker.start()
         assert ready.waiting.wait(30)
-        feed.hurry(+1)  # a flush wakes it at once
+        feed.begin_flush()  # a flush wakes it at once
         worker.join(30)
         assert 1 == len(ready.wait_timeouts)
         timeout = ready.wait_timeouts[0]

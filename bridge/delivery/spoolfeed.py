@@ -1,0 +1,134 @@
+"""The disk spool as the delivery worker's queue: `put` appends, `take` reads a batch.
+
+With a spool an event is accepted once it is on disk (`Spool.append`: one write on the request
+thread), and the spool is the queue: the worker reads batches from it and acknowledges them
+after the collector did. Its size cap bounds it: `drop_newest` and `block` refuse new lines at
+the cap (counted `spool_full`) instead of letting the spool evict its oldest records, which is
+what `spool` and `drop_oldest` do. An idle spool feed wakes every `IDLE_RECHECK` seconds to
+adopt what dead sibling processes left behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bridge.delivery.queue import BLOCK_SECONDS, NEVER, Batch, Batching, Feed, _monotonic
+from bridge.delivery.segments import HEADER_SIZE
+from bridge.delivery.spool import Spool
+from bridge.sinks.base import SinkStats
+
+__all__ = ["IDLE_RECHECK", "SpoolFeed"]
+
+IDLE_RECHECK = 30.0
+
+
+class SpoolFeed(Feed):
+    """The unread counters are a hint for the wake-up rule (lines this process appended and
+    has not read yet). Records the hint cannot see (released after a failure, adopted from
+    dead processes) are found by reading again until a read comes back short."""
+
+    idle_recheck = IDLE_RECHECK
+
+    def __init__(
+        self,
+        batching: Batching,
+        *,
+        spool: Spool,
+        max_bytes: int,
+        stats: SinkStats,
+        overflow: str,
+        start_worker: Callable[[], None],
+        block_seconds: float = BLOCK_SECONDS,
+    ) -> None:
+        self.spool = spool
+        self.max_bytes = max_bytes
+        self._refuse_at_cap = overflow in ("drop_newest", "block")
+        super().__init__(
+            batching,
+            stats=stats,
+            overflow=overflow,
+            start_worker=start_worker,
+            block_seconds=block_seconds,
+        )
+
+    def reset(self) -> None:
+        super().reset()
+        self._accepted = 0
+        self._unread_events = 0
+        self._largest = 0
+        self._recheck = True  # adopted records may be waiting
+
+    def put(self, line: bytes) -> bool:
+        """Append one line to the spool (one write) before returning True; False is counted."""
+        size = len(line)
+        if self.closed:
+            with self.lock:
+                return self._refuse("closed")
+        if self._refuse_at_cap and not self._has_room(size):
+            with self.lock:
+                return self._refuse("spool_full")
+        if not self.spool.append(line):  # the spool counted why
+            with self.lock:
+                self.rejected += 1
+            return False
+        with self.lock:
+            self._accepted += 1
+            events = self._unread_events = self._unread_events + 1
+            total = self._unread_bytes = self._unread_bytes + size
+            if size > self._largest:
+                self._largest = size
+            if events == 1:
+                self._first_at = _monotonic()
+            if events >= self._wake_events or total >= self._wake_bytes:
+                self._wake_events = self._wake_bytes = NEVER
+                self._ready.notify()
+            self._ensure_worker()
+        return True
+
+    def _has_room(self, size: int) -> bool:
+        need = size + HEADER_SIZE
+        if self.spool.pending_bytes() + need <= self.max_bytes:
+            return True
+        if self.overflow != "block":
+            return False
+        deadline = _monotonic() + self.block_seconds
+        with self.lock:
+            while self.spool.pending_bytes() + need > self.max_bytes:
+                if not self._wait_for_room(deadline):
+                    return False
+        return True
+
+    def take(self, max_events: int, max_bytes: int) -> Batch | None:
+        with self.lock:
+            seen_events, seen_bytes = self._unread_events, self._unread_bytes
+        records = self.spool.read(max_events, max_bytes)
+        taken = sum(len(r.line) for r in records)
+        with self.lock:
+            if len(records) >= max_events or taken + self._largest > max_bytes:
+                # Possibly more behind these: read again next round whatever the hint says.
+                self._unread_events -= min(len(records), seen_events)
+                self._unread_bytes -= min(taken, seen_bytes)
+                self._recheck = True
+            else:
+                # Everything appended before the read started has been read.
+                self._unread_events -= seen_events
+                self._unread_bytes -= seen_bytes
+                self._recheck = False
+            self._first_at = _monotonic()
+            if self._blocked:
+                self.progress.notify_all()
+        if not records:
+            return None
+        return Batch([r.line for r in records], records)
+
+    def unread(self) -> int:
+        return self._unread_events
+
+    def accepted(self) -> int:
+        return self._accepted
+
+    def pending(self) -> int:
+        return self.spool.pending_events()
+
+    def depth(self) -> int:
+        return self.spool.pending_events()
