@@ -17,46 +17,23 @@ from __future__ import annotations
 import os
 import threading
 import time
+import traceback
 import weakref
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 from bridge.config import HttpSinkSettings
 from bridge.delivery.deadletter import DeadLetter
-from bridge.delivery.queue import Batch, Batching, Feed, MemoryFeed
+from bridge.delivery.feed import Batch, Batching, Feed
+from bridge.delivery.queue import MemoryFeed
 from bridge.delivery.retry import Retry
 from bridge.delivery.spool import Spool
 from bridge.delivery.spoolfeed import SpoolFeed
+from bridge.delivery.transport import Outcome, Transport
 from bridge.diagnostics import report
 from bridge.errors import FatalError, RetryableError
 from bridge.sinks.base import SinkStats
 
-__all__ = ["DeliveryEngine", "Outcome", "Transport"]
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a successful (2xx) reply said about single items, by index into the batch."""
-
-    retry: tuple[int, ...] = ()
-    reject: tuple[int, ...] = ()
-    status: int = 200
-    detail: str = ""
-
-
-ALL_DELIVERED = Outcome()
-
-
-class Transport(Protocol):
-    """Sends one batch. Raises `RetryableError` or `FatalError`; messages hold no secrets."""
-
-    def send(self, lines: Sequence[bytes]) -> Outcome: ...
-
-    def close(self) -> None: ...
-
-    def after_fork_in_child(self) -> None: ...
+__all__ = ["DeliveryEngine"]
 
 
 _live_engines: weakref.WeakSet[DeliveryEngine] = weakref.WeakSet()
@@ -250,9 +227,13 @@ class DeliveryEngine:
                     feed.settle()
                 if self._spool is not None:
                     self._spool.maybe_sync()
-            except Exception as exc:  # a bug: keep the worker alive, say so, slow down
-                self._stats.record_error(f"delivery worker error: {type(exc).__name__}")
-                report(f"worker-{self.name}", f"sink {self.name}: worker error: {exc!r}")
+            except Exception as exc:  # a bug: keep the worker alive, say where, slow down
+                where = traceback.extract_tb(exc.__traceback__)[-1]
+                message = (
+                    f"delivery worker error: {type(exc).__name__} at {where.name}:{where.lineno}"
+                )
+                self._stats.record_error(message)  # no str(exc): it could quote anything
+                report(f"worker-{self.name}", f"sink {self.name}: {message}")
                 feed.sleep(1.0)
 
     def _take(self) -> Batch | None:
@@ -271,6 +252,12 @@ class DeliveryEngine:
         except FatalError as exc:
             if not feed.abandoned:
                 self._refused(feed, batch, exc)
+            return
+        except Exception as exc:  # a bug in a format or transport: keep the events, replayable
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            error = FatalError(f"{type(exc).__name__} at {where.name}:{where.lineno} while sending")
+            if not feed.abandoned:
+                self._refused(feed, batch, error)
             return
         if feed.abandoned:  # close gave up waiting and counted these as lost already
             return
@@ -331,6 +318,8 @@ class DeliveryEngine:
             reason = "rejected_redirect"
         elif exc.status is not None and 400 <= exc.status < 500:
             reason = "rejected_4xx"
+        elif exc.status is None:
+            reason = "internal_error"
         else:
             reason = "rejected"
         self._dead_letter.put(batch.lines, reason=reason, status=exc.status, response=exc.body)

@@ -1,265 +1,19 @@
-"""Where the delivery worker's batches come from: the bounded memory queue (this module) or
-the disk spool (`bridge.delivery.spoolfeed`), behind one `Feed` interface.
-
-The request thread must stay cheap (a worker woken per event costs a Flask request ~5% in GIL
-hand-offs), so `put` wakes the worker only when the first line arrives while it idles and when
-a batch is full; otherwise the worker sleeps until the batch timeout of the oldest line. Flush
-and close wake it explicitly. An idle memory feed sleeps with no timeout at all.
+"""The bounded memory queue: the delivery worker's feed when the sink has no spool.
 
 Memory stays bounded: `queue_max_events` / `queue_max_bytes` with an overflow policy
 (`drop_newest`, `drop_oldest`, or `block` for at most `block_seconds`, then drop). Every refusal
-is counted in `SinkStats` by reason.
+is counted in `SinkStats` by reason. The wake-up rule is `bridge.delivery.feed.Feed`'s.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from bridge.delivery.spool import SpoolRecord
+from bridge.delivery.feed import BLOCK_SECONDS, NEVER, Batch, Batching, Feed, monotonic
 from bridge.sinks.base import SinkStats
 
-__all__ = ["Batch", "Batching", "Feed", "MemoryFeed"]
-
-NEVER = 1 << 62
-BLOCK_SECONDS = 1.0
-_monotonic = time.monotonic
-
-
-@dataclass(frozen=True, slots=True)
-class Batching:
-    """When the worker sends: `max_events` lines, `max_bytes` of lines, or `timeout` seconds
-    after the oldest line arrived, whichever comes first."""
-
-    max_events: int
-    max_bytes: int
-    timeout: float
-
-
-class Batch:
-    """Lines on their way to the collector, with the spool records they came from (if any)."""
-
-    __slots__ = ("lines", "records")
-
-    def __init__(self, lines: list[bytes], records: list[SpoolRecord] | None = None) -> None:
-        self.lines = lines
-        self.records = records
-
-    def __len__(self) -> int:
-        return len(self.lines)
-
-    def split(self) -> tuple[Batch, Batch]:
-        """Two halves, in order (a 413 reply: the collector wants smaller requests)."""
-        half = len(self.lines) // 2
-        return self.subset(range(half)), self.subset(range(half, len(self.lines)))
-
-    def subset(self, indices: Sequence[int]) -> Batch:
-        """The items at `indices` (a partial failure: retry or dead-letter just those)."""
-        recs = self.records
-        return Batch(
-            [self.lines[i] for i in indices],
-            None if recs is None else [recs[i] for i in indices],
-        )
-
-
-class Feed:
-    """The wake-up rule, the flush bookkeeping and the lock shared with the request thread."""
-
-    idle_recheck: float | None = None  # an idle worker wakes this often (None: never)
-
-    def __init__(
-        self,
-        batching: Batching,
-        *,
-        stats: SinkStats,
-        overflow: str,
-        start_worker: Callable[[], None],
-        block_seconds: float = BLOCK_SECONDS,
-    ) -> None:
-        self.stats = stats
-        self.overflow = overflow
-        self.batch_events = batching.max_events
-        self.batch_bytes = batching.max_bytes
-        self.batch_timeout = batching.timeout
-        self.block_seconds = block_seconds
-        self._start_worker = start_worker
-        self.reset()
-
-    def reset(self) -> None:
-        """Fresh locks and counters: at construction and in a forked child."""
-        self.lock = threading.Lock()
-        self._ready = threading.Condition(self.lock)  # the worker waits here
-        self.progress = threading.Condition(self.lock)  # flush and `block` producers wait here
-        self.settle_gen = 0
-        self.rejected = 0  # lines put() refused (each counted once in stats as dropped)
-        self.inflight = 0  # lines taken and not settled yet (memory feed)
-        self._unread_bytes = 0
-        self._first_at = 0.0
-        self._wake_events = NEVER
-        self._wake_bytes = NEVER
-        self._recheck = False
-        self._flush_targets: list[int] = []
-        self._blocked = 0
-        self._cut = False
-        self.stopping = False
-        self.closed = False
-        self.abandoned = False  # close counted what was left: the worker must not count it
-        self.worker_started = False
-
-    # -- what each feed provides (lock held unless said otherwise) ----------------------------
-
-    def unread(self) -> int:
-        """Lines accepted and not taken yet (for the spool: a hint)."""
-        raise NotImplementedError
-
-    def accepted(self) -> int:
-        """Lines `put` has accepted in this process."""
-        raise NotImplementedError
-
-    def pending(self) -> int:
-        """Lines accepted (or adopted) and not settled yet. Takes the lock itself."""
-        raise NotImplementedError
-
-    def depth(self) -> int:
-        """Lines waiting to be sent, for `stats()["queue_depth"]`."""
-        raise NotImplementedError
-
-    def _wake_changed(self) -> None:
-        """The wake thresholds or the closed flag changed (a feed may cache a fast-path test)."""
-
-    # -- shared helpers (lock held) -----------------------------------------------------------
-
-    def _set_wake(self, events: int, size: int) -> None:
-        self._wake_events, self._wake_bytes = events, size
-        self._wake_changed()
-
-    def _ensure_worker(self) -> None:
-        if not self.worker_started:
-            self.worker_started = True
-            self._start_worker()
-            self._wake_changed()
-
-    def _refuse(self, reason: str) -> bool:
-        self.rejected += 1
-        self.stats.count_dropped(reason)
-        return False
-
-    def _wait_for_room(self, deadline: float) -> bool:
-        """`block` policy: wait for the worker to make progress; False at the deadline."""
-        remaining = deadline - _monotonic()
-        if remaining <= 0 or self.closed:
-            return False
-        self._ensure_worker()
-        self._blocked += 1
-        self._set_wake(NEVER, NEVER)
-        self._ready.notify()
-        try:
-            self.progress.wait(remaining)
-        finally:
-            self._blocked -= 1
-        return True
-
-    # -- worker thread ------------------------------------------------------------------------
-
-    def wait_for_batch(self) -> bool:
-        """Wait until a batch should be taken; False when the worker must stop."""
-        with self.lock:
-            while not self.stopping:
-                unread = self.unread()
-                if unread <= 0 and not self._recheck:
-                    self._set_wake(1, 1)
-                    if not self._ready.wait(self.idle_recheck) and self.idle_recheck is not None:
-                        self._recheck = True
-                    continue
-                if (
-                    self._flush_targets
-                    or self._recheck
-                    or unread >= self.batch_events
-                    or self._unread_bytes >= self.batch_bytes
-                ):
-                    break
-                remaining = self._first_at + self.batch_timeout - _monotonic()
-                if remaining <= 0:
-                    break
-                self._set_wake(self.batch_events, self.batch_bytes)
-                self._ready.wait(remaining)
-            self._set_wake(NEVER, NEVER)
-            return not self.stopping
-
-    def sleep(self, seconds: float) -> bool:
-        """Back off for `seconds` (cut short once by close); False when the worker must stop."""
-        deadline = _monotonic() + seconds
-        with self.lock:
-            self._set_wake(NEVER, NEVER)
-            while not self.stopping and not self._cut:
-                remaining = deadline - _monotonic()
-                if remaining <= 0:
-                    break
-                self._ready.wait(remaining)
-            self._cut = False
-            return not self.stopping
-
-    def settle(self, events: int = 0) -> None:
-        """`events` taken lines are done (delivered, dead-lettered or dropped). Wakes a flush
-        only when its target is reached, and `block` producers always."""
-        pending = self.pending() if self._flush_targets else 0
-        with self.lock:
-            self.inflight -= events
-            self.settle_gen += 1
-            flushed = bool(self._flush_targets) and (
-                self.accepted() - pending + events >= min(self._flush_targets)
-            )
-            if self._blocked or flushed:
-                self.progress.notify_all()
-
-    def recheck(self) -> None:
-        """Read the source on the next round even if no new line arrived (released records)."""
-        with self.lock:
-            self._recheck = True
-
-    # -- flush and close ----------------------------------------------------------------------
-
-    def begin_flush(self) -> int:
-        """A flush starts: send partial batches now. Returns its target: `settled()` must
-        reach it (every line accepted so far is done)."""
-        with self.lock:
-            target = self.accepted()
-            self._flush_targets.append(target)
-            self._ready.notify()
-            if self.unread() > 0 or self.inflight > 0 or self._recheck:
-                self._ensure_worker()
-            return target
-
-    def end_flush(self, target: int) -> None:
-        with self.lock:
-            self._flush_targets.remove(target)
-
-    def settled(self) -> int:
-        """How many accepted lines are done: accepted minus pending (takes the lock)."""
-        pending = self.pending()
-        with self.lock:
-            return self.accepted() - pending
-
-    def close(self) -> None:
-        """Refuse new lines from now on."""
-        with self.lock:
-            self.closed = True
-            self._wake_changed()
-
-    def cut_backoff(self) -> None:
-        """Close: make the next attempt now instead of after the current backoff."""
-        with self.lock:
-            self._cut = True
-            self._ready.notify()
-
-    def stop(self) -> None:
-        with self.lock:
-            self.stopping = True
-            self._ready.notify_all()
-            self.progress.notify_all()
+__all__ = ["MemoryFeed"]
 
 
 class MemoryFeed(Feed):
@@ -329,7 +83,7 @@ class MemoryFeed(Feed):
         lines.append(line)
         self._unread_bytes += size
         if len(lines) == 1:
-            self._first_at = _monotonic()
+            self._first_at = monotonic()
         if len(lines) >= self._wake_events or self._unread_bytes >= self._wake_bytes:
             self._wake_events = self._wake_bytes = NEVER
             self._ready.notify()
@@ -340,7 +94,7 @@ class MemoryFeed(Feed):
     def _make_room(self, size: int) -> bool:
         if size > self.max_bytes:
             return False
-        deadline = _monotonic() + self.block_seconds
+        deadline = monotonic() + self.block_seconds
         lines = self._lines
         while len(lines) >= self.max_events or self._unread_bytes + size > self.max_bytes:
             if self.closed:
@@ -375,7 +129,7 @@ class MemoryFeed(Feed):
             self._unread_bytes -= taken
             self._removed += len(out)
             self.inflight += len(out)
-            self._first_at = _monotonic()
+            self._first_at = monotonic()
             self._wake_changed()
             if self._blocked:
                 self.progress.notify_all()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bridge.delivery.queue import BLOCK_SECONDS, NEVER, Batch, Batching, Feed, _monotonic
+from bridge.delivery.feed import BLOCK_SECONDS, NEVER, Batch, Batching, Feed, monotonic
 from bridge.delivery.segments import HEADER_SIZE
 from bridge.delivery.spool import Spool
 from bridge.sinks.base import SinkStats
@@ -78,7 +78,7 @@ class SpoolFeed(Feed):
             if size > self._largest:
                 self._largest = size
             if events == 1:
-                self._first_at = _monotonic()
+                self._first_at = monotonic()
             if events >= self._wake_events or total >= self._wake_bytes:
                 self._wake_events = self._wake_bytes = NEVER
                 self._ready.notify()
@@ -91,7 +91,7 @@ class SpoolFeed(Feed):
             return True
         if self.overflow != "block":
             return False
-        deadline = _monotonic() + self.block_seconds
+        deadline = monotonic() + self.block_seconds
         with self.lock:
             while self.spool.pending_bytes() + need > self.max_bytes:
                 if not self._wait_for_room(deadline):
@@ -114,7 +114,7 @@ class SpoolFeed(Feed):
                 self._unread_events -= seen_events
                 self._unread_bytes -= seen_bytes
                 self._recheck = False
-            self._first_at = _monotonic()
+            self._first_at = monotonic()
             if self._blocked:
                 self.progress.notify_all()
         if not records:

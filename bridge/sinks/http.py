@@ -29,9 +29,10 @@ from urllib3.exceptions import InsecureRequestWarning
 
 from bridge.config import HttpSinkSettings
 from bridge.delivery.deadletter import DeadLetter
-from bridge.delivery.engine import ALL_DELIVERED, DeliveryEngine, Outcome
+from bridge.delivery.engine import DeliveryEngine
 from bridge.delivery.retry import RETRY_STATUSES, parse_retry_after
 from bridge.delivery.spool import Spool
+from bridge.delivery.transport import ALL_DELIVERED, Outcome
 from bridge.diagnostics import report
 from bridge.errors import ConfigError, FatalError, RetryableError
 from bridge.formats import Format, get_format

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bridge.config import HttpSinkSettings
-from bridge.delivery.engine import ALL_DELIVERED, Outcome
+from bridge.delivery.transport import ALL_DELIVERED, Outcome
 
 __all__ = ["ScriptedTransport", "event_line", "fast_settings", "ids_of"]
 

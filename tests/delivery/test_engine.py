@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from bridge.delivery.deadletter import DeadLetter
-from bridge.delivery.engine import DeliveryEngine, Outcome
+from bridge.delivery.engine import DeliveryEngine
 from bridge.delivery.spool import Spool
+from bridge.delivery.transport import Outcome
 from bridge.errors import FatalError, RetryableError
 from bridge.sinks.base import SinkStats
 from tests.delivery.helpers import ScriptedTransport, event_line, fast_settings, ids_of
@@ -44,7 +45,11 @@ def make_engine(tmp_path: Path) -> Iterator[MakeEngine]:
         spool_obj = None
         if spool:
             spool_obj = Spool(
-                tmp_path / "spool", max_bytes=1 << 24, fsync="never", event_ttl=3600.0, stats=stats
+                tmp_path / "spool",
+                max_bytes=1 << 24,
+                fsync="never",
+                event_ttl=settings.event_ttl,
+                stats=stats,
             )
         letters = DeadLetter(
             tmp_path / "dead.jsonl" if dead_letter else None, stats=stats, sink_name=name
@@ -188,6 +193,18 @@ class TestRefusals:
         assert ({"rejected_4xx": 3}, 0) == (stats.dropped_by_reason, stats.dead_lettered)
         assert "3 events refused (rejected_4xx, status 422)" in capsys.readouterr().err
 
+    def test_a_bug_while_sending_dead_letters_instead_of_losing(
+        self, make_engine: MakeEngine, tmp_path: Path
+    ) -> None:
+        """An unexpected exception from the transport: the batch is kept in the dead letters."""
+        engine, _, stats = make_engine(ZeroDivisionError("boom"))
+        lines = submit_all(engine, 2)
+        assert engine.flush(10.0)
+        records = dead_letters(tmp_path)
+        assert ids_of(lines) == [json.loads(r["line"])["event_id"] for r in records]
+        assert {"internal_error": 2} == stats.dropped_by_reason
+        assert stats.last_error is not None and "ZeroDivisionError" in stats.last_error
+
     def test_item_failures_retry_some_and_dead_letter_others(
         self, make_engine: MakeEngine, tmp_path: Path
     ) -> None:
@@ -204,6 +221,29 @@ class TestRefusals:
             (json.loads(r["line"])["event_id"], r["response"]) for r in letters
         ]
         assert (4, 1, 2) == (stats.delivered, stats.dead_lettered, stats.retried)
+
+
+class TestSpoolDelivery:
+    def test_413_with_a_spool_splits_and_acknowledges_every_record(
+        self, make_engine: MakeEngine
+    ) -> None:
+        """Split halves keep their spool records: once delivered, the spool is empty."""
+        engine, transport, stats = make_engine(FatalError("HTTP 413", status=413), spool=True)
+        lines = submit_all(engine, 6)
+        assert engine.flush(10.0)
+        assert [6, 3, 3] == transport.batch_sizes()
+        assert ids_of(lines) == transport.sent_ids()[6:]
+        assert (0, 6) == (engine.queue_depth(), stats.delivered)
+
+    def test_with_a_spool_retries_last_until_event_ttl(self, make_engine: MakeEngine) -> None:
+        """A collector that never answers: the spool drops the events at event_ttl, counted."""
+        failures = [RetryableError("down") for _ in range(100_000)]
+        engine, transport, stats = make_engine(*failures, spool=True, event_ttl=0.3)
+        submit_all(engine, 5)
+        assert not engine.flush(30.0)  # settled, but lost: flush says so
+        assert len(transport.calls) > 1
+        assert {"ttl_expired": 5} == stats.dropped_by_reason
+        assert 0 == engine.queue_depth()
 
 
 class TestFlushAndClose:

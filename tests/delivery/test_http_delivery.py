@@ -58,8 +58,11 @@ def submit_all(sink: HttpSink, count: int, **fields: Any) -> list[str]:
 
 
 class TestDeliveryThroughFailures:
+    @pytest.mark.parametrize(
+        ("fmt", "use_gzip"), [("ndjson", True), ("json_array", False)], ids=["ndjson-gzip", "json"]
+    )
     def test_every_event_arrives_through_every_kind_of_failure(
-        self, collector: Collector, make_sink: MakeSink
+        self, collector: Collector, make_sink: MakeSink, fmt: str, use_gzip: bool
     ) -> None:
         """500, 502, 503 and 429 with Retry-After, 413, a reset and a stalled reply: all arrive."""
         collector.plan(
@@ -71,7 +74,9 @@ class TestDeliveryThroughFailures:
             Reply(stall=30.0, record=False),
             Reply(502),
         )
-        sink = make_sink(collector.url, batch_max_events=200, timeout_read=0.5)
+        sink = make_sink(
+            collector.url, batch_max_events=200, timeout_read=0.5, format=fmt, gzip=use_gzip
+        )
         ids = submit_all(sink, 2000)
         assert sink.flush(30.0)
         received = collector.event_ids()

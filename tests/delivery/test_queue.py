@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from bridge.delivery.queue import Batch, Batching, MemoryFeed
-from bridge.delivery.spoolfeed import SpoolFeed
+from bridge.delivery.feed import Batch, Batching
+from bridge.delivery.queue import MemoryFeed
 from bridge.delivery.spool import Spool
+from bridge.delivery.spoolfeed import SpoolFeed
 from bridge.sinks.base import SinkStats
 from tests.delivery.helpers import event_line, ids_of
 
@@ -270,6 +271,19 @@ class TestSpoolFeed:
         assert results == [True] * accepted + [False] * (12 - accepted)
         assert spool.pending_bytes() <= 4096
         assert 12 - accepted == stats.dropped_by_reason["spool_full"]
+
+    def test_an_idle_spool_feed_wakes_rarely_to_adopt_orphans(self, spool: Spool) -> None:
+        """Idle with a spool: one wake-up every IDLE_RECHECK (30 s) seconds, no faster."""
+        feed, _ = self.spool_feed(spool, "spool")
+        feed.take(500, 1 << 20)  # nothing there: the start-up recheck is done
+        ready = CountingCondition(feed.lock)
+        feed._ready = ready
+        worker = threading.Thread(target=feed.wait_for_batch)
+        worker.start()
+        assert ready.waiting.wait(30)
+        feed.stop()
+        worker.join(30)
+        assert [30.0] == ready.wait_timeouts
 
     def test_the_spool_policy_evicts_the_oldest_instead(self, spool: Spool) -> None:
         """overflow "spool": the spool's own cap evicts its oldest records; new ones get in."""

@@ -125,6 +125,38 @@ class TestWireFormat:
             assert ((1.5, 7.0), True) == (kwargs["timeout"], kwargs["verify"])
 
 
+class TestEnvironment:
+    def test_proxies_come_from_the_environment_once(
+        self, mock: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """HTTP_PROXY is honoured (looked up when the sink is built, not per request)."""
+        monkeypatch.setenv("HTTP_PROXY", "http://proxy.test:3128")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        mock.add(responses.POST, URL, status=200)
+        sender = transport()
+        try:
+            sender.send([event_line()])
+        finally:
+            sender.close()
+        assert "http://proxy.test:3128" == mock.calls[0].request.req_kwargs["proxies"]["http"]
+
+    def test_requests_ca_bundle_is_honoured_when_no_ca_bundle_is_set(
+        self, mock: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """verify=true and no ca_bundle: REQUESTS_CA_BUNDLE applies, as with requests itself."""
+        bundle = tmp_path / "corp.pem"
+        bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+        mock.add(responses.POST, URL, status=200)
+        sender = transport()
+        try:
+            sender.send([event_line()])
+        finally:
+            sender.close()
+        assert str(bundle) == mock.calls[0].request.req_kwargs["verify"]
+
+
 class TestTls:
     def test_ca_bundle_and_client_certificate_are_used(
         self, mock: responses.RequestsMock, tmp_path: Path
