@@ -242,15 +242,19 @@ def sink_contender(
         before = collector.count()
         submit = sink.submit
         started = time.perf_counter()
-        accepted = sum(map(submit, lines))
-        if accepted != len(lines) or not sink.flush(120.0):
+        if sum(map(submit, lines)) != len(lines):
+            raise RuntimeError(f"{name}: the sink refused events")
+        if not sink.flush(120.0):
             raise RuntimeError(f"{name}: flush timed out")
         elapsed = time.perf_counter() - started
         if collector.count() - before != len(lines):
             raise RuntimeError(f"{name}: the collector did not get every event")
         return [len(lines) / elapsed]
 
-    return Contender(name, batch, start, lambda: sinks.pop().close(10.0) and None)
+    def stop() -> None:
+        sinks.pop().close(10.0)
+
+    return Contender(name, batch, start, stop)
 
 
 def floor_contender(
@@ -437,7 +441,11 @@ def section(samples: dict[str, list[float]], *, quick: bool) -> str:
     )
     targets = [
         target_line(
-            "HttpSink (gzip off) vs floor", ratio(samples, OURS, FLOOR), 0.8, unit="x", at_most=False
+            "HttpSink (gzip off) vs floor",
+            ratio(samples, OURS, FLOOR),
+            0.8,
+            unit="x",
+            at_most=False,
         ),
         target_line(
             "HttpSink (gzip off) vs the prepared-request floor",
