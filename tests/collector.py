@@ -21,7 +21,6 @@ import json
 import socket
 import struct
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -138,7 +137,7 @@ class Collector:
     """A threaded HTTP collector on 127.0.0.1 that records events and follows a plan."""
 
     def __init__(self, *, start_down: bool = False) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: wait_for's predicate reads under it
         self._changed = threading.Condition(self._lock)
         self._plan: deque[Reply] = deque()
         self.received: list[Received] = []
@@ -188,19 +187,8 @@ class Collector:
 
     def wait_for(self, predicate: Callable[[Collector], bool], timeout: float = 20.0) -> bool:
         """Wait until `predicate(self)` holds (checked after each request); False at timeout."""
-        deadline = time.monotonic() + timeout
         with self._changed:
-            while True:
-                self._lock.release()
-                try:
-                    if predicate(self):
-                        return True
-                finally:
-                    self._lock.acquire()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
+            return self._changed.wait_for(lambda: predicate(self), timeout)
 
     # -- up and down --------------------------------------------------------------------------
 
