@@ -234,14 +234,20 @@ class HttpSink:
     `submit` appends to a bounded memory queue (or, with `spool_dir`, to the disk spool with one
     write) and never touches the network. Delivery is best effort without a spool and at least
     once with one. Raises ConfigError at construction for an unimplemented `format`, a bad URL,
-    missing TLS files or a spool directory it cannot use.
+    missing TLS files or a spool directory it cannot use; its key is prefixed with
+    `config_key` (such as "sinks[2]") when given.
     """
 
-    def __init__(self, settings: HttpSinkSettings) -> None:
-        _check(settings)
+    def __init__(self, settings: HttpSinkSettings, *, config_key: str | None = None) -> None:
+        try:
+            _check(settings)
+            self._format = get_format(settings.format)
+        except ConfigError as exc:
+            if config_key is None:
+                raise
+            raise ConfigError(f"{config_key}.{exc.key}", exc.value, exc.expected) from None
         self.name = settings.name
         self.settings = settings
-        self._format = get_format(settings.format)
         self._stats = SinkStats()
         if not settings.verify:
             warnings.filterwarnings("ignore", category=InsecureRequestWarning)
@@ -257,8 +263,9 @@ class HttpSink:
                     stats=self._stats,
                 )
             except OSError as exc:
+                key = f"{config_key}.spool_dir" if config_key else "spool_dir"
                 raise ConfigError(
-                    "spool_dir", str(settings.spool_dir), f"a usable directory ({exc.strerror})"
+                    key, str(settings.spool_dir), f"a usable directory ({exc.strerror})"
                 ) from None
         dead_letter = DeadLetter(
             _dead_letter_path(settings), stats=self._stats, sink_name=self.name

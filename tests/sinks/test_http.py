@@ -292,6 +292,25 @@ class TestSecrets:
         assert 1 == sink.stats()["dead_lettered"]
 
 
+class TestDeadLetterPath:
+    def test_with_a_spool_dead_letters_go_beside_it_by_default(
+        self, mock: responses.RequestsMock, sinks: list[HttpSink], tmp_path: Path
+    ) -> None:
+        """No dead_letter_path but a spool_dir: `<spool_dir>/dead-letter.jsonl`, 0600."""
+        mock.add(responses.POST, URL, status=400, body="bad event")
+        sink = HttpSink(fast_settings(URL, spool_dir=tmp_path / "spool"))
+        sinks.append(sink)
+        line = event_line()
+        sink.submit(line)
+        assert sink.flush(10.0)
+        path = tmp_path / "spool" / "dead-letter.jsonl"
+        assert [line.decode().rstrip("\n")] == [
+            json.loads(x)["line"] for x in path.read_text().splitlines()
+        ]
+        assert 0o600 == stat.S_IMODE(path.stat().st_mode)
+        assert (1, 0) == (sink.stats()["dead_lettered"], sink.stats()["queue_depth"])
+
+
 class TestConstruction:
     def test_an_unimplemented_format_fails_at_construction(self) -> None:
         """format = "loki" (planned) is a ConfigError naming the key and the implemented ones."""
@@ -299,6 +318,12 @@ class TestConstruction:
             HttpSink(fast_settings(URL, format="loki"))
         assert "format" == caught.value.key
         assert "ndjson" in str(caught.value)
+
+    def test_errors_name_the_sink_table_when_told_which(self) -> None:
+        """config_key="sinks[2]" makes the key sinks[2].format, as init_app reports keys."""
+        with pytest.raises(ConfigError) as caught:
+            HttpSink(fast_settings(URL, format="otlp"), config_key="sinks[2]")
+        assert "sinks[2].format" == caught.value.key
 
     @pytest.mark.parametrize("url", ["ftp://collector.test/", "collector.test:8686", "http://"])
     def test_a_url_that_is_not_http_fails(self, url: str) -> None:
