@@ -103,7 +103,7 @@ class DeliveryEngine:
         if spool is not None and spool.pending_events():
             # Ship what dead processes left behind without waiting for traffic.
             with self._feed.lock:
-                self._feed._ensure_worker()
+                self._feed.ensure_worker()
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -132,7 +132,8 @@ class Feed:
         self._wake_events, self._wake_bytes = events, size
         self._wake_changed()
 
-    def _ensure_worker(self) -> None:
+    def ensure_worker(self) -> None:
+        """Lock held: start the worker thread unless it runs (lazily, in this process)."""
         if not self.worker_started:
             self.worker_started = True
             self._start_worker()
@@ -148,7 +149,7 @@ class Feed:
         remaining = deadline - monotonic()
         if remaining <= 0 or self.closed:
             return False
-        self._ensure_worker()
+        self.ensure_worker()
         self._blocked += 1
         self._set_wake(NEVER, NEVER)
         self._ready.notify()
@@ -226,7 +227,7 @@ class Feed:
             self._flush_targets.append(target)
             self._ready.notify()
             if self.unread() > 0 or self.inflight > 0 or self._recheck:
-                self._ensure_worker()
+                self.ensure_worker()
             return target
 
     def end_flush(self, target: int) -> None:

@@ -87,7 +87,7 @@ class MemoryFeed(Feed):
         if len(lines) >= self._wake_events or self._unread_bytes >= self._wake_bytes:
             self._wake_events = self._wake_bytes = NEVER
             self._ready.notify()
-        self._ensure_worker()
+        self.ensure_worker()
         self._wake_changed()
         return True
 

@@ -82,7 +82,7 @@ class SpoolFeed(Feed):
             if events >= self._wake_events or total >= self._wake_bytes:
                 self._wake_events = self._wake_bytes = NEVER
                 self._ready.notify()
-            self._ensure_worker()
+            self.ensure_worker()
         return True
 
     def _has_room(self, size: int) -> bool:
