@@ -19,7 +19,7 @@ from flask.globals import _cv_request
 
 from bridge.config import Settings
 from bridge.diagnostics import report
-from bridge.events import ENVELOPE_KEYS, HOST_NAME, new_event_id, request_fields, rfc3339_now
+from bridge.events import ENVELOPE_KEYS, HOST_NAME, request_fields, timestamp_and_id
 from bridge.processors import LineEncoder, MakeJsonSafe, Processor, SensitiveKeys
 from bridge.sinks.base import Sink
 
@@ -96,12 +96,13 @@ class Emitter:
         only `fields` and `arguments` (which carry application data) need the safe walk, so
         without user processors only they take it: the output is the same, and cheaper.
         """
+        timestamp, event_id = timestamp_and_id()
         event_dict: dict[str, Any] = {
-            "timestamp": rfc3339_now(),
+            "timestamp": timestamp,
             "level": level,
             "event": event,
             "signal": signal,
-            "event_id": new_event_id(),
+            "event_id": event_id,
             "service.name": self.service,
             "host.name": HOST_NAME,
             "process.pid": _pid,
