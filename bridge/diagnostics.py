@@ -19,6 +19,15 @@ _last_reported: dict[str, float] = {}
 _lock = threading.Lock()
 
 
+def _reset_lock_after_fork() -> None:
+    """A child forked while another thread held the lock would hang at its first report."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_after_fork)
+
+
 def report(cause: str, message: str, *, interval: float = REPORT_INTERVAL) -> bool:
     """Write `message` to stderr unless `cause` was reported in the last `interval` seconds.
 

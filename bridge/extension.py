@@ -52,7 +52,7 @@ def build_sink(settings: SinkSettings, index: int) -> Sink:
     if isinstance(settings, HttpSinkSettings):
         from bridge.sinks.http import HttpSink  # requests is only imported when needed
 
-        return HttpSink(settings)
+        return HttpSink(settings, config_key=f"sinks[{index}]")
     raise ConfigError(f"sinks[{index}].type", settings.type, "file, stdout or http")
 
 

@@ -427,3 +427,11 @@ def test_loggers_key_routes_stdlib_records(make_bridged: Make) -> None:
     bridged.bridge.close()
     logger.warning("after close")
     assert 1 == len(read_events(bridged.path))
+
+
+def test_http_sink_errors_name_the_sink_position() -> None:
+    """An http sink mistake found when building it names sinks[i]."""
+    app = build_app(BRIDGE_SINKS=[{"type": "stdout"}, {"type": "http", "url": "ftp://127.0.0.1/"}])
+    with pytest.raises(ConfigError) as info:
+        SignalBridge(app)
+    assert info.value.key.startswith("sinks[1].")
