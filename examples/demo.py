@@ -34,22 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python examples/demo.py` puts examples/, not the root, first
     sys.path.insert(0, str(ROOT))
 
+from bridge.events import ENVELOPE_ORDER  # noqa: E402
 from examples.collector import LocalCollector  # noqa: E402
 from examples.server import GunicornServer, ServerError  # noqa: E402
 
 APP = "examples.login_log.app:app"
 BRIDGE_TOML = ROOT / "examples" / "login_log" / "bridge.toml"
 AUDIT_FILE = Path("logs/login-audit.jsonl")  # bridge.toml's path, relative to the run directory
-ENVELOPE_KEYS = (
-    "timestamp",
-    "level",
-    "event",
-    "signal",
-    "event_id",
-    "service.name",
-    "host.name",
-    "process.pid",
-)
+ENVELOPE_KEYS = ENVELOPE_ORDER
 REQUEST_KEYS = ("request_id", "http.request.method", "url.path", "http.route", "client.address")
 # Every password this demo types: none of them may appear in any output.
 PASSWORDS = ("lovelace", "not-lovelace", "hunter2", "careless-secret-42")

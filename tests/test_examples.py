@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,28 +21,9 @@ from examples.builtin_signals.app import create_app as create_builtin_app
 from examples.login_log.app import create_app as create_login_app
 from examples.login_log.app import login_signal
 from tests.conftest import read_events
+from tests.contract import ENVELOPE, REQUEST_KEYS, RFC3339, UUID7
 
 ROOT = Path(__file__).resolve().parent.parent
-ENVELOPE = {
-    "timestamp",
-    "level",
-    "event",
-    "signal",
-    "event_id",
-    "service.name",
-    "host.name",
-    "process.pid",
-}
-REQUEST_KEYS = {
-    "request_id",
-    "http.request.method",
-    "url.path",
-    "http.route",
-    "client.address",
-    "user_agent.original",
-}
-RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
-UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
 class BridgedExample:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,29 +13,9 @@ from flask import Flask
 
 from bridge import ConfigError, SignalBridge
 from tests.conftest import LOGIN_SIGNAL, BridgedApp, build_app, read_events
+from tests.contract import ENVELOPE, REQUEST_KEYS, RFC3339, STATS_COUNTERS, UUID7
 
 Make = Callable[..., BridgedApp]
-
-ENVELOPE = {
-    "timestamp",
-    "level",
-    "event",
-    "signal",
-    "event_id",
-    "service.name",
-    "host.name",
-    "process.pid",
-}
-REQUEST_KEYS = {
-    "request_id",
-    "http.request.method",
-    "url.path",
-    "http.route",
-    "client.address",
-    "user_agent.original",
-}
-RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
-UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
 class TestInitApp:
@@ -354,20 +333,7 @@ class TestStatsAndFlush:
         stats = bridged.bridge.stats()
         assert 0 == stats["receiver_errors"]
         counters = stats["sinks"]["file-0"]
-        for key in (
-            "enqueued",
-            "delivered",
-            "retried",
-            "dropped",
-            "dropped_by_reason",
-            "spooled",
-            "spool_bytes",
-            "dead_lettered",
-            "queue_depth",
-            "last_error",
-            "last_error_time",
-            "last_success_time",
-        ):
+        for key in STATS_COUNTERS:
             assert key in counters
         assert (1, 1, 0) == (counters["enqueued"], counters["delivered"], counters["dropped"])
 

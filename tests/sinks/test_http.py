@@ -18,24 +18,12 @@ import responses
 from bridge.errors import ConfigError, FatalError, RetryableError
 from bridge.formats import get_format
 from bridge.sinks.http import HttpSink, HttpTransport
+from tests.contract import STATS_COUNTERS
 from tests.delivery.helpers import event_line, fast_settings
 
 URL = "http://collector.test:8686/ingest"
 SECRET = "Bearer t0p-s3cret-value"
-STATS_KEYS = {
-    "enqueued",
-    "delivered",
-    "retried",
-    "dropped",
-    "dropped_by_reason",
-    "spooled",
-    "spool_bytes",
-    "dead_lettered",
-    "queue_depth",
-    "last_error",
-    "last_error_time",
-    "last_success_time",
-}
+STATS_KEYS = set(STATS_COUNTERS)
 
 
 @pytest.fixture
