@@ -92,9 +92,11 @@ class Emitter:
     ) -> None:
         """Build one event (envelope, request context, fields, signal arguments) and ship it.
 
-        The envelope and the request context are built by the bridge and already JSON-safe;
-        only `fields` and `arguments` (which carry application data) need the safe walk, so
-        without user processors only they take it: the output is the same, and cheaper.
+        `fields` are built by the bridge (a built-in signal's status code, template name,
+        exception text) and, like the envelope and the request context, already JSON-safe and
+        bounded; `arguments` carry application data and take the safe walk (conversion,
+        redaction, truncation). Without user processors only they take it; with them, the
+        whole event does, after the user's processors.
         """
         timestamp, event_id = timestamp_and_id()
         event_dict: dict[str, Any] = {
@@ -114,21 +116,22 @@ class Emitter:
             event_dict.update(
                 request_fields(request.environ, rule.rule if rule else None, self.is_sensitive)
             )
-        payload: Mapping[str, Any] | None = fields
+        if fields:
+            event_dict.update(fields)
         if arguments:
-            payload = {**fields} if fields else {}
+            data: dict[str, Any] = {}
             for key, value in arguments.items():
                 if key in ENVELOPE_KEYS:  # a signal cannot forge the envelope
                     key = f"args.{key}"
-                payload[key] = value
+                data[key] = value
+            if self.user_processors:
+                event_dict.update(data)
+            else:
+                event_dict.update(self.make_safe.convert_mapping(data))
         if self.user_processors:
-            if payload:
-                event_dict.update(payload)
             self.ship(event_dict, level)
-            return
-        if payload:
-            event_dict.update(self.make_safe.convert_mapping(payload))
-        self._write(event_dict)
+        else:
+            self._write(event_dict)
 
     def ship(self, event_dict: dict[str, Any], level: str) -> None:
         """Run the whole processor chain, encode once, and submit the line to every sink."""

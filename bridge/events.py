@@ -44,6 +44,7 @@ _REQUEST_CACHE_KEY = "bridge.request_fields"
 _MAX_HEADER_CHARS = 512
 _MAX_PATH_CHARS = 2048
 _MAX_STACK_CHARS = 16 * 1024
+_MAX_MESSAGE_CHARS = 4096
 HOST_NAME = socket.gethostname()
 
 
@@ -214,6 +215,6 @@ def exception_fields(exc: BaseException) -> dict[str, str]:
         stack = "...\n" + stack[-_MAX_STACK_CHARS:]
     return {
         "exception.type": name,
-        "exception.message": _safe_str(exc),
+        "exception.message": _safe_str(exc)[:_MAX_MESSAGE_CHARS],
         "exception.stacktrace": stack,
     }

@@ -137,6 +137,14 @@ def _builtin_receiver(emitter: Emitter, spec: BuiltinSignal, event: str) -> Rece
     fields_of = spec.fields
     level = spec.level
 
+    if spec.carries_data:  # e.g. a flashed message: application data, made safe like any
+
+        def receive_data(sender: Any, /, **kwargs: Any) -> None:
+            with emitter.guard:
+                emitter.emit(signal_name, event, level, arguments=fields_of(kwargs))
+
+        return receive_data
+
     def receive(sender: Any, /, **kwargs: Any) -> None:
         with emitter.guard:
             emitter.emit(signal_name, event, level, fields_of(kwargs))

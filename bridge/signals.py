@@ -72,6 +72,7 @@ class BuiltinSignal:
     event: str
     level: str
     fields: FieldsFn
+    carries_data: bool = False  # fields hold application values: they take the safe walk
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +149,12 @@ BUILTIN_SIGNALS: dict[str, BuiltinSignal] = {
             _template,
         ),
         BuiltinSignal(
-            "message_flashed", flask.signals.message_flashed, "message.flashed", "info", _flash
+            "message_flashed",
+            flask.signals.message_flashed,
+            "message.flashed",
+            "info",
+            _flash,
+            carries_data=True,
         ),
     )
 }

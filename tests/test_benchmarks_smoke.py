@@ -46,8 +46,9 @@ class TestBenchRequest:
         expected = {
             bench_request.BARE: "0.0",
             bench_request.ONE: "1.0",
-            bench_request.DEFAULT: "3.0",
-            bench_request.BUILTIN: "10.0",
+            bench_request.DEFAULT: "2.0",
+            bench_request.DEFAULT_LOGIN: "3.0",
+            bench_request.BUILTIN: "9.0",
             bench_request.MINIMAL: "3.0",
             bench_request.JSON_LOGGER: "3.0",
             bench_request.NAIVE: "9.0",
