@@ -1,4 +1,5 @@
-"""The spool's on-disk layout: file names, the record frame, parsing, ownership and adoption.
+"""The spool's on-disk layout: file names, the segment header, the record frame, parsing,
+ownership and adoption.
 
 `bridge.delivery.spool` keeps the in-memory bookkeeping; this module is everything that must
 agree between a process that writes a spool directory and the one that later replays it.
@@ -17,13 +18,28 @@ from adopting the same owner at once, and the rename itself is the claim (a segm
 by one process is gone for every other). A crash halfway leaves each segment under exactly one
 name, so nothing is lost or claimed twice.
 
-A record is a 24-byte header, then the payload (the encoded event line, ending in b"\\n"):
+A segment starts with a 40-byte header, written once when the segment is created:
 
-    struct "<4sIQII": magic b"FSB1", payload length, append time (µs since the epoch),
-                      CRC32 of the payload, CRC32 of the first 20 header bytes
+    struct "<4sI":  magic b"FSBs", format version 2
+    two slots "<QII": acknowledged prefix (file offset), sequence, CRC32 of the first 12 bytes
 
-The header has its own CRC so a reader can trust the length (skip a record whose payload is
-damaged) and can find the next record after a damaged header by searching for the magic.
+The slots record how far the segment is acknowledged: every record before that offset was
+delivered (or dead-lettered, expired, damaged). The reader rewrites one slot with one pwrite
+per `ack` call, alternating slots, and a process that adopts the segment starts reading there.
+A torn slot fails its CRC and the other slot (an older, smaller offset) wins: a crash can
+make the spool send a record twice, never skip one. Records follow the header:
+
+    header "<4sIQI":  magic b"FSB2", payload length, append time (µs since the epoch),
+                      the payload length again with every bit flipped
+    payload           the encoded event line, ending in b"\\n"
+    trailer "<I":     CRC32 of header and payload, seeded with RESIDUE
+
+The length is stored twice so a reader can trust it without a CRC (skip a record whose
+payload is damaged) and can find the next record after a damaged header by searching for the
+magic (a candidate must carry the magic and both copies of the length).
+The trailer is seeded with CRC-32's residue (the CRC of any message followed by its own CRC),
+so a run of intact records, however many, has `crc32(run, RESIDUE) == RESIDUE`: a reader
+verifies a whole batch with one call and checks record by record only when that fails.
 A short record at the end of a segment nobody writes any more (a crash mid-write) is torn.
 """
 
@@ -41,62 +57,108 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
-    "HEADER_SIZE",
+    "RECORD_OVERHEAD",
+    "SEGMENT_HEADER",
     "Parsed",
+    "ack_slot",
     "claim_orphans",
     "count_records",
     "encode_record",
+    "new_segment_header",
     "parse",
+    "read_acked",
     "register_owner",
     "segment_name",
 ]
 
-MAGIC = b"FSB1"
-_PREFIX = struct.Struct("<4sIQI")
-_HEADER = struct.Struct("<4sIQII")
+MAGIC = b"FSB2"
+FILE_MAGIC = b"FSBs"
+FORMAT_VERSION = 2
+RESIDUE = 0x2144DF1C  # crc32(m + crc32(m, s).to_bytes(4, "little"), s) for every m and s
+_HEADER = struct.Struct("<4sIQI")
+_U32 = struct.Struct("<I")
+_FLIP = 0xFFFFFFFF
+_LENGTH_TIME = struct.Struct("<IQ")  # at offset 4 of a header
+_FILE = struct.Struct("<4sI")
+_SLOT = struct.Struct("<QII")
 HEADER_SIZE = _HEADER.size
+RECORD_OVERHEAD = HEADER_SIZE + 4
+SEGMENT_HEADER = _FILE.size + 2 * _SLOT.size
 MAX_PAYLOAD = 1 << 28  # far above any max_line_bytes: a larger length is a damaged header
 FILE_MODE = 0o600
 STALE_TMP_SECONDS = 60.0
+NO_CUTOFF = -(1 << 63)
 
 _SEGMENT_RE = re.compile(r"^(\d+-[0-9a-f]{8})\.(\d{10})\.seg$")
 _LOCK_RE = re.compile(r"^(\d+-[0-9a-f]{8})\.lock$")
 _TMP_RE = re.compile(r"^\.(\d+-[0-9a-f]{8})\.lock\.tmp$")
+_crc32 = zlib.crc32
 
 
 def encode_record(line: bytes, time_us: int) -> bytes:
-    """Frame one line: header (length, CRCs, append time) followed by the line itself."""
-    prefix = _PREFIX.pack(MAGIC, len(line), time_us, zlib.crc32(line))
-    return b"".join((prefix, zlib.crc32(prefix).to_bytes(4, "little"), line))
+    """Frame one line: header (length, append time), the line, the trailer CRC."""
+    length = len(line)
+    header = _HEADER.pack(MAGIC, length, time_us, length ^ _FLIP)
+    return b"".join((header, line, _U32.pack(_crc32(line, _crc32(header, RESIDUE)))))
 
 
 def segment_name(owner: str, seq: int) -> str:
     return f"{owner}.{seq:010d}.seg"
 
 
+def new_segment_header() -> bytes:
+    """The first bytes of a new segment: magic, version, two empty (invalid) ack slots."""
+    return _FILE.pack(FILE_MAGIC, FORMAT_VERSION) + bytes(2 * _SLOT.size)
+
+
+def ack_slot(acked: int, seq: int) -> tuple[int, bytes]:
+    """(file position, bytes) of ack slot number `seq`: `acked` is the acknowledged prefix."""
+    body = _SLOT.pack(acked, seq, 0)[:-4]
+    return _FILE.size + (seq % 2) * _SLOT.size, body + _crc32(body).to_bytes(4, "little")
+
+
+def read_acked(fd: int, size: int) -> tuple[int, int]:
+    """(acknowledged prefix, slot sequence) of a segment of `size` bytes.
+
+    The valid slot with the higher sequence wins; without one (a new segment, a torn header,
+    another format) the segment is read from its first record. Never beyond `size`.
+    """
+    head = os.pread(fd, SEGMENT_HEADER, 0)
+    if len(head) < SEGMENT_HEADER or _FILE.unpack_from(head) != (FILE_MAGIC, FORMAT_VERSION):
+        return min(SEGMENT_HEADER, size), 0
+    best = (SEGMENT_HEADER, 0)
+    for at in (_FILE.size, _FILE.size + _SLOT.size):
+        acked, seq, crc = _SLOT.unpack_from(head, at)
+        if _crc32(memoryview(head)[at : at + 12]) == crc and seq > best[1] and acked >= best[0]:
+            best = (acked, seq)
+    return min(best[0], size), best[1]
+
+
 def _payload_length(buf: bytes, pos: int) -> int | None:
     """The payload length of a valid header at `pos` (a full header must be in `buf`)."""
-    magic, length, _, _, header_crc = _HEADER.unpack_from(buf, pos)
-    if magic != MAGIC or length > MAX_PAYLOAD:
-        return None
-    if zlib.crc32(memoryview(buf)[pos : pos + HEADER_SIZE - 4]) != header_crc:
+    magic, length, _, flipped = _HEADER.unpack_from(buf, pos)
+    if magic != MAGIC or length > MAX_PAYLOAD or length ^ _FLIP != flipped:
         return None
     return int(length)
 
 
 @dataclass(slots=True)
 class Parsed:
-    """What `parse` found in one buffer; offsets are file offsets."""
+    """What `parse` found in one buffer. `handles` are `origin + offset in buf` of each good
+    record in `lines`; `end` is an offset in `buf`."""
 
-    records: list[tuple[int, int, int, bytes]] = field(default_factory=list)
-    """(offset, record size with header, append time in µs, payload) of each good record."""
+    lines: list[bytes] = field(default_factory=list)
+    handles: list[int] = field(default_factory=list)
+    expired: int = 0
+    """Good records older than the cutoff: skipped, not in `lines`."""
+    expired_bytes: int = 0
     corrupt: int = 0
     """Damaged records or regions that were skipped (a damaged region is counted once)."""
     bad_payloads: int = 0
     """Of those, records with an intact header (an adoption scan counted them)."""
     corrupt_bytes: int = 0
     end: int = 0
-    """File offset up to which the buffer was consumed."""
+    """Offset in `buf` up to which it was consumed."""
     in_corrupt: bool = False
     """A damaged region goes on past `end`: the next call continues the search."""
     need: int = 0
@@ -107,26 +169,105 @@ class Parsed:
 
 def parse(
     buf: bytes,
-    base: int,
+    start: int = 0,
     *,
     final: bool,
+    origin: int = 0,
     in_corrupt: bool = False,
     max_events: int = 1 << 62,
     max_bytes: int = 1 << 62,
     oversize_ok: bool = True,
-    payloads: bool = True,
+    cutoff_us: int = NO_CUTOFF,
 ) -> Parsed:
-    """Parse records from `buf`, which holds the file from offset `base`.
+    """Parse records from `buf[start:]`; a record at `buf[i]` gets the handle `origin + i`.
 
     `final`: the buffer ends where the segment ends for good, so a short record there is torn
     (counted as corrupt) rather than incomplete. Stops before a record that would exceed
     `max_events` or `max_bytes` of payload, except that the first record is taken whatever
-    its size when `oversize_ok`. Records whose CRC fails are skipped and counted, never returned.
-    `payloads=False` only walks the headers (payloads are neither checked nor copied: b"").
+    its size when `oversize_ok`. Records appended before `cutoff_us` are skipped (`expired`).
+    Damaged records are skipped and counted, never returned. Tries `_scan` (one CRC for the
+    whole run) first, and goes record by record only where that fails.
     """
-    out = Parsed(in_corrupt=in_corrupt)
+    if not in_corrupt:
+        fast = _scan(buf, start, final, origin, max_events, max_bytes, oversize_ok, cutoff_us)
+        if fast is not None:
+            return fast
+    return _parse_carefully(
+        buf, start, final, origin, in_corrupt, max_events, max_bytes, oversize_ok, cutoff_us
+    )
+
+
+def _scan(
+    buf: bytes,
+    start: int,
+    final: bool,
+    origin: int,
+    max_events: int,
+    max_bytes: int,
+    oversize_ok: bool,
+    cutoff_us: int,
+) -> Parsed | None:
+    """The fast path: walk the lengths trusting every header, then check the whole run with
+    one CRC. None when anything looks wrong (the careful path then finds what)."""
+    lines: list[bytes] = []
+    handles: list[int] = []
+    append_line, append_handle = lines.append, handles.append
+    unpack = _LENGTH_TIME.unpack_from
     size = len(buf)
-    pos = 0
+    pos = start
+    taken = expired = expired_bytes = 0
+    full = True  # unless the buffer ends first
+    try:
+        for _ in range(max_events):  # an expired record uses up a turn: a short batch
+            length, time_us = unpack(buf, pos + 4)
+            end = pos + RECORD_OVERHEAD + length
+            if end > size:
+                full = False
+                break
+            if time_us < cutoff_us:
+                expired += 1
+                expired_bytes += end - pos
+                pos = end
+                continue
+            taken += length
+            if taken > max_bytes and (lines or not oversize_ok):
+                break
+            append_line(buf[pos + HEADER_SIZE : end - 4])
+            append_handle(origin + pos)
+            pos = end
+    except struct.error:  # fewer than 16 bytes left
+        full = False
+    need = 0
+    if not full and pos < size:
+        if final:
+            return None  # a torn tail: count it carefully
+        need = HEADER_SIZE
+        if size - pos >= HEADER_SIZE:
+            next_length = _payload_length(buf, pos)
+            if next_length is None:
+                return None  # a damaged header: find the next record carefully
+            need = RECORD_OVERHEAD + next_length
+    if pos > start and _crc32(memoryview(buf)[start:pos], RESIDUE) != RESIDUE:
+        return None
+    return Parsed(lines, handles, expired, expired_bytes, end=pos, need=need, full=full)
+
+
+def _parse_carefully(
+    buf: bytes,
+    start: int,
+    final: bool,
+    origin: int,
+    in_corrupt: bool,
+    max_events: int,
+    max_bytes: int,
+    oversize_ok: bool,
+    cutoff_us: int,
+) -> Parsed:
+    """Record by record: each header and each record checked on its own; damage skipped."""
+    out = Parsed(in_corrupt=in_corrupt)
+    view = memoryview(buf)
+    size = len(buf)
+    pos = start
     taken = 0
     while pos < size:
         if out.in_corrupt:
@@ -156,7 +297,7 @@ def parse(
             out.corrupt_bytes += 1
             pos += 1
             continue
-        record_size = HEADER_SIZE + length
+        record_size = RECORD_OVERHEAD + length
         if size - pos < record_size:
             if final:
                 out.corrupt += 1
@@ -165,22 +306,24 @@ def parse(
             else:
                 out.need = record_size
             break
-        if len(out.records) >= max_events or (
-            taken + length > max_bytes and (out.records or not oversize_ok)
-        ):
-            out.full = True
-            break
-        _, _, time_us, payload_crc, _ = _HEADER.unpack_from(buf, pos)
-        payload = buf[pos + HEADER_SIZE : pos + record_size] if payloads else b""
-        if payloads and zlib.crc32(payload) != payload_crc:
+        if _crc32(view[pos : pos + record_size], RESIDUE) != RESIDUE:
             out.corrupt += 1
             out.bad_payloads += 1
             out.corrupt_bytes += record_size
+        elif _LENGTH_TIME.unpack_from(buf, pos + 4)[1] < cutoff_us:
+            out.expired += 1
+            out.expired_bytes += record_size
+        elif len(out.lines) >= max_events or (
+            taken + length > max_bytes and (out.lines or not oversize_ok)
+        ):
+            out.full = True
+            break
         else:
-            out.records.append((base + pos, record_size, time_us, payload))
+            out.lines.append(buf[pos + HEADER_SIZE : pos + record_size - 4])
+            out.handles.append(origin + pos)
             taken += length
         pos += record_size
-    out.end = base + pos
+    out.end = pos
     return out
 
 
@@ -201,27 +344,65 @@ def _resync(buf: bytes, pos: int, final: bool) -> int:
         pos = found + 1
 
 
-def count_records(fd: int, size: int, chunk: int = 1 << 20) -> int:
-    """The number of records in the first `size` bytes of a segment (an adoption scan).
+def record_time(buf: bytes, pos: int) -> int:
+    """The append time (µs) in the record header at `buf[pos]`."""
+    return int(_LENGTH_TIME.unpack_from(buf, pos + 4)[1])
 
-    Checks headers only, so a record with a damaged payload is counted here and found later.
+
+def count_records(fd: int, start: int, size: int, chunk: int = 1 << 20) -> int:
+    """The number of records between offsets `start` and `size` of a segment (an adoption
+    scan). A run that passes the whole-run CRC is counted from its lengths; elsewhere only
+    headers are checked, so a record with a damaged payload is counted here and found later.
     """
     count = 0
-    pos = 0
+    pos = start
     in_corrupt = False
     want = chunk
     while pos < size:
         asked = min(want, size - pos)
         buf = os.pread(fd, asked, pos)
         final = len(buf) < asked or pos + len(buf) >= size  # short: the file ends early
-        parsed = parse(buf, pos, final=final, in_corrupt=in_corrupt, payloads=False)
-        count += len(parsed.records)
-        if final or (parsed.end == pos and parsed.need <= len(buf)):
+        parsed = None if in_corrupt else _scan(buf, 0, final, 0, 1 << 62, 1 << 62, True, NO_CUTOFF)
+        if parsed is None:
+            parsed = _count_headers(buf, final, in_corrupt)
+        count += len(parsed.handles)
+        if final or (parsed.end == 0 and parsed.need <= len(buf)):
             break
         in_corrupt = parsed.in_corrupt
         want = max(chunk, parsed.need)
-        pos = parsed.end
+        pos += parsed.end
     return count
+
+
+def _count_headers(buf: bytes, final: bool, in_corrupt: bool) -> Parsed:
+    """Walk the headers only: every record whose header is intact gets a handle."""
+    out = Parsed(in_corrupt=in_corrupt)
+    size = len(buf)
+    pos = 0
+    while pos < size:
+        if out.in_corrupt:
+            pos = _resync(buf, pos, final)
+            if pos >= size or size - pos < HEADER_SIZE:
+                out.in_corrupt = not final
+                pos = size if final else pos
+                break
+            out.in_corrupt = False
+            continue
+        if size - pos < HEADER_SIZE:
+            out.need = HEADER_SIZE
+            break
+        length = _payload_length(buf, pos)
+        if length is None:
+            out.in_corrupt = True
+            pos += 1
+            continue
+        if size - pos < RECORD_OVERHEAD + length:
+            out.need = RECORD_OVERHEAD + length
+            break
+        out.handles.append(pos)
+        pos += RECORD_OVERHEAD + length
+    out.end = pos
+    return out
 
 
 def register_owner(directory: Path) -> tuple[str, int]:

@@ -5,66 +5,117 @@ An event is accepted once `append` has written it to this process's current segm
 loss). The engine `read`s records, sends them, and `ack`s them; a segment is deleted once it
 is no longer written and every record in it is acknowledged. Segments of dead processes are
 adopted and replayed, so delivery is at least once (collectors deduplicate on `event_id`).
-File names, the record frame and adoption are described in `bridge.delivery.segments`.
+File names, the segment header, the record frame and adoption are described in
+`bridge.delivery.segments`.
 
-Acknowledgements live in memory: a process that dies replays its unfinished segments whole,
-acknowledged records included (so a fully acknowledged current segment is rolled and deleted
-once it passes 64 KiB, which bounds that replay). Never delete a live process's `.lock` file:
-it is how siblings know the process, and its segments, are alive.
+Acknowledgements are kept in memory and, as the acknowledged prefix of each segment (every
+record before an offset is done), in the segment's header: one pwrite per `ack` call, in the
+page cache like the records. A process killed while a batch is in flight therefore replays
+at most the records after that prefix: the batch in flight, and any batch acknowledged out of
+order ahead of it. Never delete a live process's `.lock` file: it is how siblings know the
+process, and its segments, are alive.
+
+The engine's hot path works on batches: `read` parses a run of records in one pass (one CRC
+for the run) and hands out the lines with `SpoolRecord` handles (plain ints: segment and
+offset), and `ack` settles a batch with a few C-level passes over its handles.
 
 Losses are counted in `SinkStats.dropped_by_reason`, never silent: `spool_write_failed` (the
 write failed; the engine may fall back), `spool_full` (evicted by the size cap),
-`spool_corrupt` (CRC failure or a record torn by a crash) and `ttl_expired`.
+`spool_corrupt` (CRC failure or a record torn by a crash) and `ttl_expired`. The spool is the
+only writer of `SinkStats.spooled` and `spool_bytes`, under its own lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import itertools
+import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple, NewType, cast
 
 from bridge.delivery import segments
+from bridge.delivery.segments import RECORD_OVERHEAD, SEGMENT_HEADER
 from bridge.diagnostics import report
 from bridge.sinks.base import SinkStats
 
-__all__ = ["Spool", "SpoolRecord"]
+__all__ = ["Spool", "SpoolRead", "SpoolRecord"]
 
 SEGMENT_BYTES = 4 * 1024 * 1024
-DRAINED_ROLL_BYTES = 64 * 1024  # roll a fully acked current segment past this, to limit replay
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 1024 * 1024
+TAIL_BYTES = 4 * 1024 * 1024  # lines kept in memory for the reader, behind the current segment
+_TRIM = 4096
+_NO_FLOOR = 1 << 62
+_plus_overhead = RECORD_OVERHEAD.__add__
 RESCAN_INTERVAL = 5.0
+_SHIFT = 40  # a handle is (segment id << _SHIFT) | file offset
+_OFFSET = (1 << _SHIFT) - 1
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
 
+_forks = 0  # forks into this process: cheaper to compare than os.getpid(), a system call
 
-@dataclass(frozen=True, slots=True)
-class SpoolRecord:
-    """One spooled line handed to the engine; `segment` and `offset` are opaque to it."""
 
-    segment: str
-    offset: int
-    line: bytes
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+SpoolRecord = NewType("SpoolRecord", int)
+"""An opaque handle to one record handed out by `Spool.read` (to `ack` or `release` it)."""
+
+
+class SpoolRead(NamedTuple):
+    """What `Spool.read` handed out, and what the caller's append counter cannot know."""
+
+    lines: list[bytes]
+    records: list[SpoolRecord]
+    """One handle per line, to `ack` or `release` it."""
+    fresh: int
+    """How many of the lines this spool appended itself and hands out for the first time."""
+    fresh_bytes: int
+    drained: bool
+    """The read stopped because nothing more was readable (not on its limits)."""
+    hidden: bool
+    """Released or adopted records are still waiting: read again without new appends."""
 
 
 @dataclass(slots=True, eq=False)
 class _Segment:
-    """Bookkeeping for one segment file; guarded by `Spool._lock`."""
+    """Bookkeeping for one segment file; guarded by `Spool._lock` (the read buffer belongs
+    to the reader)."""
 
     name: str
+    key: int  # the high bits of this segment's handles
     adopted: bool
     sealed: bool = False  # no more appends: a short record at `limit` is torn, not pending
-    limit: int = 0  # bytes known complete (appended by us, or the file size when adopted)
+    limit: int = SEGMENT_HEADER  # bytes known complete (appended, or the size when adopted)
     records: int = 0
-    read_pos: int = 0
-    read_fd: int = -1
+    read_pos: int = SEGMENT_HEADER
+    fd: int = -1  # O_RDWR: reads and ack slots; closed only by the reader
     in_corrupt: bool = False
-    handed: dict[int, tuple[int, int]] = field(default_factory=dict)  # offset: (size, time)
-    released: dict[int, tuple[SpoolRecord, int, int]] = field(default_factory=dict)
+    deleted: bool = False  # evicted or deleted; kept while records are still handed out
+    buf: bytes = b""  # read ahead: the file from `buf_base`
+    buf_base: int = 0
+    # The lines appended from `tail_pos` on, unread from `tail_i` on: the reader takes them
+    # from here instead of reading back what this process just wrote. None: read the disk.
+    tail: list[bytes] | None = None
+    tail_pos: int = SEGMENT_HEADER
+    tail_i: int = 0
+    tail_floor: int = _NO_FLOOR  # the oldest append time in the tail
+    handed: dict[int, bytes] = field(default_factory=dict)  # handle: line
+    released: dict[int, tuple[bytes, int]] = field(default_factory=dict)  # (line, time µs)
     done_records: int = 0  # acked, expired or damaged
-    done_bytes: int = 0
+    done_bytes: int = SEGMENT_HEADER
+    acked: int = SEGMENT_HEADER  # the acknowledged prefix saved in the header
+    ack_seq: int = 0
 
     def drained(self) -> bool:
         return self.read_pos >= self.limit and not self.handed and not self.released
@@ -76,9 +127,9 @@ class Spool:
     `append` may be called from any thread; `read`, `ack`, `release`, `sync` and
     `maybe_sync` belong to the engine thread. `fsync` is "never", "batch" (the engine calls
     `sync()` before each send) or a number of seconds between fsyncs (`maybe_sync()`).
-    The constructor adopts dead owners' segments, reading through their headers once to count
-    their records (so the size cap counts its losses exactly; about 5 ms per MiB); it raises
-    OSError if the directory cannot be created or locked.
+    The constructor adopts dead owners' segments, counting the records after their
+    acknowledged prefix (so the size cap counts its losses exactly); it raises OSError if the
+    directory cannot be created or locked.
     """
 
     def __init__(
@@ -109,14 +160,15 @@ class Spool:
 
     def _reset(self, *, register: bool = True) -> None:
         """Fresh state and a fresh owner: at construction and in a forked child."""
-        self._pid = os.getpid()
+        self._pid, self._forks = os.getpid(), _forks
         self._lock = threading.Lock()  # all bookkeeping below; held briefly, never during reads
         self._reader_lock = threading.Lock()  # one reader at a time; only it closes read fds
         self._sync_lock = threading.Lock()
         self._seq = 0
+        self._ids = itertools.count(1)
         self._adopted: dict[str, _Segment] = {}
         self._own: dict[str, _Segment] = {}
-        self._evicted: dict[str, _Segment] = {}  # deleted with records still handed out
+        self._by_key: dict[int, _Segment] = {}  # live, and deleted ones with records handed out
         self._current: _Segment | None = None
         self._write_fd = -1
         self._retired: list[int] = []  # write fds of rolled segments, closed by sync/read
@@ -131,26 +183,32 @@ class Spool:
         if register:
             self._owner, self._lock_fd = segments.register_owner(self._dir)
 
+    def _new_segment(self, name: str, *, adopted: bool, size: int = SEGMENT_HEADER) -> _Segment:
+        start = min(SEGMENT_HEADER, size)
+        seg = _Segment(name, next(self._ids) << _SHIFT, adopted, sealed=adopted, limit=size)
+        seg.read_pos = seg.done_bytes = seg.acked = start
+        return seg
+
     # -- request thread -------------------------------------------------------------------
 
     def append(self, line: bytes) -> bool:
         """Write one line to disk; False (counted `spool_write_failed`) when the write failed."""
-        if self._pid != os.getpid():
+        if self._forks != _forks:
             self.after_fork_in_child()
-        record = segments.encode_record(line, int(self._clock() * 1_000_000))
+        now = int(self._clock() * 1_000_000)
+        record = segments.encode_record(line, now)
         size = len(record)
         with self._lock:
-            if self._closed:
-                return self._write_failed("spool closed")
-            if size > self._max_bytes or (
-                self._pending_bytes + size > self._max_bytes and not self._make_room(size)
-            ):
-                self._stats.count_dropped("spool_full")
-                return False
             seg = self._current
+            if (
+                seg is None
+                or seg.limit + size > self._segment_bytes
+                or self._pending_bytes + size > self._max_bytes
+            ):
+                seg = self._make_way(size)  # closed, a new segment, or the size cap
+                if seg is None:
+                    return False
             try:
-                if seg is None or (seg.limit and seg.limit + size > self._segment_bytes):
-                    seg = self._roll()
                 written = os.write(self._write_fd, record)
             except OSError as exc:
                 return self._write_failed(f"spool write failed: {exc}")
@@ -159,11 +217,37 @@ class Spool:
                 return self._write_failed("spool write failed: short write (disk full?)")
             seg.limit += size
             seg.records += 1
+            tail = seg.tail
+            if tail is not None:
+                tail.append(line)
+                if now < seg.tail_floor:
+                    seg.tail_floor = now
+                if seg.limit - seg.tail_pos > TAIL_BYTES:
+                    _drop_tail(seg)  # the reader is far behind: it reads the disk
             self._pending_bytes += size
-            self._stats.spool_bytes = self._pending_bytes
+            self._stats.spooled += 1
             self._dirty = True
-        self._stats.count_spooled()
         return True
+
+    def _make_way(self, size: int) -> _Segment | None:
+        """The segment to append `size` bytes to (lock held): roll or evict as needed. None
+        (counted) when the spool is closed, cannot start a segment, or the line cannot fit."""
+        if self._closed:
+            self._write_failed("spool closed")
+            return None
+        if self._pending_bytes + size > self._max_bytes and (
+            size > self._max_bytes or not self._make_room(size)
+        ):
+            self._stats.count_dropped("spool_full")
+            return None
+        seg = self._current
+        if seg is None or (seg.records and seg.limit + size > self._segment_bytes):
+            try:
+                seg = self._roll()
+            except OSError as exc:
+                self._write_failed(f"spool write failed: {exc}")
+                return None
+        return seg
 
     def _write_failed(self, message: str) -> bool:
         self._stats.count_dropped("spool_write_failed")
@@ -171,12 +255,22 @@ class Spool:
         return False
 
     def _roll(self) -> _Segment:
-        """Seal the current segment and start a new one (lock held)."""
+        """Seal the current segment and start a new one with its header (lock held)."""
         self._seal_current()
         name = segments.segment_name(self._owner, self._next_seq())
-        fd = os.open(self._dir / name, _WRITE_FLAGS, segments.FILE_MODE)
-        seg = _Segment(name, adopted=False)
-        self._own[name] = seg
+        path = self._dir / name
+        fd = os.open(path, _WRITE_FLAGS, segments.FILE_MODE)
+        header = segments.new_segment_header()
+        try:
+            if os.write(fd, header) != len(header):
+                raise OSError(errno.ENOSPC, "short write of a segment header")
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        seg = self._new_segment(name, adopted=False)
+        seg.tail = []
+        self._own[name] = self._by_key[seg.key] = seg
         self._current, self._write_fd = seg, fd
         self._dir_dirty = True
         return seg
@@ -186,6 +280,7 @@ class Spool:
         if seg is None:
             return
         seg.sealed = True
+        _drop_tail(seg)
         self._current = None
         self._retired.append(self._write_fd)
         self._write_fd = -1
@@ -211,10 +306,10 @@ class Spool:
             idle = [s for s in candidates if not s.handed]
             if idle or candidates:
                 self._evict((idle or candidates)[0])
-            elif self._current is not None and self._current.limit:
+            elif self._current is not None and self._current.records:
                 current = self._current
                 self._seal_current()
-                if current.name in self._own:
+                if not current.deleted:
                     self._evict(current)
             else:
                 return False
@@ -225,22 +320,22 @@ class Spool:
         if lost:
             self._stats.count_dropped("spool_full", lost)
             report("spool_full", f"spool over {self._max_bytes} bytes: dropped the oldest events")
-        self._delete(seg)
-        if seg.handed:
-            self._evicted[seg.name] = seg
         seg.released.clear()
+        self._delete(seg)
 
     # -- engine thread --------------------------------------------------------------------
 
-    def read(self, max_events: int, max_bytes: int) -> list[SpoolRecord]:
-        """The next records not handed out yet, oldest first: at most `max_events`, and at
-        most `max_bytes` of lines unless a single line is larger (then just that one)."""
-        if self._pid != os.getpid():
+    def read(self, max_events: int, max_bytes: int) -> SpoolRead:
+        """The next lines not handed out yet, oldest first, and their handles: at most
+        `max_events`, and at most `max_bytes` of lines unless a single line is larger (then
+        just that one)."""
+        if self._forks != _forks:
             self.after_fork_in_child()
-        out: list[SpoolRecord] = []
+        lines: list[bytes] = []
+        handles: list[int] = []
         with self._reader_lock:
             if self._closed:
-                return out
+                return SpoolRead(lines, [], 0, 0, drained=True, hidden=False)
             self._close_dead_fds()
             if self._fsync == "never":
                 self._drain_retired(fsync=False)
@@ -248,78 +343,142 @@ class Spool:
                 self._rescan()
             with self._lock:
                 order = [*self._adopted.values(), *self._own.values()]
-            budget = [max_events, max_bytes]
+            budget = [max_events, max_bytes, 0, 0]  # and the fresh lines and bytes taken
+            cutoff = segments.NO_CUTOFF
+            if math.isfinite(self._ttl_us):
+                cutoff = math.ceil(self._clock() * 1_000_000 - self._ttl_us)
             for seg in order:
-                if budget[0] <= 0 or (out and budget[1] <= 0):
+                if budget[0] <= 0 or (lines and budget[1] <= 0):
                     break
-                self._take_released(seg, out, budget)
-                self._read_new(seg, out, budget)
-        return out
+                if seg.released:
+                    self._take_released(seg, lines, handles, budget, cutoff)
+                self._read_new(seg, lines, handles, budget, cutoff)
+            with self._lock:
+                self._stats.spool_bytes = self._pending_bytes  # appends leave this to reads
+                hidden = any(s.released for s in order) or any(
+                    s.read_pos < s.limit for s in self._adopted.values()
+                )
+        drained = budget[0] > 0 and (budget[1] > 0 or not lines)
+        records = cast("list[SpoolRecord]", handles)
+        return SpoolRead(lines, records, budget[2], budget[3], drained, hidden)
 
-    def _take_released(self, seg: _Segment, out: list[SpoolRecord], budget: list[int]) -> None:
-        now_us = self._clock() * 1_000_000
+    def _take_released(
+        self, seg: _Segment, lines: list[bytes], handles: list[int], budget: list[int], cutoff: int
+    ) -> None:
         expired = 0
         with self._lock:
-            for offset in sorted(seg.released):
-                record, size, time_us = seg.released[offset]
-                if budget[0] <= 0 or (out and len(record.line) > budget[1]):
+            for handle in sorted(seg.released):
+                line, time_us = seg.released[handle]
+                if budget[0] <= 0 or (lines and len(line) > budget[1]):
                     budget[0] = 0  # keep the order: nothing newer goes out before it
                     break
-                del seg.released[offset]
-                if now_us - time_us > self._ttl_us:
+                del seg.released[handle]
+                if time_us < cutoff:
                     expired += 1
-                    self._mark_done(seg, size)
+                    self._mark_done(seg, len(line) + RECORD_OVERHEAD)
                     continue
-                seg.handed[offset] = (size, time_us)
-                out.append(record)
+                seg.handed[handle] = line
+                lines.append(line)
+                handles.append(handle)
                 budget[0] -= 1
-                budget[1] -= len(record.line)
+                budget[1] -= len(line)
             self._maybe_delete(seg)
         if expired:
             self._stats.count_dropped("ttl_expired", expired)
 
-    def _read_new(self, seg: _Segment, out: list[SpoolRecord], budget: list[int]) -> None:
-        need = 0
-        while budget[0] > 0 and (budget[1] > 0 or not out):
+    def _read_new(
+        self, seg: _Segment, lines: list[bytes], handles: list[int], budget: list[int], cutoff: int
+    ) -> None:
+        need = 1  # bytes wanted in the buffer from the read position before parsing
+        while budget[0] > 0 and (budget[1] > 0 or not lines):
             with self._lock:
-                if seg.name not in self._own and seg.name not in self._adopted:
+                if seg.deleted:
                     return
                 pos, limit, final, in_corrupt = seg.read_pos, seg.limit, seg.sealed, seg.in_corrupt
+                if seg.tail is not None:
+                    if pos == seg.tail_pos and seg.tail_floor >= cutoff:
+                        self._take_tail(seg, lines, handles, budget)
+                        return
+                    if pos >= seg.tail_pos:
+                        _drop_tail(seg)  # an old line in it: the disk path checks each age
+                    else:
+                        limit = seg.tail_pos  # the disk up to the tail, then the tail
+                elif pos >= limit and seg is self._current and not in_corrupt:
+                    seg.tail, seg.tail_pos = [], pos  # caught up: serve new lines from memory
                 if pos >= limit:
                     return
-                if seg.read_fd < 0:
-                    try:
-                        seg.read_fd = os.open(self._dir / seg.name, os.O_RDONLY | os.O_CLOEXEC)
-                    except OSError as exc:
-                        report("spool_read_failed", f"spool read failed: {exc}")
-                        return
-                fd = seg.read_fd
-            guess = max(budget[1], 0) + budget[0] * segments.HEADER_SIZE + 4096
-            want = min(limit - pos, max(need, min(READ_CHUNK, guess)))
-            try:
-                buf = os.pread(fd, want, pos)
-            except OSError as exc:
-                report("spool_read_failed", f"spool read failed: {exc}")
-                return
-            if len(buf) < want:  # the file is shorter than we knew: somebody truncated it
-                final, limit = self._shorten(seg, pos + len(buf)), pos + len(buf)
+                fd, buf, base = self._open(seg), seg.buf, seg.buf_base
+                if fd < 0:
+                    return
+            if not base <= pos <= base + len(buf):
+                buf, base = b"", pos
+            if base + len(buf) < limit and base + len(buf) - pos < need:
+                want = min(limit - pos, max(READ_CHUNK, need))
+                try:
+                    buf, base = os.pread(fd, want, pos), pos
+                except OSError as exc:
+                    report("spool_read_failed", f"spool read failed: {exc}")
+                    return
+                if len(buf) < want:  # the file is shorter than we knew: somebody truncated it
+                    final, limit = self._shorten(seg, pos + len(buf)), pos + len(buf)
+            end = base + len(buf)
             parsed = segments.parse(
                 buf,
-                pos,
-                final=final and pos + len(buf) >= limit,
+                pos - base,
+                final=final and end >= limit,
+                origin=seg.key + base,
                 in_corrupt=in_corrupt,
                 max_events=budget[0],
                 max_bytes=budget[1],
-                oversize_ok=not out,
+                oversize_ok=not lines,
+                cutoff_us=cutoff,
             )
-            if not self._commit(seg, parsed, out, budget):
+            if not self._commit(seg, parsed, buf, base, lines, handles, budget):
                 return
             if parsed.full:
                 budget[0] = 0  # keep the order: nothing newer goes out before the next one
                 return
-            if parsed.end == pos and (parsed.need <= len(buf) or pos + len(buf) >= limit):
+            if end >= limit:
                 return  # the rest is not written yet
-            need = parsed.need
+            need = max(parsed.need, end - base - parsed.end + 1)
+
+    def _take_tail(
+        self, seg: _Segment, lines: list[bytes], handles: list[int], budget: list[int]
+    ) -> None:
+        """Hand out lines from the tail (lock held): C-level slices and sums, no parsing."""
+        tail, first = seg.tail, seg.tail_i
+        assert tail is not None
+        chunk = tail[first : first + budget[0]]
+        if not chunk:
+            return
+        full = len(chunk) == budget[0]
+        sizes = list(itertools.accumulate(map(len, chunk)))
+        if sizes[-1] > budget[1]:
+            fit = bisect_right(sizes, budget[1]) or (0 if lines else 1)
+            del chunk[fit:]
+            full = True
+            if not chunk:
+                budget[0] = 0
+                return
+        taken = sizes[len(chunk) - 1]
+        starts = list(
+            itertools.accumulate(
+                map(_plus_overhead, map(len, chunk)), initial=seg.key + seg.read_pos
+            )
+        )
+        seg.read_pos = seg.tail_pos = starts.pop() & _OFFSET
+        seg.handed.update(zip(starts, chunk, strict=True))
+        seg.buf = b""
+        lines += chunk
+        handles += starts
+        seg.tail_i = first + len(chunk)
+        if seg.tail_i >= _TRIM:
+            del tail[: seg.tail_i]
+            seg.tail_i = 0
+        budget[0] = 0 if full else budget[0] - len(chunk)
+        budget[1] -= taken
+        budget[2] += len(chunk)
+        budget[3] += taken
 
     def _shorten(self, seg: _Segment, end: int) -> bool:
         """Believe the file's real end; what is cut off is gone (and a torn tail is counted)."""
@@ -332,60 +491,67 @@ class Spool:
             return seg.sealed
 
     def _commit(
-        self, seg: _Segment, parsed: segments.Parsed, out: list[SpoolRecord], budget: list[int]
+        self,
+        seg: _Segment,
+        parsed: segments.Parsed,
+        buf: bytes,
+        base: int,
+        lines: list[bytes],
+        handles: list[int],
+        budget: list[int],
     ) -> bool:
         """Hand out what `parse` found, unless the segment was evicted meanwhile."""
-        now_us = self._clock() * 1_000_000
-        expired = 0
         with self._lock:
-            if seg.name not in self._own and seg.name not in self._adopted:
+            if seg.deleted:
                 return False  # evicted meanwhile: its records were counted as lost
-            seg.read_pos = parsed.end
+            seg.read_pos = base + parsed.end
             seg.in_corrupt = parsed.in_corrupt
+            seg.buf, seg.buf_base = (buf, base) if parsed.end < len(buf) else (b"", 0)
             if parsed.corrupt_bytes:
                 # The adoption scan counted only records with an intact header.
                 damaged = parsed.bad_payloads if seg.adopted else parsed.corrupt
                 self._mark_done(seg, parsed.corrupt_bytes, damaged)
-            for offset, size, time_us, line in parsed.records:
-                if now_us - time_us > self._ttl_us:
-                    expired += 1
-                    self._mark_done(seg, size)
-                    continue
-                seg.handed[offset] = (size, time_us)
-                out.append(SpoolRecord(seg.name, offset, line))
-                budget[0] -= 1
-                budget[1] -= len(line)
+            if parsed.expired:
+                self._mark_done(seg, parsed.expired_bytes, parsed.expired)
+            if parsed.lines:
+                seg.handed.update(zip(parsed.handles, parsed.lines, strict=True))
+                lines += parsed.lines
+                handles += parsed.handles
+                taken = sum(map(len, parsed.lines))
+                budget[0] -= len(parsed.lines)
+                budget[1] -= taken
+                if not seg.adopted:
+                    budget[2] += len(parsed.lines)
+                    budget[3] += taken
             self._maybe_delete(seg)
         if parsed.corrupt:
             self._stats.count_dropped("spool_corrupt", parsed.corrupt)
             report("spool_corrupt", f"spool segment {seg.name}: skipped damaged records")
-        if expired:
-            self._stats.count_dropped("ttl_expired", expired)
+        if parsed.expired:
+            self._stats.count_dropped("ttl_expired", parsed.expired)
         return True
 
     def ack(self, records: Sequence[SpoolRecord]) -> None:
-        """Forget delivered (or dead-lettered) records; delete segments that are all done."""
+        """Forget delivered (or dead-lettered) records, save each segment's acknowledged
+        prefix in its header, and delete segments that are all done. Unknown or repeated
+        handles are ignored."""
+        if not records:
+            return
         with self._lock:
             if self._closed:
                 return
-            touched: dict[str, _Segment] = {}
-            for record in records:
-                seg = self._find(record.segment)
-                if seg is None or (entry := seg.handed.pop(record.offset, None)) is None:
+            for seg, group in self._by_segment(records):
+                popped = list(map(seg.handed.pop, group, itertools.repeat(None)))
+                count = len(popped) - popped.count(None)
+                if not count:
                     continue
-                touched[seg.name] = seg
-                if seg.name not in self._evicted:
-                    self._mark_done(seg, entry[0])
-            for seg in touched.values():
-                self._maybe_delete(seg)
-            current = self._current
-            if (
-                current is not None
-                and current.limit >= DRAINED_ROLL_BYTES
-                and current.done_records >= current.records
-                and current.drained()
-            ):
-                self._seal_current()
+                if seg.deleted:  # evicted: its bytes were settled then
+                    self._maybe_delete(seg)
+                    continue
+                done = sum(map(len, filter(None, popped))) + count * RECORD_OVERHEAD
+                self._mark_done(seg, done, count)
+                if not self._maybe_delete(seg):
+                    self._save_progress(seg)
 
     def release(self, records: Sequence[SpoolRecord]) -> None:
         """Put handed-out records back: a later `read` hands them out again."""
@@ -393,20 +559,74 @@ class Spool:
         with self._lock:
             if self._closed:
                 return
-            for record in records:
-                seg = self._find(record.segment)
-                if seg is None or (entry := seg.handed.pop(record.offset, None)) is None:
-                    continue
-                if seg.name in self._evicted:
-                    lost += 1  # its file is gone: the size cap took it
+            for seg, group in self._by_segment(records):
+                taken = [(h, seg.handed.pop(h)) for h in group if h in seg.handed]
+                if seg.deleted:
+                    lost += len(taken)  # its file is gone: the size cap took it
                     self._maybe_delete(seg)
-                else:
-                    seg.released[record.offset] = (record, *entry)
+                    continue
+                times = self._append_times(seg, [h for h, _ in taken])
+                for (handle, line), time_us in zip(taken, times, strict=True):
+                    seg.released[handle] = (line, time_us)
         if lost:
             self._stats.count_dropped("spool_full", lost)
 
-    def _find(self, name: str) -> _Segment | None:
-        return self._own.get(name) or self._adopted.get(name) or self._evicted.get(name)
+    def _by_segment(self, records: Iterable[int]) -> list[tuple[_Segment, list[int]]]:
+        """Handles grouped by their segment (lock held); a batch is usually one segment."""
+        handles = records if isinstance(records, list) else list(records)
+        if not handles:
+            return []
+        low, high = min(handles), max(handles)
+        if low >> _SHIFT == high >> _SHIFT:
+            seg = self._by_key.get(low >> _SHIFT << _SHIFT)
+            return [] if seg is None else [(seg, handles)]
+        groups: dict[int, list[int]] = {}
+        for handle in handles:
+            groups.setdefault(handle >> _SHIFT << _SHIFT, []).append(handle)
+        return [(self._by_key[k], g) for k, g in groups.items() if k in self._by_key]
+
+    def _append_times(self, seg: _Segment, handles: list[int]) -> list[int]:
+        """The append times of records being released, read back from their headers (lock
+        held; a failure path, so one pread of the span is fine). Unreadable: now."""
+        if not handles:
+            return []
+        offsets = [h & _OFFSET for h in handles]
+        low, high = min(offsets), max(offsets) + RECORD_OVERHEAD
+        try:
+            if seg.buf_base <= low and high <= seg.buf_base + len(seg.buf):
+                span, base = seg.buf, seg.buf_base
+            else:
+                span, base = os.pread(self._open(seg), high - low, low), low
+            return [segments.record_time(span, offset - base) for offset in offsets]
+        except (OSError, ValueError) as exc:
+            report("spool_read_failed", f"spool read failed: {exc}")
+            return [int(self._clock() * 1_000_000)] * len(handles)
+
+    def _save_progress(self, seg: _Segment) -> None:
+        """Write the acknowledged prefix to the segment header when it moved (lock held)."""
+        prefix = seg.read_pos
+        if seg.handed:
+            prefix = min(prefix, min(seg.handed) & _OFFSET)
+        if seg.released:
+            prefix = min(prefix, min(seg.released) & _OFFSET)
+        if prefix <= seg.acked or self._open(seg) < 0:
+            return
+        at, slot = segments.ack_slot(prefix, seg.ack_seq + 1)
+        try:
+            os.pwrite(seg.fd, slot, at)
+        except OSError as exc:
+            report("spool_ack_failed", f"spool could not save acknowledgements: {exc}")
+            return
+        seg.acked, seg.ack_seq = prefix, seg.ack_seq + 1
+
+    def _open(self, seg: _Segment) -> int:
+        """The segment's read/ack fd, opened on first use (lock held); -1 if it cannot be."""
+        if seg.fd < 0 and not seg.deleted:
+            try:
+                seg.fd = os.open(self._dir / seg.name, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:
+                report("spool_read_failed", f"spool could not open {seg.name}: {exc}")
+        return seg.fd
 
     def _mark_done(self, seg: _Segment, size: int, records: int = 1) -> None:
         seg.done_records += records
@@ -414,22 +634,31 @@ class Spool:
         self._pending_bytes -= size
         self._stats.spool_bytes = self._pending_bytes
 
-    def _maybe_delete(self, seg: _Segment) -> None:
-        """Delete a sealed segment whose every record is done (lock held)."""
-        if seg.name in self._evicted:
+    def _maybe_delete(self, seg: _Segment) -> bool:
+        """Delete a sealed segment whose every record is done (lock held); True when the
+        segment is gone (now or before)."""
+        if seg.deleted:
             if not seg.handed:
-                del self._evicted[seg.name]
-        elif seg.sealed and seg.drained() and not seg.in_corrupt:
+                self._by_key.pop(seg.key, None)
+            return True
+        if seg.sealed and seg.drained() and not seg.in_corrupt:
             self._delete(seg)
+            return True
+        return False
 
     def _delete(self, seg: _Segment) -> None:
         self._own.pop(seg.name, None)
         self._adopted.pop(seg.name, None)
+        if not seg.handed:
+            self._by_key.pop(seg.key, None)
+        seg.deleted = True
+        seg.buf = b""
+        _drop_tail(seg)
         self._pending_bytes -= seg.limit - seg.done_bytes
         self._stats.spool_bytes = self._pending_bytes
-        if seg.read_fd >= 0:
-            self._dead_fds.append(seg.read_fd)
-            seg.read_fd = -1
+        if seg.fd >= 0:
+            self._dead_fds.append(seg.fd)
+            seg.fd = -1
         try:
             os.unlink(self._dir / seg.name)
         except FileNotFoundError:
@@ -448,15 +677,17 @@ class Spool:
             report("spool_adopt_failed", f"spool could not adopt segments: {exc}")
             return
         for name, size in claimed:
-            seg = _Segment(name, adopted=True, sealed=True, limit=size)
+            seg = self._new_segment(name, adopted=True, size=size)
             try:
-                seg.read_fd = os.open(self._dir / name, os.O_RDONLY | os.O_CLOEXEC)
-                seg.records = segments.count_records(seg.read_fd, size)
+                seg.fd = os.open(self._dir / name, os.O_RDWR | os.O_CLOEXEC)
+                seg.acked, seg.ack_seq = segments.read_acked(seg.fd, size)
+                seg.read_pos = seg.done_bytes = seg.acked
+                seg.records = segments.count_records(seg.fd, seg.acked, size)
             except OSError as exc:
                 report("spool_adopt_failed", f"spool could not read {name}: {exc}")
             with self._lock:
-                self._adopted[name] = seg
-                self._pending_bytes += size
+                self._adopted[name] = self._by_key[seg.key] = seg
+                self._pending_bytes += size - seg.done_bytes
                 self._dir_dirty = True
                 self._maybe_delete(seg)
                 if self._pending_bytes > self._max_bytes:
@@ -541,12 +772,12 @@ class Spool:
                 self._seal_current()
                 remaining = [*self._adopted.values(), *self._own.values()]
                 dead, self._dead_fds = self._dead_fds, []
-                dead += [s.read_fd for s in remaining if s.read_fd >= 0]
+                dead += [s.fd for s in remaining if s.fd >= 0]
                 for seg in remaining:
-                    seg.read_fd = -1
+                    seg.fd = -1
                 self._adopted.clear()
                 self._own.clear()
-                self._evicted.clear()
+                self._by_key.clear()
                 lock_fd, self._lock_fd = self._lock_fd, -1
             self._drain_retired(fsync=False)
             for fd in dead:
@@ -561,7 +792,7 @@ class Spool:
         if self._pid == os.getpid():
             return
         fds = [self._lock_fd, self._write_fd, *self._retired, *self._dead_fds]
-        fds += [s.read_fd for s in (*self._adopted.values(), *self._own.values())]
+        fds += [s.fd for s in (*self._adopted.values(), *self._own.values())]
         for fd in fds:
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -572,6 +803,10 @@ class Spool:
         except OSError as exc:  # no lock, no segment: appends fail and are counted
             report("spool_fork_failed", f"spool could not start over after fork: {exc}")
             self._closed = True
+
+
+def _drop_tail(seg: _Segment) -> None:
+    seg.tail, seg.tail_i, seg.tail_floor = None, 0, _NO_FLOOR
 
 
 def _fsync(fd: int) -> None:

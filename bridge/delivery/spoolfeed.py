@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bridge.delivery.feed import BLOCK_SECONDS, NEVER, Batch, Batching, Feed, monotonic
-from bridge.delivery.segments import HEADER_SIZE
+from bridge.delivery.segments import RECORD_OVERHEAD
 from bridge.delivery.spool import Spool
 from bridge.sinks.base import SinkStats
 
@@ -55,18 +55,26 @@ class SpoolFeed(Feed):
         super().reset()
         self._accepted = 0
         self._unread_events = 0
-        self._largest = 0
-        self._recheck = True  # adopted records may be waiting
+        self._quiet_events = self._quiet_bytes = 0
+        self._recheck = self.spool.pending_events() > 0  # adopted records are waiting
+
+    def _wake_changed(self) -> None:
+        # Below these, a put only bumps the counters (no first line, no wake, worker running).
+        if self.worker_started:
+            self._quiet_events, self._quiet_bytes = self._wake_events, self._wake_bytes
+        else:
+            self._quiet_events = self._quiet_bytes = 0
 
     def put(self, line: bytes) -> bool:
         """Append one line to the spool (one write) before returning True; False is counted."""
         size = len(line)
-        if self.closed:
-            with self.lock:
-                return self._refuse("closed")
-        if self._refuse_at_cap and not self._has_room(size):
-            with self.lock:
-                return self._refuse("spool_full")
+        if self.closed or self._refuse_at_cap:
+            if self.closed:
+                with self.lock:
+                    return self._refuse("closed")
+            if not self._has_room(size):
+                with self.lock:
+                    return self._refuse("spool_full")
         if not self.spool.append(line):  # the spool counted why
             with self.lock:
                 self.rejected += 1
@@ -75,18 +83,23 @@ class SpoolFeed(Feed):
             self._accepted += 1
             events = self._unread_events = self._unread_events + 1
             total = self._unread_bytes = self._unread_bytes + size
-            if size > self._largest:
-                self._largest = size
-            if events == 1:
-                self._first_at = monotonic()
-            if events >= self._wake_events or total >= self._wake_bytes:
-                self._wake_events = self._wake_bytes = NEVER
-                self._ready.notify()
-            self.ensure_worker()
+            if events == 1 or events >= self._quiet_events or total >= self._quiet_bytes:
+                self._put_noticed(events, total)
         return True
 
+    def _put_noticed(self, events: int, total: int) -> None:
+        """Lock held: the first unread line, a batch's worth to wake the worker, or the
+        worker not started yet."""
+        if events == 1:
+            self._first_at = monotonic()
+        if events >= self._wake_events or total >= self._wake_bytes:
+            self._wake_events = self._wake_bytes = NEVER
+            self._ready.notify()
+            self._wake_changed()
+        self.ensure_worker()
+
     def _has_room(self, size: int) -> bool:
-        need = size + HEADER_SIZE
+        need = size + RECORD_OVERHEAD
         if self.spool.pending_bytes() + need <= self.max_bytes:
             return True
         if self.overflow != "block":
@@ -101,25 +114,26 @@ class SpoolFeed(Feed):
     def take(self, max_events: int, max_bytes: int) -> Batch | None:
         with self.lock:
             seen_events, seen_bytes = self._unread_events, self._unread_bytes
-        records = self.spool.read(max_events, max_bytes)
-        taken = sum(len(r.line) for r in records)
+        got = self.spool.read(max_events, max_bytes)
         with self.lock:
-            if len(records) >= max_events or taken + self._largest > max_bytes:
-                # Possibly more behind these: read again next round whatever the hint says.
-                self._unread_events -= min(len(records), seen_events)
-                self._unread_bytes -= min(taken, seen_bytes)
-                self._recheck = True
-            else:
+            if got.drained:
                 # Everything appended before the read started has been read.
                 self._unread_events -= seen_events
                 self._unread_bytes -= seen_bytes
                 self._recheck = False
+            else:
+                # Stopped on its limits: the counters still see the rest of our own lines
+                # (full batches, as without a spool); read again at once only for records
+                # they cannot see.
+                self._unread_events -= min(got.fresh, seen_events)
+                self._unread_bytes -= min(got.fresh_bytes, seen_bytes)
+                self._recheck = got.hidden
             self._first_at = monotonic()
             if self._blocked:
                 self.progress.notify_all()
-        if not records:
+        if not got.lines:
             return None
-        return Batch([r.line for r in records], records)
+        return Batch(got.lines, got.records)
 
     def unread(self) -> int:
         return self._unread_events

@@ -17,12 +17,22 @@ from typing import Any
 
 import pytest
 
-from bridge.delivery.segments import HEADER_SIZE, encode_record, parse
-from bridge.delivery.spool import Spool, SpoolRecord
+from bridge.delivery import spool as spool_module
+from bridge.delivery.segments import (
+    HEADER_SIZE,
+    RECORD_OVERHEAD,
+    SEGMENT_HEADER,
+    ack_slot,
+    encode_record,
+    parse,
+    read_acked,
+)
+from bridge.delivery.spool import Spool
 from bridge.sinks.base import SinkStats
 
 CHILD = Path(__file__).with_name("spool_crash_child.py")
 DEADLINE = 60.0
+RECORD = RECORD_OVERHEAD + 100  # the size on disk of a 100-byte line
 
 MakeSpool = Callable[..., Spool]
 
@@ -33,18 +43,22 @@ def line(i: int, size: int = 100) -> bytes:
     return (head + "x" * (size - len(head) - 3) + '"}\n').encode()
 
 
-def ids(records: list[SpoolRecord]) -> list[str]:
-    return [json.loads(r.line)["event_id"] for r in records]
+def ids(lines: list[bytes]) -> list[str]:
+    return [json.loads(item)["event_id"] for item in lines]
 
 
-def drain(spool: Spool, *, ack: bool = True) -> list[SpoolRecord]:
-    """Read (and ack) until the spool hands out nothing more."""
-    out: list[SpoolRecord] = []
-    while batch := spool.read(100, 1 << 20):
-        out += batch
-        if ack:
-            spool.ack(batch)
+def drain(spool: Spool) -> list[bytes]:
+    """Read and ack until the spool hands out nothing more; the lines, in order."""
+    out: list[bytes] = []
+    while (got := spool.read(100, 1 << 20)).lines:
+        out += got.lines
+        spool.ack(got.records)
     return out
+
+
+def segment_bytes(records: int) -> int:
+    """A segment size that holds exactly `records` 100-byte lines."""
+    return SEGMENT_HEADER + records * RECORD
 
 
 def segment_files(directory: Path) -> list[Path]:
@@ -108,41 +122,95 @@ def dead_owner(directory: Path, count: int, segment_bytes: int = 0) -> None:
 
 class TestRecordFrame:
     def test_parse_round_trip(self) -> None:
-        """Framed records parse back to their lines, offsets and append times."""
+        """Framed records parse back to their lines, with handles at origin + offset."""
         frames = [encode_record(line(i), 1000 + i) for i in range(3)]
-        parsed = parse(b"".join(frames), 4096, final=True)
-        assert [
-            (4096 + i * len(frames[0]), len(frames[0]), 1000 + i, line(i)) for i in range(3)
-        ] == (parsed.records)
-        assert (0, 4096 + 3 * len(frames[0])) == (parsed.corrupt, parsed.end)
+        parsed = parse(b"".join(frames), final=True, origin=4096)
+        assert [line(i) for i in range(3)] == parsed.lines
+        assert [4096 + i * RECORD for i in range(3)] == parsed.handles
+        assert (0, 3 * RECORD) == (parsed.corrupt, parsed.end)
 
     def test_short_tail_is_pending_while_written(self) -> None:
         """A short last record is incomplete (not corrupt) unless the segment is final."""
         data = encode_record(line(0), 1) + encode_record(line(1), 2)[:-5]
-        pending = parse(data, 0, final=False)
-        torn = parse(data, 0, final=True)
-        assert ([line(0)], 0, HEADER_SIZE + 100) == (
-            [r[3] for r in pending.records],
-            pending.corrupt,
-            pending.end,
+        pending = parse(data, final=False)
+        torn = parse(data, final=True)
+        assert ([line(0)], 0, RECORD) == (pending.lines, pending.corrupt, pending.end)
+        assert RECORD == pending.need
+        assert ([line(0)], 1, len(data)) == (torn.lines, torn.corrupt, torn.end)
+
+    def test_cutoff_skips_old_records(self) -> None:
+        """Records appended before the cutoff are counted as expired, not returned."""
+        data = b"".join(encode_record(line(i), t) for i, t in enumerate([5, 1, 9]))
+        parsed = parse(data, final=True, cutoff_us=5)
+        assert ([line(0), line(2)], 1, RECORD) == (
+            parsed.lines,
+            parsed.expired,
+            parsed.expired_bytes,
         )
-        assert HEADER_SIZE + 100 == pending.need
-        assert ([line(0)], 1, len(data)) == ([r[3] for r in torn.records], torn.corrupt, torn.end)
+
+    def test_limits_stop_before_a_record(self) -> None:
+        """parse stops at max_events or max_bytes and says it is full."""
+        data = b"".join(encode_record(line(i), 1) for i in range(4))
+        by_count = parse(data, final=True, max_events=2)
+        by_bytes = parse(data, final=True, max_bytes=250)
+        assert ([line(0), line(1)], 2 * RECORD, True) == (
+            by_count.lines,
+            by_count.end,
+            by_count.full,
+        )
+        assert ([line(0), line(1)], True) == (by_bytes.lines, by_bytes.full)
+
+
+class TestAckSlots:
+    def test_higher_sequence_wins(self, tmp_path: Path) -> None:
+        """The valid slot with the higher sequence holds the acknowledged prefix."""
+        path = tmp_path / "seg"
+        path.write_bytes(segment_header_with(ack_slot(500, 1), ack_slot(900, 2)) + bytes(2000))
+        assert (900, 2) == read_at(path)
+
+    def test_torn_slot_falls_back_to_the_older_one(self, tmp_path: Path) -> None:
+        """A slot whose CRC fails is ignored: the other (smaller) prefix wins, never skipping."""
+        at, slot = ack_slot(900, 2)
+        torn = (at, slot[:6] + bytes(len(slot) - 6))
+        path = tmp_path / "seg"
+        path.write_bytes(segment_header_with(ack_slot(500, 1), torn) + bytes(2000))
+        assert (500, 1) == read_at(path)
+
+    def test_no_valid_slot_starts_at_the_first_record(self, tmp_path: Path) -> None:
+        """A fresh header (or another format) is read from its first record."""
+        path = tmp_path / "seg"
+        path.write_bytes(b"FSB1" + bytes(100))
+        assert (SEGMENT_HEADER, 0) == read_at(path)
+
+
+def segment_header_with(*slots: tuple[int, bytes]) -> bytes:
+    header = bytearray(b"FSBs" + (2).to_bytes(4, "little") + bytes(SEGMENT_HEADER - 8))
+    for at, slot in slots:
+        header[at : at + len(slot)] = slot
+    return bytes(header)
+
+
+def read_at(path: Path) -> tuple[int, int]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return read_acked(fd, path.stat().st_size)
+    finally:
+        os.close(fd)
 
 
 class TestSpoolRoundTrip:
     def test_append_read_ack_deletes(self, make_spool: MakeSpool, spool_dir: Path) -> None:
         """Appended lines come back in order, byte for byte; acked segments are deleted."""
         stats = SinkStats()
-        spool = make_spool(stats=stats, segment_bytes=3 * (HEADER_SIZE + 100))
+        spool = make_spool(stats=stats, segment_bytes=segment_bytes(3))
         lines = [line(i) for i in range(7)]
         assert all(spool.append(item) for item in lines)
         assert 7 == spool.pending_events()
-        assert 7 * (HEADER_SIZE + 100) == spool.pending_bytes()
-        records = spool.read(100, 1 << 20)
-        assert lines == [r.line for r in records]
+        assert 7 * RECORD == spool.pending_bytes()
+        got = spool.read(100, 1 << 20)
+        assert lines == got.lines
         assert 3 == len(segment_files(spool_dir))
-        spool.ack(records)
+        spool.ack(got.records)
         assert 0 == spool.pending_bytes()
         assert 0 == spool.pending_events()
         assert 1 == len(segment_files(spool_dir))  # the current segment stays until it rolls
@@ -155,23 +223,65 @@ class TestSpoolRoundTrip:
         spool = make_spool()
         for i in range(5):
             spool.append(line(i))
-        assert ["e0", "e1"] == ids(spool.read(2, 1 << 20))
-        assert ["e2", "e3"] == ids(spool.read(10, 250))
-        assert ["e4"] == ids(spool.read(10, 1))
-        assert [] == spool.read(10, 1 << 20)
+        assert ["e0", "e1"] == ids(spool.read(2, 1 << 20).lines)
+        assert ["e2", "e3"] == ids(spool.read(10, 250).lines)
+        assert ["e4"] == ids(spool.read(10, 1).lines)
+        assert [] == spool.read(10, 1 << 20).lines
+
+    def test_reads_from_disk_when_far_behind(
+        self, make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Lines past the in-memory tail are read back from disk, in order, none twice."""
+        monkeypatch.setattr(spool_module, "TAIL_BYTES", 3 * RECORD)
+        spool = make_spool()
+        for i in range(10):
+            spool.append(line(i))
+        first = spool.read(4, 1 << 20)
+        for i in range(10, 12):
+            spool.append(line(i))
+        assert [f"e{i}" for i in range(12)] == ids(first.lines + drain(spool))
+
+    def test_read_reports_what_the_feed_cannot_count(self, make_spool: MakeSpool) -> None:
+        """A read says how many lines were fresh appends, whether it stopped on its limits,
+        and whether released records still wait."""
+        spool = make_spool()
+        for i in range(3):
+            spool.append(line(i))
+        first = spool.read(2, 1 << 20)
+        assert (2, 200, False, False) == (
+            first.fresh,
+            first.fresh_bytes,
+            first.drained,
+            first.hidden,
+        )
+        spool.release(first.records)
+        again = spool.read(1, 1 << 20)
+        assert (["e0"], 0, False, True) == (
+            ids(again.lines),
+            again.fresh,
+            again.drained,
+            again.hidden,
+        )
+        rest = spool.read(10, 1 << 20)
+        assert (["e1", "e2"], 1, True, False) == (
+            ids(rest.lines),
+            rest.fresh,
+            rest.drained,
+            rest.hidden,
+        )
 
     def test_out_of_order_ack(self, make_spool: MakeSpool, spool_dir: Path) -> None:
         """A sealed segment is deleted only once its last record is acked, in any order."""
-        spool = make_spool(segment_bytes=3 * (HEADER_SIZE + 100))
+        spool = make_spool(segment_bytes=segment_bytes(3))
         for i in range(6):
             spool.append(line(i))
         first, second = segment_files(spool_dir)
-        records = spool.read(100, 1 << 20)
+        records = spool.read(100, 1 << 20).records
         spool.ack([records[4], records[2], records[0]])
         assert [first, second] == segment_files(spool_dir)
         spool.ack([records[1], records[5]])
         assert [second] == segment_files(spool_dir)
-        assert HEADER_SIZE + 100 == spool.pending_bytes()
+        assert RECORD == spool.pending_bytes()
         spool.ack([records[3], records[3]])
         assert 0 == spool.pending_bytes()
 
@@ -180,23 +290,70 @@ class TestSpoolRoundTrip:
         spool = make_spool()
         for i in range(4):
             spool.append(line(i))
-        records = spool.read(3, 1 << 20)
-        spool.ack(records[:1])
-        spool.release(records[1:])
+        got = spool.read(3, 1 << 20)
+        spool.ack(got.records[:1])
+        spool.release(got.records[1:])
         spool.append(line(4))
         again = spool.read(100, 1 << 20)
-        assert ["e1", "e2", "e3", "e4"] == ids(again)
-        assert records[1:] == again[:2]
+        assert ["e1", "e2", "e3", "e4"] == ids(again.lines)
+        assert got.records[1:] == again.records[:2]
 
-    def test_unacked_segment_survives_close(self, make_spool: MakeSpool) -> None:
-        """A segment with unacked records is replayed whole by the next spool (at least once)."""
+
+class TestAcknowledgementsOnDisk:
+    def test_next_spool_resumes_after_the_acked_prefix(self, make_spool: MakeSpool) -> None:
+        """What was acknowledged before close (or a crash) is not replayed; the rest is."""
         first = make_spool()
         for i in range(3):
             first.append(line(i))
-        first.ack(first.read(1, 1 << 20))
+        first.ack(first.read(1, 1 << 20).records)
         first.read(1, 1 << 20)  # handed out, never acked
         first.close()
-        assert ["e0", "e1", "e2"] == ids(drain(make_spool()))
+        assert ["e1", "e2"] == ids(drain(make_spool()))
+
+    def test_out_of_order_acks_save_only_the_contiguous_prefix(self, make_spool: MakeSpool) -> None:
+        """Acks after a gap stay in memory: the next spool replays from the gap on."""
+        first = make_spool()
+        for i in range(5):
+            first.append(line(i))
+        records = first.read(100, 1 << 20).records
+        first.ack([records[0], records[3], records[1]])
+        first.close()
+        assert ["e2", "e3", "e4"] == ids(drain(make_spool()))
+
+    def test_prefix_is_saved_once_per_ack_call(
+        self, make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """One pwrite per ack call that moves the prefix, however many records it settles."""
+        spool = make_spool()
+        for i in range(50):
+            spool.append(line(i))
+        got = spool.read(100, 1 << 20)
+        writes: list[int] = []
+        real_pwrite = os.pwrite
+
+        def pwrite(fd: int, data: bytes, offset: int) -> int:
+            writes.append(offset)
+            return real_pwrite(fd, data, offset)
+
+        monkeypatch.setattr(os, "pwrite", pwrite)
+        spool.ack(got.records[10:])  # the prefix does not move
+        spool.ack(got.records[:10])
+        assert 1 == len(writes)
+
+    def test_adoption_skips_the_acked_prefix(self, make_spool: MakeSpool, spool_dir: Path) -> None:
+        """A sibling adopting a dead owner's segments counts and replays only unacked records."""
+        owner = make_spool(segment_bytes=segment_bytes(4))
+        for i in range(10):
+            owner.append(line(i))
+        got = owner.read(6, 1 << 20)
+        owner.ack(got.records)
+        owner.close()
+        adopter = make_spool()
+        assert 4 == adopter.pending_events()
+        assert 4 * RECORD == adopter.pending_bytes()
+        assert ["e6", "e7", "e8", "e9"] == ids(drain(adopter))
+        adopter.close()
+        assert [] == os.listdir(spool_dir)
 
 
 class TestSpoolDamage:
@@ -221,8 +378,8 @@ class TestSpoolDamage:
 
     @pytest.mark.parametrize(
         "where",
-        [HEADER_SIZE + 40, 5, HEADER_SIZE - 2],
-        ids=["payload", "header-length", "header-crc"],
+        [HEADER_SIZE + 40, 5, HEADER_SIZE - 2, RECORD - 2, 1],
+        ids=["payload", "header-length", "header-length-check", "trailer", "magic"],
     )
     def test_flipped_byte(self, make_spool: MakeSpool, spool_dir: Path, where: int) -> None:
         """A damaged record in the middle is skipped and counted; the ones after it still read."""
@@ -232,13 +389,28 @@ class TestSpoolDamage:
         writer.close()
         (segment,) = segment_files(spool_dir)
         data = bytearray(segment.read_bytes())
-        data[2 * (HEADER_SIZE + 100) + where] ^= 0x5A
+        data[SEGMENT_HEADER + 2 * RECORD + where] ^= 0x5A
         segment.write_bytes(bytes(data))
         stats = SinkStats()
         reader = make_spool(stats=stats)
         assert ["e0", "e1", "e3", "e4"] == ids(drain(reader))
         assert {"spool_corrupt": 1} == stats.dropped_by_reason
         assert [] == segment_files(spool_dir)
+
+    def test_damage_in_a_long_run_is_found(self, make_spool: MakeSpool, spool_dir: Path) -> None:
+        """One flipped byte among a thousand records costs exactly that record."""
+        writer = make_spool()
+        for i in range(1000):
+            writer.append(line(i))
+        writer.close()
+        (segment,) = segment_files(spool_dir)
+        data = bytearray(segment.read_bytes())
+        data[SEGMENT_HEADER + 777 * RECORD + HEADER_SIZE + 10] ^= 0x01
+        segment.write_bytes(bytes(data))
+        stats = SinkStats()
+        got = ids(drain(make_spool(stats=stats)))
+        assert [f"e{i}" for i in range(1000) if i != 777] == got
+        assert {"spool_corrupt": 1} == stats.dropped_by_reason
 
     def test_failed_write_is_counted(
         self, make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch
@@ -258,17 +430,18 @@ class TestSpoolDamage:
         assert spool.append(line(2))
         assert ["e0", "e2"] == ids(drain(spool))
         assert {"spool_write_failed": 1} == stats.dropped_by_reason
+        spool.close()
+        assert [] == ids(drain(make_spool()))  # on disk too: nothing torn, all acked
 
 
 class TestSpoolLimits:
     def test_size_cap_drops_oldest_and_counts(self, make_spool: MakeSpool) -> None:
         """Past max_bytes the oldest segments go; every lost event is counted."""
-        record = HEADER_SIZE + 100
         stats = SinkStats()
-        spool = make_spool(stats=stats, max_bytes=10 * record, segment_bytes=3 * record)
+        spool = make_spool(stats=stats, max_bytes=10 * RECORD, segment_bytes=segment_bytes(3))
         for i in range(20):
             assert spool.append(line(i))
-            assert spool.pending_bytes() <= 10 * record
+            assert spool.pending_bytes() <= 10 * RECORD
         kept = ids(drain(spool))
         assert [f"e{i}" for i in range(20 - len(kept), 20)] == kept
         assert 7 <= len(kept)
@@ -276,26 +449,24 @@ class TestSpoolLimits:
 
     def test_size_cap_spares_handed_out(self, make_spool: MakeSpool) -> None:
         """Segments handed out to the engine are evicted last; a release from one is counted."""
-        record = HEADER_SIZE + 100
         stats = SinkStats()
-        spool = make_spool(stats=stats, max_bytes=6 * record, segment_bytes=2 * record)
+        spool = make_spool(stats=stats, max_bytes=6 * RECORD, segment_bytes=segment_bytes(2))
         for i in range(4):
             spool.append(line(i))
         in_flight = spool.read(2, 1 << 20)  # e0, e1: the whole first segment
         for i in range(4, 7):
             spool.append(line(i))
         assert {"spool_full": 2} == stats.dropped_by_reason  # e2, e3 went, e0, e1 stayed
-        spool.ack(in_flight)
+        spool.ack(in_flight.records)
         assert ["e4", "e5", "e6"] == ids(drain(spool))
 
     def test_release_from_evicted_segment_is_counted(self, make_spool: MakeSpool) -> None:
         """When only handed-out segments can go, their records count as lost once released."""
-        record = HEADER_SIZE + 100
         stats = SinkStats()
-        spool = make_spool(stats=stats, max_bytes=4 * record, segment_bytes=2 * record)
+        spool = make_spool(stats=stats, max_bytes=4 * RECORD, segment_bytes=segment_bytes(2))
         for i in range(4):
             spool.append(line(i))
-        in_flight = spool.read(100, 1 << 20)
+        in_flight = spool.read(100, 1 << 20).records
         spool.append(line(4))  # evicts the first segment, e0 and e1 still in flight
         assert {} == stats.dropped_by_reason
         spool.release(in_flight[:2])
@@ -307,7 +478,7 @@ class TestSpoolLimits:
     def test_line_larger_than_cap_is_refused(self, make_spool: MakeSpool) -> None:
         """A single line larger than max_bytes is refused and counted; older ones stay."""
         stats = SinkStats()
-        spool = make_spool(stats=stats, max_bytes=2 * (HEADER_SIZE + 100))
+        spool = make_spool(stats=stats, max_bytes=2 * RECORD)
         assert spool.append(line(0))
         assert not spool.append(line(1, size=1000))
         assert {"spool_full": 1} == stats.dropped_by_reason
@@ -330,11 +501,11 @@ class TestSpoolLimits:
         spool.append(line(1))
         clock.now += 50
         spool.append(line(2))
-        spool.release(spool.read(1, 1 << 20))
+        spool.release(spool.read(1, 1 << 20).records)
         clock.now += 20
-        assert ["e2"] == ids(spool.read(100, 1 << 20))
+        assert ["e2"] == ids(spool.read(100, 1 << 20).lines)
         assert {"ttl_expired": 2} == stats.dropped_by_reason
-        assert HEADER_SIZE + 100 == spool.pending_bytes()
+        assert RECORD == spool.pending_bytes()
 
 
 class TestSpoolAdoption:
@@ -367,8 +538,8 @@ class TestSpoolAdoption:
         alive = make_spool()
         other = make_spool()
         alive.append(line(0))
-        assert [] == other.read(100, 1 << 20)
-        assert ["e0"] == ids(alive.read(100, 1 << 20))
+        assert [] == other.read(100, 1 << 20).lines
+        assert ["e0"] == ids(alive.read(100, 1 << 20).lines)
 
     def test_closed_sibling_is_adopted_later(self, make_spool: MakeSpool) -> None:
         """A running spool picks up what a sibling left when it closed, on a later read."""
@@ -376,7 +547,7 @@ class TestSpoolAdoption:
         leaver = make_spool()
         leaver.append(line(0))
         leaver.close()
-        assert ["e0"] == ids(survivor.read(100, 1 << 20))
+        assert ["e0"] == ids(survivor.read(100, 1 << 20).lines)
 
     def test_two_live_spools_never_share_a_record(
         self, make_spool: MakeSpool, spool_dir: Path
@@ -384,16 +555,16 @@ class TestSpoolAdoption:
         """Two spools adopting and reading at once hand out every orphaned record exactly once."""
         dead_owner(spool_dir, 2000, segment_bytes=16384)
         barrier = threading.Barrier(2)
-        results: list[list[SpoolRecord]] = [[], []]
+        results: list[list[bytes]] = [[], []]
         errors: list[BaseException] = []
 
         def worker(slot: int) -> None:
             try:
                 barrier.wait(timeout=DEADLINE)
                 spool = make_spool()
-                while batch := spool.read(7, 1 << 20):
-                    results[slot] += batch
-                    spool.ack(batch)
+                while (got := spool.read(7, 1 << 20)).lines:
+                    results[slot] += got.lines
+                    spool.ack(got.records)
             except BaseException as exc:
                 errors.append(exc)
 
@@ -432,14 +603,12 @@ class TestSpoolCrash:
         assert -signal.SIGKILL == child.returncode
         assert 3000 <= len(reported)
         stats = SinkStats()
-        records = drain(make_spool(stats=stats))
-        got = ids(records)
+        lines = drain(make_spool(stats=stats))
+        got = ids(lines)
         assert len(got) == len(set(got))
         assert {f"e{i}" for i in reported} <= set(got)
         assert len(got) - len(reported) <= 1  # at most the one being reported at the kill
-        assert all(
-            r.line.startswith(b'{"event_id": "e') and r.line.endswith(b"}\n") for r in records
-        )
+        assert all(item.startswith(b'{"event_id": "e') and item.endswith(b"}\n") for item in lines)
         assert stats.dropped_by_reason.get("spool_corrupt", 0) <= 1
 
 
@@ -511,7 +680,7 @@ class TestSpoolSync:
             synced.append(Path(f"/proc/self/fd/{fd}").resolve())
 
         monkeypatch.setattr(os, "fsync", fsync)
-        spool = make_spool(fsync="batch", segment_bytes=HEADER_SIZE + 100)
+        spool = make_spool(fsync="batch", segment_bytes=segment_bytes(1))
         spool.append(line(0))
         spool.append(line(1))
         spool.sync()
@@ -543,16 +712,17 @@ class TestSpoolConcurrency:
         acked: list[str] = []
         deadline = time.monotonic() + DEADLINE
         while len(acked) < writers * per_writer and time.monotonic() < deadline:
-            batch = spool.read(rng.randint(1, 50), 1 << 20)
+            got = spool.read(rng.randint(1, 50), 1 << 20)
+            batch = list(zip(got.lines, got.records, strict=True))
             rng.shuffle(batch)
             keep = rng.randint(0, len(batch))
-            spool.release(batch[keep:])
-            spool.ack(batch[:keep])
-            acked += ids(batch[:keep])
+            spool.release([record for _, record in batch[keep:]])
+            spool.ack([record for _, record in batch[:keep]])
+            acked += ids([item for item, _ in batch[:keep]])
         for thread in threads:
             thread.join(DEADLINE)
         assert [] == failed
         assert sorted(f"e{i}" for i in range(writers * per_writer)) == sorted(acked)
         assert (0, 0) == (spool.pending_bytes(), spool.pending_events())
         assert len(segment_files(spool_dir)) <= 1
-        assert [] == spool.read(100, 1 << 20)
+        assert [] == spool.read(100, 1 << 20).lines
