@@ -88,6 +88,19 @@ class SpoolRead(NamedTuple):
 
 
 @dataclass(slots=True, eq=False)
+class _Run:
+    """Records of one segment handed out together by one `read`. An `ack` of the very list
+    `read` returned settles its runs whole; anything else breaks them up into
+    `_Segment.handed` first."""
+
+    seg: _Segment
+    handles: list[int]
+    lines: list[bytes]
+    size: int  # bytes on disk
+    batch: int = 0  # the key of its read in `Spool._batches`
+
+
+@dataclass(slots=True, eq=False)
 class _Segment:
     """Bookkeeping for one segment file; guarded by `Spool._lock` (the read buffer belongs
     to the reader)."""
@@ -110,7 +123,8 @@ class _Segment:
     tail_pos: int = SEGMENT_HEADER
     tail_i: int = 0
     tail_floor: int = _NO_FLOOR  # the oldest append time in the tail
-    handed: dict[int, bytes] = field(default_factory=dict)  # handle: line
+    runs: list[_Run] = field(default_factory=list)  # handed out, usually one
+    handed: dict[int, bytes] = field(default_factory=dict)  # handle: line, from broken runs
     released: dict[int, tuple[bytes, int]] = field(default_factory=dict)  # (line, time µs)
     done_records: int = 0  # acked, expired or damaged
     done_bytes: int = SEGMENT_HEADER
@@ -118,7 +132,14 @@ class _Segment:
     ack_seq: int = 0
 
     def drained(self) -> bool:
-        return self.read_pos >= self.limit and not self.handed and not self.released
+        return self.read_pos >= self.limit and not self.busy() and not self.released
+
+    def busy(self) -> bool:
+        """Are any of its records handed out?"""
+        return bool(self.runs or self.handed)
+
+    def in_flight(self) -> int:
+        return len(self.handed) + sum(len(run.handles) for run in self.runs)
 
 
 class Spool:
@@ -169,6 +190,8 @@ class Spool:
         self._adopted: dict[str, _Segment] = {}
         self._own: dict[str, _Segment] = {}
         self._by_key: dict[int, _Segment] = {}  # live, and deleted ones with records handed out
+        self._batches: dict[int, tuple[list[int], list[_Run]]] = {}  # id(handles): runs
+        self._reading: list[_Run] = []  # the runs of the read in progress (reader lock)
         self._current: _Segment | None = None
         self._write_fd = -1
         self._retired: list[int] = []  # write fds of rolled segments, closed by sync/read
@@ -303,7 +326,7 @@ class Spool:
             candidates = [
                 s for s in (*self._adopted.values(), *self._own.values()) if s is not self._current
             ]
-            idle = [s for s in candidates if not s.handed]
+            idle = [s for s in candidates if not s.busy()]
             if idle or candidates:
                 self._evict((idle or candidates)[0])
             elif self._current is not None and self._current.records:
@@ -316,7 +339,7 @@ class Spool:
         return True
 
     def _evict(self, seg: _Segment) -> None:
-        lost = max(0, seg.records - seg.done_records - len(seg.handed))
+        lost = max(0, seg.records - seg.done_records - seg.in_flight())
         if lost:
             self._stats.count_dropped("spool_full", lost)
             report("spool_full", f"spool over {self._max_bytes} bytes: dropped the oldest events")
@@ -344,6 +367,7 @@ class Spool:
             with self._lock:
                 order = [*self._adopted.values(), *self._own.values()]
             budget = [max_events, max_bytes, 0, 0]  # and the fresh lines and bytes taken
+            self._reading = []
             cutoff = segments.NO_CUTOFF
             if math.isfinite(self._ttl_us):
                 cutoff = math.ceil(self._clock() * 1_000_000 - self._ttl_us)
@@ -354,6 +378,12 @@ class Spool:
                     self._take_released(seg, lines, handles, budget, cutoff)
                 self._read_new(seg, lines, handles, budget, cutoff)
             with self._lock:
+                if self._reading:
+                    key = id(handles)
+                    for run in self._reading:
+                        run.batch = key
+                    self._batches[key] = (handles, self._reading)
+                    self._reading = []
                 self._stats.spool_bytes = self._pending_bytes  # appends leave this to reads
                 hidden = any(s.released for s in order) or any(
                     s.read_pos < s.limit for s in self._adopted.values()
@@ -366,6 +396,7 @@ class Spool:
         self, seg: _Segment, lines: list[bytes], handles: list[int], budget: list[int], cutoff: int
     ) -> None:
         expired = 0
+        run = _Run(seg, [], [], 0)
         with self._lock:
             for handle in sorted(seg.released):
                 line, time_us = seg.released[handle]
@@ -377,11 +408,15 @@ class Spool:
                     expired += 1
                     self._mark_done(seg, len(line) + RECORD_OVERHEAD)
                     continue
-                seg.handed[handle] = line
+                run.handles.append(handle)
+                run.lines.append(line)
+                run.size += len(line) + RECORD_OVERHEAD
                 lines.append(line)
                 handles.append(handle)
                 budget[0] -= 1
                 budget[1] -= len(line)
+            if run.handles:
+                self._hand_out(run)
             self._maybe_delete(seg)
         if expired:
             self._stats.count_dropped("ttl_expired", expired)
@@ -466,8 +501,9 @@ class Spool:
                 map(_plus_overhead, map(len, chunk)), initial=seg.key + seg.read_pos
             )
         )
-        seg.read_pos = seg.tail_pos = starts.pop() & _OFFSET
-        seg.handed.update(zip(starts, chunk, strict=True))
+        end = starts.pop() & _OFFSET
+        self._hand_out(_Run(seg, starts, chunk, end - seg.read_pos))
+        seg.read_pos = seg.tail_pos = end
         seg.buf = b""
         lines += chunk
         handles += starts
@@ -514,10 +550,11 @@ class Spool:
             if parsed.expired:
                 self._mark_done(seg, parsed.expired_bytes, parsed.expired)
             if parsed.lines:
-                seg.handed.update(zip(parsed.handles, parsed.lines, strict=True))
+                taken = sum(map(len, parsed.lines))
+                size = taken + len(parsed.lines) * RECORD_OVERHEAD
+                self._hand_out(_Run(seg, parsed.handles, parsed.lines, size))
                 lines += parsed.lines
                 handles += parsed.handles
-                taken = sum(map(len, parsed.lines))
                 budget[0] -= len(parsed.lines)
                 budget[1] -= taken
                 if not seg.adopted:
@@ -540,7 +577,14 @@ class Spool:
         with self._lock:
             if self._closed:
                 return
+            entry = self._batches.pop(id(records), None)
+            if entry is not None and entry[0] is records:
+                self._settle_runs(entry[1])  # the whole read: no per-record work
+                return
+            if entry is not None:
+                self._batches[id(records)] = entry
             for seg, group in self._by_segment(records):
+                self._break_runs(seg)
                 popped = list(map(seg.handed.pop, group, itertools.repeat(None)))
                 count = len(popped) - popped.count(None)
                 if not count:
@@ -560,6 +604,7 @@ class Spool:
             if self._closed:
                 return
             for seg, group in self._by_segment(records):
+                self._break_runs(seg)
                 taken = [(h, seg.handed.pop(h)) for h in group if h in seg.handed]
                 if seg.deleted:
                     lost += len(taken)  # its file is gone: the size cap took it
@@ -570,6 +615,34 @@ class Spool:
                     seg.released[handle] = (line, time_us)
         if lost:
             self._stats.count_dropped("spool_full", lost)
+
+    def _hand_out(self, run: _Run) -> None:
+        """Lock held: `run` is in flight (and part of the read in progress)."""
+        run.seg.runs.append(run)
+        self._reading.append(run)
+
+    def _settle_runs(self, runs: list[_Run]) -> None:
+        """Lock held: every record of `runs` was acknowledged."""
+        touched: dict[int, _Segment] = {}
+        for run in runs:
+            seg = run.seg
+            seg.runs.remove(run)
+            if not seg.deleted:  # evicted: its bytes were settled then
+                self._mark_done(seg, run.size, len(run.handles))
+            touched[seg.key] = seg
+        for seg in touched.values():
+            if not self._maybe_delete(seg):
+                self._save_progress(seg)
+
+    def _break_runs(self, seg: _Segment) -> None:
+        """Lock held: a partial ack or a release. The runs of `seg`, and of the reads they
+        came with, become records in `handed`."""
+        for run in list(seg.runs):
+            _, runs = self._batches.pop(run.batch, (None, [run]))
+            for broken in runs:
+                if broken in broken.seg.runs:
+                    broken.seg.runs.remove(broken)
+                    broken.seg.handed.update(zip(broken.handles, broken.lines, strict=True))
 
     def _by_segment(self, records: Iterable[int]) -> list[tuple[_Segment, list[int]]]:
         """Handles grouped by their segment (lock held); a batch is usually one segment."""
@@ -607,6 +680,8 @@ class Spool:
         prefix = seg.read_pos
         if seg.handed:
             prefix = min(prefix, min(seg.handed) & _OFFSET)
+        for run in seg.runs:
+            prefix = min(prefix, run.handles[0] & _OFFSET)
         if seg.released:
             prefix = min(prefix, min(seg.released) & _OFFSET)
         if prefix <= seg.acked or self._open(seg) < 0:
@@ -638,7 +713,7 @@ class Spool:
         """Delete a sealed segment whose every record is done (lock held); True when the
         segment is gone (now or before)."""
         if seg.deleted:
-            if not seg.handed:
+            if not seg.busy():
                 self._by_key.pop(seg.key, None)
             return True
         if seg.sealed and seg.drained() and not seg.in_corrupt:
@@ -649,7 +724,7 @@ class Spool:
     def _delete(self, seg: _Segment) -> None:
         self._own.pop(seg.name, None)
         self._adopted.pop(seg.name, None)
-        if not seg.handed:
+        if not seg.busy():
             self._by_key.pop(seg.key, None)
         seg.deleted = True
         seg.buf = b""
@@ -778,6 +853,7 @@ class Spool:
                 self._adopted.clear()
                 self._own.clear()
                 self._by_key.clear()
+                self._batches.clear()
                 lock_fd, self._lock_fd = self._lock_fd, -1
             self._drain_retired(fsync=False)
             for fd in dead:
