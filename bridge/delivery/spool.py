@@ -22,7 +22,8 @@ offset), and `ack` settles a batch with a few C-level passes over its handles.
 Losses are counted in `SinkStats.dropped_by_reason`, never silent: `spool_write_failed` (the
 write failed; the engine may fall back), `spool_full` (evicted by the size cap),
 `spool_corrupt` (CRC failure or a record torn by a crash) and `ttl_expired`. The spool is the
-only writer of `SinkStats.spooled` and `spool_bytes`, under its own lock.
+only writer of `SinkStats.spooled` and `spool_bytes`; `append` leaves them to each `read` and
+`pending_events()` (which `stats()` calls), so the request thread does not touch them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -58,15 +60,16 @@ _SHIFT = 40  # a handle is (segment id << _SHIFT) | file offset
 _OFFSET = (1 << _SHIFT) - 1
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
 
-_forks = 0  # forks into this process: cheaper to compare than os.getpid(), a system call
+_live_spools: weakref.WeakSet[Spool] = weakref.WeakSet()
 
 
-def _count_fork() -> None:
-    global _forks
-    _forks += 1
+def _reset_spools_after_fork() -> None:
+    """A forked child starts every spool over at once: `append` checks nothing per call."""
+    for spool in list(_live_spools):
+        spool.after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_count_fork)
+os.register_at_fork(after_in_child=_reset_spools_after_fork)
 
 SpoolRecord = NewType("SpoolRecord", int)
 """An opaque handle to one record handed out by `Spool.read` (to `ack` or `release` it)."""
@@ -171,17 +174,19 @@ class Spool:
         self._ttl_us = event_ttl * 1_000_000
         self._stats = stats
         self._clock = clock
+        self._wall_clock = clock is time.time  # then time_ns() gives µs without a float
         self._segment_bytes = segment_bytes or min(SEGMENT_BYTES, max(64 * 1024, max_bytes // 8))
         self._rescan_interval = rescan_interval
         if not self._dir.is_dir():
             self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self._dir, 0o700)
         self._reset()
+        _live_spools.add(self)
         self._rescan()
 
     def _reset(self, *, register: bool = True) -> None:
         """Fresh state and a fresh owner: at construction and in a forked child."""
-        self._pid, self._forks = os.getpid(), _forks
+        self._pid = os.getpid()
         self._lock = threading.Lock()  # all bookkeeping below; held briefly, never during reads
         self._reader_lock = threading.Lock()  # one reader at a time; only it closes read fds
         self._sync_lock = threading.Lock()
@@ -197,7 +202,8 @@ class Spool:
         self._retired: list[int] = []  # write fds of rolled segments, closed by sync/read
         self._dead_fds: list[int] = []  # read fds of deleted segments, closed by the reader
         self._pending_bytes = 0
-        self._dirty = False
+        self._synced: tuple[int, int] = (-1, 0)  # (write fd, its segment's limit) last fsynced
+        self._spooled_before = 0  # records appended to own segments deleted since
         self._dir_dirty = False
         self._last_sync = time.monotonic()
         self._next_rescan = 0.0
@@ -216,9 +222,7 @@ class Spool:
 
     def append(self, line: bytes) -> bool:
         """Write one line to disk; False (counted `spool_write_failed`) when the write failed."""
-        if self._forks != _forks:
-            self.after_fork_in_child()
-        now = int(self._clock() * 1_000_000)
+        now = time.time_ns() // 1000 if self._wall_clock else int(self._clock() * 1_000_000)
         record = segments.encode_record(line, now)
         size = len(record)
         with self._lock:
@@ -248,8 +252,6 @@ class Spool:
                 if seg.limit - seg.tail_pos > TAIL_BYTES:
                     _drop_tail(seg)  # the reader is far behind: it reads the disk
             self._pending_bytes += size
-            self._stats.spooled += 1
-            self._dirty = True
         return True
 
     def _make_way(self, size: int) -> _Segment | None:
@@ -352,7 +354,7 @@ class Spool:
         """The next lines not handed out yet, oldest first, and their handles: at most
         `max_events`, and at most `max_bytes` of lines unless a single line is larger (then
         just that one)."""
-        if self._forks != _forks:
+        if self._pid != os.getpid():
             self.after_fork_in_child()
         lines: list[bytes] = []
         handles: list[int] = []
@@ -384,7 +386,7 @@ class Spool:
                         run.batch = key
                     self._batches[key] = (handles, self._reading)
                     self._reading = []
-                self._stats.spool_bytes = self._pending_bytes  # appends leave this to reads
+                self._publish()
                 hidden = any(s.released for s in order) or any(
                     s.read_pos < s.limit for s in self._adopted.values()
                 )
@@ -722,7 +724,8 @@ class Spool:
         return False
 
     def _delete(self, seg: _Segment) -> None:
-        self._own.pop(seg.name, None)
+        if self._own.pop(seg.name, None) is not None:
+            self._spooled_before += seg.records
         self._adopted.pop(seg.name, None)
         if not seg.busy():
             self._by_key.pop(seg.key, None)
@@ -798,8 +801,10 @@ class Spool:
         self._drain_retired(fsync=True)
         with self._sync_lock:
             with self._lock:
-                fd, dirty, dir_dirty = self._write_fd, self._dirty, self._dir_dirty
-                self._dirty = self._dir_dirty = False
+                fd, dir_dirty = self._write_fd, self._dir_dirty
+                written = (fd, self._current.limit if self._current is not None else 0)
+                dirty, self._synced = written != self._synced, written
+                self._dir_dirty = False
                 self._last_sync = time.monotonic()
             # The fd stays open while we hold the sync lock: rolling only retires it.
             if dirty and fd >= 0:
@@ -825,9 +830,21 @@ class Spool:
         """Bytes on disk not acknowledged yet."""
         return self._pending_bytes
 
-    def pending_events(self) -> int:
-        """Records on disk not acknowledged yet."""
+    def appended(self) -> int:
+        """Records this spool appended (in this process), ever."""
         with self._lock:
+            return self._spooled_before + sum(s.records for s in self._own.values())
+
+    def _publish(self) -> None:
+        """Lock held: bring `spooled` and `spool_bytes` up to date (appends leave them)."""
+        stats = self._stats
+        stats.spool_bytes = self._pending_bytes
+        stats.spooled = self._spooled_before + sum(s.records for s in self._own.values())
+
+    def pending_events(self) -> int:
+        """Records on disk not acknowledged yet (and the stats brought up to date)."""
+        with self._lock:
+            self._publish()
             return sum(
                 max(0, s.records - s.done_records)
                 for s in (*self._adopted.values(), *self._own.values())
@@ -845,6 +862,7 @@ class Spool:
                 self.sync()
             with self._lock:
                 self._seal_current()
+                self._publish()
                 remaining = [*self._adopted.values(), *self._own.values()]
                 dead, self._dead_fds = self._dead_fds, []
                 dead += [s.fd for s in remaining if s.fd >= 0]

@@ -53,7 +53,6 @@ class SpoolFeed(Feed):
 
     def reset(self) -> None:
         super().reset()
-        self._accepted = 0
         self._unread_events = 0
         self._quiet_events = self._quiet_bytes = 0
         self._recheck = self.spool.pending_events() > 0  # adopted records are waiting
@@ -80,7 +79,6 @@ class SpoolFeed(Feed):
                 self.rejected += 1
             return False
         with self.lock:
-            self._accepted += 1
             events = self._unread_events = self._unread_events + 1
             total = self._unread_bytes = self._unread_bytes + size
             if events == 1 or events >= self._quiet_events or total >= self._quiet_bytes:
@@ -139,7 +137,7 @@ class SpoolFeed(Feed):
         return self._unread_events
 
     def accepted(self) -> int:
-        return self._accepted
+        return self.spool.appended()
 
     def pending(self) -> int:
         return self.spool.pending_events()

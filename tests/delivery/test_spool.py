@@ -299,6 +299,42 @@ class TestSpoolRoundTrip:
         assert got.records[1:] == again.records[:2]
 
 
+class TestSpoolInFlight:
+    def test_partial_acks_then_the_rest(self, make_spool: MakeSpool, spool_dir: Path) -> None:
+        """Acks of parts of a read (a split batch) settle exactly those records."""
+        spool = make_spool(segment_bytes=segment_bytes(3))
+        for i in range(6):
+            spool.append(line(i))
+        got = spool.read(100, 1 << 20)
+        spool.ack(got.records[:2])
+        assert (4, 4 * RECORD) == (spool.pending_events(), spool.pending_bytes())
+        spool.ack(got.records[2:])
+        assert (0, 0) == (spool.pending_events(), spool.pending_bytes())
+        assert 1 == len(segment_files(spool_dir))
+
+    def test_a_copy_of_the_handles_acks_as_well(self, make_spool: MakeSpool) -> None:
+        """Any list of handles works, not only the list read returned."""
+        spool = make_spool()
+        for i in range(3):
+            spool.append(line(i))
+        got = spool.read(100, 1 << 20)
+        spool.ack(list(got.records))
+        spool.ack(got.records)  # the original afterwards: already done, ignored
+        assert (0, 0) == (spool.pending_events(), spool.pending_bytes())
+
+    def test_release_across_segments_rereads_in_order(self, make_spool: MakeSpool) -> None:
+        """A read spanning segments, released, comes back whole and in order."""
+        spool = make_spool(segment_bytes=segment_bytes(2))
+        for i in range(5):
+            spool.append(line(i))
+        got = spool.read(100, 1 << 20)
+        spool.release(got.records)
+        again = spool.read(100, 1 << 20)
+        assert [f"e{i}" for i in range(5)] == ids(again.lines)
+        spool.ack(again.records)
+        assert (0, 0) == (spool.pending_events(), spool.pending_bytes())
+
+
 class TestAcknowledgementsOnDisk:
     def test_next_spool_resumes_after_the_acked_prefix(self, make_spool: MakeSpool) -> None:
         """What was acknowledged before close (or a crash) is not replayed; the rest is."""
