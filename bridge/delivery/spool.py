@@ -198,6 +198,7 @@ class Spool:
         self._batches: dict[int, tuple[list[int], list[_Run]]] = {}  # id(handles): runs
         self._reading: list[_Run] = []  # the runs of the read in progress (reader lock)
         self._current: _Segment | None = None
+        self._sealed_tail: _Segment | None = None  # the last sealed segment, if it has a tail
         self._write_fd = -1
         self._retired: list[int] = []  # write fds of rolled segments, closed by sync/read
         self._dead_fds: list[int] = []  # read fds of deleted segments, closed by the reader
@@ -305,7 +306,10 @@ class Spool:
         if seg is None:
             return
         seg.sealed = True
-        _drop_tail(seg)
+        # Its tail stays until read (the reader is usually right behind); one such, at most.
+        if self._sealed_tail is not None:
+            _drop_tail(self._sealed_tail)
+        self._sealed_tail = seg if seg.tail is not None else None
         self._current = None
         self._retired.append(self._write_fd)
         self._write_fd = -1
@@ -489,15 +493,16 @@ class Spool:
         if not chunk:
             return
         full = len(chunk) == budget[0]
-        sizes = list(itertools.accumulate(map(len, chunk)))
-        if sizes[-1] > budget[1]:
+        taken = sum(map(len, chunk))
+        if taken > budget[1]:
+            sizes = list(itertools.accumulate(map(len, chunk)))
             fit = bisect_right(sizes, budget[1]) or (0 if lines else 1)
             del chunk[fit:]
             full = True
             if not chunk:
                 budget[0] = 0
                 return
-        taken = sizes[len(chunk) - 1]
+            taken = sizes[len(chunk) - 1]
         starts = list(
             itertools.accumulate(
                 map(_plus_overhead, map(len, chunk)), initial=seg.key + seg.read_pos
@@ -732,6 +737,8 @@ class Spool:
         seg.deleted = True
         seg.buf = b""
         _drop_tail(seg)
+        if self._sealed_tail is seg:
+            self._sealed_tail = None
         self._pending_bytes -= seg.limit - seg.done_bytes
         self._stats.spool_bytes = self._pending_bytes
         if seg.fd >= 0:

@@ -241,6 +241,28 @@ class TestSpoolRoundTrip:
             spool.append(line(i))
         assert [f"e{i}" for i in range(12)] == ids(first.lines + drain(spool))
 
+    def test_a_reader_keeping_up_never_reads_the_disk(
+        self, make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Lines this spool wrote come from memory, across segment rolls too."""
+        spool = make_spool(segment_bytes=segment_bytes(5))
+        preads: list[int] = []
+        real_pread = os.pread
+
+        def pread(fd: int, size: int, offset: int) -> bytes:
+            preads.append(size)
+            return real_pread(fd, size, offset)
+
+        monkeypatch.setattr(os, "pread", pread)
+        seen: list[bytes] = []
+        for start in range(0, 24, 3):
+            for i in range(start, start + 3):
+                spool.append(line(i))
+            got = spool.read(100, 1 << 20)
+            spool.ack(got.records)
+            seen += got.lines
+        assert ([f"e{i}" for i in range(24)], []) == (ids(seen), preads)
+
     def test_read_reports_what_the_feed_cannot_count(self, make_spool: MakeSpool) -> None:
         """A read says how many lines were fresh appends, whether it stopped on its limits,
         and whether released records still wait."""
