@@ -93,7 +93,12 @@ class _CustomRoute:
         self.targets: dict[int, _Target] = {}
 
         def receive(sender: Any, /, **kwargs: Any) -> None:
-            for _ref, emitter, spec in self._select(sender):
+            target = self.targets.get(id(sender))
+            if target is not None and target[0]() is sender:  # sent by its bridged app
+                targets = [target]
+            else:
+                targets = self._select(sender)
+            for _ref, emitter, spec in targets:
                 with emitter.guard:
                     emitter.emit(spec.signal_name, spec.event, "info", arguments=kwargs)
 

@@ -134,7 +134,7 @@ class LineWriter:
 
         The fast path (direct write) is inlined: it runs for nearly every event.
         """
-        if self._direct and not self._queue and self._write_lock.acquire(blocking=False):
+        if self._direct and not self._queue and self._write_lock.acquire(False):
             try:
                 if self._direct and not self._queue:
                     started = _monotonic()
