@@ -401,3 +401,24 @@ def test_http_sink_errors_name_the_sink_position() -> None:
     with pytest.raises(ConfigError) as info:
         SignalBridge(app)
     assert info.value.key.startswith("sinks[1].")
+
+
+@pytest.mark.parametrize("proxyfix_first", [True, False])
+def test_client_address_after_proxyfix(tmp_path: Path, proxyfix_first: bool) -> None:
+    """client.address is the forwarded client, whether ProxyFix wraps before or after."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    path = tmp_path / "e.jsonl"
+    app = build_app(BRIDGE_SINKS=[{"type": "file", "path": str(path)}])
+    if proxyfix_first:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)  # type: ignore[method-assign]
+    bridge = SignalBridge(app)
+    if not proxyfix_first:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)  # type: ignore[method-assign]
+    try:
+        app.test_client().get("/", headers={"X-Forwarded-For": "203.0.113.9"})
+        assert bridge.flush()
+        (event,) = read_events(path)
+        assert "203.0.113.9" == event["client.address"]
+    finally:
+        bridge.close()
