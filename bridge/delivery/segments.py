@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "NO_CUTOFF",
     "RECORD_OVERHEAD",
     "SEGMENT_HEADER",
     "Parsed",
@@ -67,6 +68,7 @@ __all__ = [
     "new_segment_header",
     "parse",
     "read_acked",
+    "record_time",
     "register_owner",
     "segment_name",
 ]

@@ -15,9 +15,13 @@ at most the records after that prefix: the batch in flight, and any batch acknow
 order ahead of it. Never delete a live process's `.lock` file: it is how siblings know the
 process, and its segments, are alive.
 
-The engine's hot path works on batches: `read` parses a run of records in one pass (one CRC
-for the run) and hands out the lines with `SpoolRecord` handles (plain ints: segment and
-offset), and `ack` settles a batch with a few C-level passes over its handles.
+The engine's side works on batches, not records. Lines this process appended are also kept
+in memory behind the current segment (the "tail", at most `TAIL_BYTES`), so a reader that
+keeps up hands them out with list slices and never reads back what it just wrote; anything
+else (adopted segments, a reader left behind) is parsed from disk in one pass over a 1 MiB
+buffer, a whole run checked with one CRC. A read hands out each segment's records as one
+run, with `SpoolRecord` handles (plain ints: segment and offset); an `ack` of the list `read`
+returned settles its runs whole, and only partial acks and releases go record by record.
 
 Losses are counted in `SinkStats.dropped_by_reason`, never silent: `spool_write_failed` (the
 write failed; the engine may fall back), `spool_full` (evicted by the size cap),
@@ -52,7 +56,6 @@ __all__ = ["Spool", "SpoolRead", "SpoolRecord"]
 SEGMENT_BYTES = 4 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 TAIL_BYTES = 4 * 1024 * 1024  # lines kept in memory for the reader, behind the current segment
-_TRIM = 4096
 _NO_FLOOR = 1 << 62
 _plus_overhead = RECORD_OVERHEAD.__add__
 RESCAN_INTERVAL = 5.0
@@ -515,7 +518,7 @@ class Spool:
         lines += chunk
         handles += starts
         seg.tail_i = first + len(chunk)
-        if seg.tail_i >= _TRIM:
+        if seg.tail_i * 2 >= len(tail):  # drop what was read: amortized O(1) per line
             del tail[: seg.tail_i]
             seg.tail_i = 0
         budget[0] = 0 if full else budget[0] - len(chunk)

@@ -6,6 +6,11 @@ after the collector did. Its size cap bounds it: `drop_newest` and `block` refus
 the cap (counted `spool_full`) instead of letting the spool evict its oldest records, which is
 what `spool` and `drop_oldest` do. An idle spool feed wakes every `IDLE_RECHECK` seconds to
 adopt what dead sibling processes left behind.
+
+The unread counters count this process's own lines; a read that stops on its limits leaves
+the rest to them, so batches stay full as without a spool. Only records the counters cannot
+see (released after a failure, adopted from a dead process) make the worker read again at
+once (`SpoolRead.hidden`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ IDLE_RECHECK = 30.0
 class SpoolFeed(Feed):
     """The unread counters are a hint for the wake-up rule (lines this process appended and
     has not read yet). Records the hint cannot see (released after a failure, adopted from
-    dead processes) are found by reading again until a read comes back short."""
+    dead processes) are found by reading again while the spool says some wait."""
 
     idle_recheck = IDLE_RECHECK
 
@@ -41,6 +46,7 @@ class SpoolFeed(Feed):
         block_seconds: float = BLOCK_SECONDS,
     ) -> None:
         self.spool = spool
+        self._append = spool.append
         self.max_bytes = max_bytes
         self._refuse_at_cap = overflow in ("drop_newest", "block")
         super().__init__(
@@ -74,7 +80,7 @@ class SpoolFeed(Feed):
             if not self._has_room(size):
                 with self.lock:
                     return self._refuse("spool_full")
-        if not self.spool.append(line):  # the spool counted why
+        if not self._append(line):  # the spool counted why
             with self.lock:
                 self.rejected += 1
             return False
