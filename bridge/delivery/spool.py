@@ -581,18 +581,17 @@ class Spool:
     def ack(self, records: Sequence[SpoolRecord]) -> None:
         """Forget delivered (or dead-lettered) records, save each segment's acknowledged
         prefix in its header, and delete segments that are all done. Unknown or repeated
-        handles are ignored."""
+        handles are ignored. The list `read` returned is acked whole and cheaply: never
+        change it (take a subset as a new list)."""
         if not records:
             return
         with self._lock:
             if self._closed:
                 return
-            entry = self._batches.pop(id(records), None)
-            if entry is not None and entry[0] is records:
+            entry = self._batches.pop(id(records), None)  # it holds the list: ids are unique
+            if entry is not None:
                 self._settle_runs(entry[1])  # the whole read: no per-record work
                 return
-            if entry is not None:
-                self._batches[id(records)] = entry
             for seg, group in self._by_segment(records):
                 self._break_runs(seg)
                 popped = list(map(seg.handed.pop, group, itertools.repeat(None)))
