@@ -85,3 +85,33 @@ class TestKilledWithABatchInFlight:
             assert len(stalled) <= BATCH
             assert (len(stalled) if recorded else 0) == duplicates
             assert duplicates <= BATCH  # never more than the one batch in flight
+
+    def test_killed_at_any_moment_only_the_last_request_comes_twice(self, tmp_path: Path) -> None:
+        """Killed wherever it happens to be (sending, acknowledging, reading): all events
+        arrive, and only events of the last request the dead process made come twice."""
+        rng = random.Random(5)
+        for round_number in range(ROUNDS):
+            spool = tmp_path / f"spool-{round_number}"
+            with Collector() as collector:
+                child = start_child(spool, collector.url)
+                try:
+                    assert child.stdout is not None
+                    assert b"done\n" == child.stdout.readline()
+                    sent = rng.randint(1, EVENTS // BATCH - 2)
+                    assert collector.wait_for(lambda c, n=sent: len(c.requests()) >= n)
+                finally:
+                    kill(child)
+                headers = {"X-Process": "adopter"}
+                sink = HttpSink(fast_settings(collector.url, spool_dir=spool, headers=headers))
+                try:
+                    assert sink.flush(30.0)
+                finally:
+                    sink.close(5.0)
+                received = collector.event_ids()
+                dead = [r for r in collector.requests() if "x-process" not in r.headers]
+                last = {str(e["event_id"]) for e in dead[-1].events}
+            assert {f"crash-{i}" for i in range(EVENTS)} == set(received)
+            counts = Counter(received)
+            twice = {event for event, n in counts.items() if n > 1}
+            assert twice <= last
+            assert len(received) - len(counts) <= BATCH
