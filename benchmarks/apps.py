@@ -18,7 +18,7 @@ from flask import (
     request,
 )
 
-__all__ = ["BUILTIN_NAMES", "LOGIN", "PAGE", "build_app", "count_lines", "naive_receiver"]
+__all__ = ["BUILTIN_NAMES", "LOGIN", "PAGE", "LineCounter", "build_app", "naive_receiver"]
 
 LOGIN = blinker.signal("user-login")  # defined before any init_app, as an app would
 BUILTIN_NAMES = (
@@ -84,6 +84,19 @@ def naive_receiver(captured: list[dict[str, Any]], signal_name: str) -> Callable
     return receive
 
 
-def count_lines(path: Path) -> int:
-    """Lines in a JSON-lines file (0 when it does not exist)."""
-    return path.read_bytes().count(b"\n") if path.exists() else 0
+class LineCounter:
+    """Lines written so far to a growing JSON-lines file, reading only what is new each call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._lines = 0
+
+    def __call__(self) -> int:
+        if self.path.exists():
+            with self.path.open("rb") as file:
+                file.seek(self._offset)
+                data = file.read()
+            self._offset += len(data)
+            self._lines += data.count(b"\n")
+        return self._lines

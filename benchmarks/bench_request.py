@@ -1,232 +1,106 @@
 """What the bridge costs a Flask request, against a bare app and plain receivers.
 
 Every contender has its own copy of the same small app (flash, custom `user-login` signal, a
-template with a list) and is connected only while its own batch runs: `init_app` / `close`
-for the bridge, `connect` / `disconnect` for the plain receivers. So the bare app's batches
-run with no receiver on any signal, exactly as an app without the bridge would.
+template with a list) in worker processes of its own (`benchmarks.runner`), connected once for
+the whole run. Switching a bridge on and off between batches in one process left every later
+request slower, bridged or bare; connecting every contender in one process taxes the bare app
+(about 20 µs a request with four bridges on other apps). Identical processes still differ in
+speed by a few %, so each row has a few workers taking turns. One process runs at a time, the
+rows interleaved in shuffled rounds as in the other sections.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import time
-from collections.abc import Callable
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-import blinker
-import flask.signals
-import orjson
-from flask import Flask, request
-from pythonjsonlogger.json import JsonFormatter
-
-from benchmarks.apps import BUILTIN_NAMES, LOGIN, PAGE, build_app, count_lines, naive_receiver
+from benchmarks.apps import PAGE
 from benchmarks.common import Contender, interleave, markdown_table, median, target_line
-from bridge import SignalBridge
+from benchmarks.request_sites import (
+    BARE,
+    BUILTIN,
+    DEFAULT,
+    DEFAULT_LOGIN,
+    JSON_LOGGER,
+    MINIMAL,
+    NAIVE,
+    ONE,
+    REQUEST_ROWS,
+    STRING,
+    Batch,
+    open_site,
+)
+from benchmarks.runner import Factory, Worker, workers
 
-__all__ = ["REQUEST_ROWS", "run"]
-
-BARE = "bare app (no bridge)"
-ONE = "bridge: user-login only (1 event), file sink"
-DEFAULT = "bridge: default signals, file sink"
-DEFAULT_LOGIN = "bridge: default + user-login, file sink"
-BUILTIN = "bridge: all ten built-ins, file sink"
-JSON_LOGGER = "python-json-logger: 3 receivers, FileHandler"
-NAIVE = "naive receiver on all ten built-ins"
-MINIMAL = "floor: 3 plain receivers doing orjson.dumps + os.write"
-STRING = "reference: bare app with render_template_string (compiles every request)"
-REQUEST_ROWS = (BARE, ONE, DEFAULT, DEFAULT_LOGIN, BUILTIN, MINIMAL, JSON_LOGGER, NAIVE, STRING)
-
-
-def _nothing() -> None:
-    return None
+__all__ = [
+    "BARE",
+    "BUILTIN",
+    "DEFAULT",
+    "DEFAULT_LOGIN",
+    "JSON_LOGGER",
+    "MINIMAL",
+    "NAIVE",
+    "ONE",
+    "REQUEST_ROWS",
+    "STRING",
+    "run",
+]
 
 
 @dataclass
-class Site:
-    """One contender's app, how it is switched on and off, and how many events it wrote."""
+class Tally:
+    """What one row's workers reported over the rounds."""
 
     label: str
-    app: Flask
-    connect: Callable[[], None] = _nothing
-    disconnect: Callable[[], None] = _nothing
-    events: Callable[[], int] = lambda: 0
-    requests: int = 0
-    written: int = 0
     samples: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    requests: int = 0
+    written: int = 0
 
-    def contender(self, batch: int, warmup: int) -> Contender:
-        client = self.app.test_client(use_cookies=False)
+    def contender(self, replicas: list[Worker], batch: int, warmup: int) -> Contender:
+        """One batch per round, from each of the row's workers in turn."""
+        turns = itertools.cycle(replicas)
 
         def run_batch() -> list[float]:
-            for _ in range(warmup):
-                status = client.post("/login").status_code
-                if status != 200:
-                    raise RuntimeError(f"{self.label}: POST /login answered {status}")
-            samples = []
-            wall, cpu = time.perf_counter_ns, time.thread_time_ns
-            for _ in range(batch):
-                started, started_cpu = wall(), cpu()
-                client.post("/login")
-                ended_cpu, ended = cpu(), wall()
-                samples.append((ended - started) / 1000.0)
-                self.cpu.append((ended_cpu - started_cpu) / 1000.0)
-            self.requests += warmup + batch
-            return samples
+            result: Batch = next(turns).batch(batch, warmup)
+            self.cpu.extend(result.cpu)
+            self.requests += result.requests
+            self.written += result.events
+            return result.wall
 
-        return Contender(self.label, run_batch, self.connect, self.disconnect, self.samples)
+        return Contender(self.label, run_batch, samples=self.samples)
 
 
-def bridge_site(label: str, name: str, work: Path, signals: list[str]) -> Site:
-    path = work / f"{name}.jsonl"
-    app = build_app(
-        name, work, BRIDGE_SIGNALS=signals, BRIDGE_SINKS=[{"type": "file", "path": str(path)}]
-    )
-    bridge = SignalBridge()
-
-    def disconnect() -> None:
-        if not bridge.close(timeout=10.0, app=app):
-            raise RuntimeError(f"{label}: the bridge did not flush within 10 s")
-
-    return Site(label, app, lambda: bridge.init_app(app), disconnect, lambda: count_lines(path))
-
-
-def json_logger_site(work: Path) -> Site:
-    """The same three events through python-json-logger and a `logging.FileHandler`."""
-    app = build_app("jsonlogger", work)
-    path = work / "jsonlogger.jsonl"
-    logger = logging.getLogger("benchmarks.jsonlogger")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    handlers: list[logging.Handler] = []
-
-    def request_extra() -> dict[str, Any]:
-        return {
-            "http.request.method": request.method,
-            "url.path": request.path,
-            "client.address": request.remote_addr,
-            "user_agent.original": request.user_agent.string,
-        }
-
-    def on_finished(sender: Any, /, response: Any, **extra: Any) -> None:
-        fields = {**request_extra(), "http.response.status_code": response.status_code}
-        logger.info("request.finished", extra=fields)
-
-    def on_flashed(sender: Any, /, message: str, category: str, **extra: Any) -> None:
-        fields = {**request_extra(), "flash.message": message, "flash.category": category}
-        logger.info("message.flashed", extra=fields)
-
-    def on_login(sender: Any, /, **kwargs: Any) -> None:
-        logger.info("user-login", extra={**request_extra(), **kwargs})
-
-    wiring: list[tuple[blinker.Signal, Callable[..., None]]] = [
-        (flask.signals.request_finished, on_finished),
-        (flask.signals.message_flashed, on_flashed),
-        (LOGIN, on_login),
-    ]
-
-    def connect() -> None:
-        handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        logger.addHandler(handler)
-        handlers.append(handler)
-        for signal, receiver in wiring:
-            signal.connect(receiver, sender=app, weak=False)
-
-    def disconnect() -> None:
-        for signal, receiver in wiring:
-            signal.disconnect(receiver)
-        for handler in handlers:
-            logger.removeHandler(handler)
-            handler.close()
-        handlers.clear()
-
-    return Site(JSON_LOGGER, app, connect, disconnect, lambda: count_lines(path))
+def measure_requests(
+    work: Path, *, rounds: int, batch: int, warmup: int, start_warmup: int, replicas: int
+) -> list[Tally]:
+    """Start `replicas` workers per row, each in its own directory; run `rounds` shuffled
+    rounds of one batch per row, its workers taking turns; stop them."""
+    specs: dict[str, tuple[Factory, tuple[Any, ...]]] = {}
+    for label in REQUEST_ROWS:
+        for replica in range(1, replicas + 1):
+            home = work / f"worker-{len(specs)}"
+            home.mkdir()
+            (home / "page.html").write_text(PAGE)
+            specs[f"{label} #{replica}"] = (open_site, (label, home, start_warmup))
+    tallies = [Tally(label) for label in REQUEST_ROWS]
+    with workers(specs) as pool:
+        contenders = [
+            tally.contender(
+                [pool[f"{tally.label} #{n}"] for n in range(1, replicas + 1)], batch, warmup
+            )
+            for tally in tallies
+        ]
+        interleave(contenders, rounds)
+    return tallies
 
 
-def naive_site(work: Path) -> Site:
-    app = build_app("naive", work)
-    captured: list[dict[str, Any]] = []
-    seen = [0]
-    wiring = [
-        (getattr(flask.signals, name), naive_receiver(captured, name)) for name in BUILTIN_NAMES
-    ]
-
-    def connect() -> None:
-        for signal, receiver in wiring:
-            signal.connect(receiver, sender=app, weak=False)
-
-    def disconnect() -> None:
-        for signal, receiver in wiring:
-            signal.disconnect(receiver)
-        seen[0] += len(captured)
-        captured.clear()
-
-    return Site(NAIVE, app, connect, disconnect, lambda: seen[0])
-
-
-def minimal_site(work: Path) -> Site:
-    """The least a receiver can do on the default set: encode what it got, one `write()`."""
-    app = build_app("minimal", work)
-    path = work / "minimal.jsonl"
-    fds: list[int] = []
-
-    def write(fields: dict[str, Any]) -> None:
-        os.write(fds[0], orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE))
-
-    def on_finished(sender: Any, /, response: Any, **extra: Any) -> None:
-        write({"event": "request.finished", "status": response.status_code})
-
-    def on_flashed(sender: Any, /, message: str, category: str, **extra: Any) -> None:
-        write({"event": "message.flashed", "message": message, "category": category})
-
-    def on_login(sender: Any, /, **kwargs: Any) -> None:
-        write({"event": "user-login", **kwargs})
-
-    wiring: list[tuple[blinker.Signal, Callable[..., None]]] = [
-        (flask.signals.request_finished, on_finished),
-        (flask.signals.message_flashed, on_flashed),
-        (LOGIN, on_login),
-    ]
-
-    def connect() -> None:
-        fds.append(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640))
-        for signal, receiver in wiring:
-            signal.connect(receiver, sender=app, weak=False)
-
-    def disconnect() -> None:
-        for signal, receiver in wiring:
-            signal.disconnect(receiver)
-        os.close(fds.pop())
-
-    return Site(MINIMAL, app, connect, disconnect, lambda: count_lines(path))
-
-
-def measure_requests(work: Path, *, rounds: int, batch: int, warmup: int) -> list[Site]:
-    (work / "page.html").write_text(PAGE)
-    sites = [
-        Site(BARE, build_app("bare", work)),
-        bridge_site(ONE, "one", work, ["user-login"]),
-        bridge_site(DEFAULT, "default", work, ["default"]),
-        bridge_site(DEFAULT_LOGIN, "default-login", work, ["default", "user-login"]),
-        bridge_site(BUILTIN, "builtin", work, ["builtin"]),
-        minimal_site(work),
-        json_logger_site(work),
-        naive_site(work),
-        Site(STRING, build_app("string", work, from_string=True)),
-    ]
-    contenders = [site.contender(batch, warmup) for site in sites]
-    interleave(contenders, rounds)
-    for site in sites:
-        site.written = site.events()
-    return sites
-
-
-def request_section(sites: list[Site], *, rounds: int, batch: int) -> str:
+def request_section(
+    sites: list[Tally], *, rounds: int, batch: int, warmup: int, replicas: int
+) -> str:
     wall = {site.label: median(site.samples) for site in sites}
     cpu = {site.label: median(site.cpu) for site in sites}
     rows = []
@@ -265,8 +139,14 @@ def request_section(sites: list[Site], *, rounds: int, batch: int) -> str:
             "## Request overhead (Flask test client)",
             "`POST /login`: flashes a message, sends the custom `user-login` signal, renders a "
             "small template (a file, compiled once and cached) with a list. Each variant is its "
-            f"own app; they run interleaved: {rounds} rounds of {batch} timed requests each, in "
-            "a shuffled order, and only the variant being timed is connected. Medians of "
+            f"own app in {replicas} worker process{'es' if replicas > 1 else ''} of its own "
+            "(identical processes differ in "
+            "speed by a few %; the row's processes take turns), connected once and warmed up "
+            "before timing starts: a bridge switched on and off between batches in one process "
+            "leaves every later request slower, bare ones too. One process runs at a time, "
+            f"interleaved: {rounds} rounds of one batch of {batch} timed requests per variant, in "
+            f"a shuffled order, each batch after {warmup} untimed ones (a process "
+            "woken after the others ran starts with cold caches). Medians of "
             "per-request wall time and of per-request CPU time (thread time: what the request "
             "itself burns, immune to neighbours taking the CPU away). An event costs more here "
             "than in the tight loops of the next sections: a request runs the capture path "
@@ -307,11 +187,22 @@ def run(
     *,
     rounds: int | None = None,
     batch: int | None = None,
+    replicas: int | None = None,
     work: Path | None = None,
 ) -> str:
     """The section as Markdown; `quick` (or explicit counts) for a smoke run."""
-    rounds = rounds or (3 if quick else 50)
-    batch = batch or (10 if quick else 40)
+    rounds = rounds or (3 if quick else 75)
+    batch = batch or (10 if quick else 20)
+    replicas = replicas or (1 if quick else 3)
+    warmup = 3 if quick else 10
     with TemporaryDirectory(prefix="bench-request-") as tmp:
-        sites = measure_requests(work or Path(tmp), rounds=rounds, batch=batch, warmup=3)
-    return request_section(sites, rounds=rounds, batch=batch) + "\n"
+        sites = measure_requests(
+            (work or Path(tmp)).resolve(),  # the workers run from the repository's root
+            rounds=rounds,
+            batch=batch,
+            warmup=warmup,
+            start_warmup=5 if quick else 100,
+            replicas=replicas,
+        )
+    counts = {"rounds": rounds, "batch": batch, "warmup": warmup, "replicas": replicas}
+    return request_section(sites, **counts) + "\n"

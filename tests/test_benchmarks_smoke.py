@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import __main__ as entry
-from benchmarks import bench_breakdown, bench_capture, bench_request, bench_sink
+from benchmarks import bench_breakdown, bench_capture, bench_request, bench_sink, runner
 from benchmarks.common import markdown_table, target_line
 
 
@@ -28,19 +29,23 @@ def assert_rows(markdown: str, expected: Iterable[str]) -> None:
     assert [] == missing
 
 
-class TestBenchRequest:
-    def test_quick_run_has_every_variant(self) -> None:
-        """The request section has a row per variant and a verdict per target."""
-        text = bench_request.run(quick=True, rounds=1, batch=2)
-        assert_rows(text, bench_request.REQUEST_ROWS)
-        assert 4 == len(re.findall(r"^- (met|\*\*missed\*\*)", text, flags=re.MULTILINE))
+@pytest.fixture(scope="module")
+def request_section() -> str:
+    """One quick run shared by the tests below: two workers per row taking turns (~4 s)."""
+    return bench_request.run(quick=True, rounds=2, batch=2, replicas=2)
 
-    def test_bridge_variants_write_their_events(self) -> None:
-        """Each variant's events per request match the signals it captures."""
-        text = bench_request.run(quick=True, rounds=1, batch=2)
+
+class TestBenchRequest:
+    def test_quick_run_has_every_variant(self, request_section: str) -> None:
+        """The request section has a row per variant and a verdict per target."""
+        assert_rows(request_section, bench_request.REQUEST_ROWS)
+        assert 4 == len(re.findall(r"^- (met|\*\*missed\*\*)", request_section, flags=re.M))
+
+    def test_bridge_variants_write_their_events(self, request_section: str) -> None:
+        """Each variant's events per request match the signals it captures, over its workers."""
         events = {
             line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1]
-            for line in text.splitlines()
+            for line in request_section.splitlines()
             if line.startswith("| ")
         }
         expected = {
@@ -52,8 +57,76 @@ class TestBenchRequest:
             bench_request.MINIMAL: "3.0",
             bench_request.JSON_LOGGER: "3.0",
             bench_request.NAIVE: "9.0",
+            bench_request.STRING: "0.0",
         }
         assert expected == {name: events[name] for name in expected}
+
+
+class Counter:
+    """A bench for the runner tests: counts its batches, fails where told to."""
+
+    def __init__(self, fail_in: str) -> None:
+        self.fail_in = fail_in
+        self.batches = 0
+
+    def batch(self, size: int) -> tuple[int, int]:
+        if self.fail_in == "batch":
+            raise ValueError("batch refused")
+        self.batches += 1
+        return os.getpid(), self.batches * size
+
+    def close(self) -> None:
+        if self.fail_in == "close":
+            raise ValueError("close refused")
+
+
+def counter(pids: Path, fail_in: str = "") -> Counter:
+    """The workers' factory: notes the worker's pid in `pids` first, so a test can check it."""
+    (pids / str(os.getpid())).touch()
+    if fail_in == "start":
+        raise ValueError("start refused")
+    return Counter(fail_in)
+
+
+def living(pids: Path) -> list[int]:
+    """The processes noted in `pids` that still exist (zombies included)."""
+    alive = []
+    for pid in sorted(int(path.name) for path in pids.iterdir()):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        alive.append(pid)
+    return alive
+
+
+class TestWorkers:
+    def test_each_worker_keeps_its_state_in_its_own_process(self, tmp_path: Path) -> None:
+        """Batches go to the named worker, which keeps its bench between batches."""
+        with runner.workers({"a": (counter, (tmp_path,)), "b": (counter, (tmp_path,))}) as pool:
+            first_a, first_b = pool["a"].batch(10), pool["b"].batch(10)
+            second_a = pool["a"].batch(10)
+            assert 2 == len(living(tmp_path))
+        assert (first_a[0], 20) == second_a
+        assert [10, 10] == [first_a[1], first_b[1]]
+        assert first_a[0] not in (first_b[0], os.getpid())
+        assert [] == living(tmp_path)
+
+    @pytest.mark.parametrize("fail_in", ["start", "batch", "close", "parent"])
+    def test_failure_is_reported_and_stops_every_worker(self, tmp_path: Path, fail_in: str) -> None:
+        """A failure (with the worker's traceback) reaches the caller; no worker outlives it."""
+        specs = {"ok": (counter, (tmp_path,)), "bad": (counter, (tmp_path, fail_in))}
+        with (
+            pytest.raises((runner.WorkerError, ValueError)) as caught,
+            runner.workers(specs) as pool,
+        ):
+            pool["ok"].batch(1)
+            pool["bad"].batch(1)
+            if fail_in == "parent":
+                raise ValueError("parent refused")
+        assert f"ValueError: {fail_in} refused" in f"{caught.type.__name__}: {caught.value}"
+        assert 2 == len(list(tmp_path.iterdir()))
+        assert [] == living(tmp_path)
 
 
 class TestBenchCapture:
