@@ -22,9 +22,7 @@ __all__ = [
     "ENVELOPE_ORDER",
     "REQUEST_START_KEY",
     "exception_fields",
-    "new_event_id",
     "request_fields",
-    "rfc3339_now",
     "timestamp_and_id",
 ]
 
@@ -113,16 +111,6 @@ def timestamp_and_id() -> tuple[str, str]:
         clock.stamp_prefix + _THREE_DIGITS[micros % 1000] + "Z",
         f"{clock.id_prefix}{tail[1:4]}-{tail[4:]}",
     )
-
-
-def rfc3339_now() -> str:
-    """UTC now as `2026-11-25T08:30:00.123456Z`."""
-    return timestamp_and_id()[0]
-
-
-def new_event_id() -> str:
-    """A fresh UUIDv7 as text (see `timestamp_and_id`)."""
-    return timestamp_and_id()[1]
 
 
 # --- request context --------------------------------------------------------------------------

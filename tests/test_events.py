@@ -7,7 +7,7 @@ import os
 import re
 import uuid
 
-from bridge.events import exception_fields, new_event_id, redact_query, request_fields, rfc3339_now
+from bridge.events import exception_fields, redact_query, request_fields, timestamp_and_id
 from bridge.processors import SensitiveKeys
 
 SENSITIVE = SensitiveKeys(("password", "token"))
@@ -16,7 +16,7 @@ SENSITIVE = SensitiveKeys(("password", "token"))
 class TestTimestamps:
     def test_rfc3339_utc_with_microseconds(self) -> None:
         """The timestamp is RFC 3339 UTC with microseconds and Z, close to now."""
-        stamp = rfc3339_now()
+        stamp, _ = timestamp_and_id()
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
         parsed = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
         assert abs((dt.datetime.now(dt.UTC) - parsed).total_seconds()) < 60
@@ -25,13 +25,13 @@ class TestTimestamps:
 class TestEventIds:
     def test_uuid7(self) -> None:
         """Event ids are valid UUIDv7 text."""
-        value = uuid.UUID(new_event_id())
+        value = uuid.UUID(timestamp_and_id()[1])
         assert 7 == value.version
         assert uuid.RFC_4122 == value.variant
 
     def test_unique_and_time_ordered(self) -> None:
         """Ids from one process are unique and sort in emission order."""
-        ids = [new_event_id() for _ in range(20_000)]
+        ids = [timestamp_and_id()[1] for _ in range(20_000)]
         assert len(ids) == len(set(ids))
         assert ids == sorted(ids)
 
@@ -40,10 +40,10 @@ class TestEventIds:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # child
-            os.write(write_fd, "\n".join(new_event_id() for _ in range(100)).encode())
+            os.write(write_fd, "\n".join(timestamp_and_id()[1] for _ in range(100)).encode())
             os._exit(0)
         os.close(write_fd)
-        parent_ids = {new_event_id() for _ in range(100)}
+        parent_ids = {timestamp_and_id()[1] for _ in range(100)}
         with os.fdopen(read_fd, "rb") as pipe:
             child_ids = set(pipe.read().decode().split("\n"))
         os.waitpid(pid, 0)

@@ -1,4 +1,4 @@
-"""Sinks: where encoded event lines go (file, stdout, http). `build_sink` picks one by type."""
+"""Sinks: where encoded event lines go (file, stdout, http); `extension.build_sink` picks one."""
 
 from __future__ import annotations
 
