@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.errors import ConfigError
+from bridge.redaction import DEFAULT_REDACT_TERMS, normalize_key
 
 __all__ = [
     "FileSinkSettings",
@@ -29,20 +30,6 @@ __all__ = [
     "load_settings",
 ]
 
-DEFAULT_REDACT_TERMS = (
-    "password",
-    "passwd",
-    "secret",
-    "token",
-    "api_key",
-    "apikey",
-    "authorization",
-    "cookie",
-    "session",
-    "csrf",
-    "card_number",
-    "cvv",
-)
 OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "block", "spool")
 HTTP_FORMATS = (
     "ndjson",
@@ -129,12 +116,8 @@ class Settings:
     @property
     def redact_terms(self) -> tuple[str, ...]:
         """The default sensitive-key terms plus the configured extra ones, normalized."""
-        extra = tuple(_normalize_key(term) for term in self.redact)
+        extra = tuple(normalize_key(term) for term in self.redact)
         return DEFAULT_REDACT_TERMS + tuple(t for t in extra if t not in DEFAULT_REDACT_TERMS)
-
-
-def _normalize_key(key: str) -> str:
-    return key.lower().replace("-", "_").replace(" ", "_")
 
 
 # --- value checkers: each returns the typed value or raises ConfigError ------------------------

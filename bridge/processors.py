@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from bridge.events import ENVELOPE_KEYS, ENVELOPE_ORDER
+from bridge.redaction import REDACTED, SensitiveKeys
 
 __all__ = [
     "REDACTED",
@@ -35,35 +36,12 @@ __all__ = [
 EventDict = MutableMapping[str, Any]
 Processor = Callable[[Any, str, EventDict], EventDict]
 
-REDACTED = "[REDACTED]"
 TRUNCATED_MARK = "...[truncated]"
 _MAX_DEPTH = 10
 _MAX_ITEMS = 1000
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson encodes natively
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _STR_TYPES = (PurePath, uuid.UUID, Decimal, IPv4Address, IPv6Address, IPv4Network, IPv6Network)
-
-
-class SensitiveKeys:
-    """Decides whether a key names a secret: normalized, it contains one of the terms.
-
-    Answers are cached, since the same few keys recur on every event.
-    """
-
-    _CACHE_LIMIT = 4096
-
-    def __init__(self, terms: Iterable[str]) -> None:
-        self.terms = tuple(terms)
-        self._cache: dict[str, bool] = {}
-
-    def __call__(self, key: str) -> bool:
-        answer = self._cache.get(key)
-        if answer is None:
-            normalized = key.lower().replace("-", "_").replace(" ", "_")
-            answer = any(term in normalized for term in self.terms)
-            if len(self._cache) < self._CACHE_LIMIT:
-                self._cache[key] = answer
-        return answer
 
 
 def _type_tag(value: object) -> str:
