@@ -2,22 +2,23 @@
 
 Sources, later ones winning: the TOML file named by `BRIDGE_CONFIG` (environment first, then
 app.config), app.config keys `BRIDGE_<KEY>`, environment variables `BRIDGE_<KEY>` (tables and
-lists as JSON text). `${NAME}` in any string is replaced by the environment variable NAME.
-Every mistake raises `ConfigError` naming the key, the value and what was expected; error
-messages show values as written, before `${NAME}` interpolation, so secrets never appear.
+lists as JSON text; see `bridge.configsources`). `${NAME}` in any string is replaced by the
+environment variable NAME. Checking goes on after a mistake: one `ConfigError` lists every
+problem of the configuration, each naming the key, the value as written (never interpolated,
+never a header value) and what was expected (`bridge.configvalues`). Relative paths are made
+absolute against the working directory of `init_app`, once.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge import configvalues as v
+from bridge.configsources import merge_sources, report_ignored
 from bridge.errors import ConfigError
 from bridge.redaction import DEFAULT_REDACT_TERMS, normalize_key
 
@@ -112,6 +113,7 @@ class Settings:
     shutdown_timeout: float
     loggers: tuple[str, ...]
     sinks: tuple[SinkSettings, ...]
+    ignored_environment: tuple[str, ...] = ()  # BRIDGE_* variables that name no key
 
     @property
     def redact_terms(self) -> tuple[str, ...]:
@@ -120,178 +122,64 @@ class Settings:
         return DEFAULT_REDACT_TERMS + tuple(t for t in extra if t not in DEFAULT_REDACT_TERMS)
 
 
-# --- value checkers: each returns the typed value or raises ConfigError ------------------------
-
-Checker = Callable[[str, Any], Any]
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _string(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(key, value, "a string")
-    return _interpolate(key, value)
-
-
-def _nonempty_string(key: str, value: Any) -> str:
-    text = _string(key, value)
-    if not text:
-        raise ConfigError(key, value, "a non-empty string")
-    return text
-
-
-def _optional_string(key: str, value: Any) -> str | None:
-    return None if value is None else _nonempty_string(key, value)
-
-
-def _size(key: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(key, value, "a size in bytes: a whole number >= 0")
-    return value
-
-
-def _positive_int(key: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(key, value, "a whole number >= 1")
-    return value
-
-
-def _duration(key: str, value: Any) -> float:
-    if not _is_number(value) or value < 0 or value != value:
-        raise ConfigError(key, value, "a duration in seconds: a number >= 0")
-    return float(value)
-
-
-def _boolean(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(key, value, "true or false")
-    return value
-
-
-def _string_list(key: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(key, value, "a list of strings")
-    return tuple(_interpolate(key, v) for v in value)
-
-
-def _string_table(key: str, value: Any) -> dict[str, str]:
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise ConfigError(key, value, "a table of string keys to string values")
-    return {k: _interpolate(f"{key}.{k}", v) for k, v in value.items()}
-
-
-def _path(key: str, value: Any) -> Path:
-    return Path(_nonempty_string(key, value))
-
-
-def _optional_path(key: str, value: Any) -> Path | None:
-    return None if value is None else _path(key, value)
-
-
-def _file_mode(key: str, value: Any) -> int:
-    if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value):
-        return int(value.replace("o", ""), 8)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777:
-        return value
-    raise ConfigError(key, value, 'an octal file mode as text, such as "0640"')
-
-
-def _spool_fsync(key: str, value: Any) -> str | float:
-    if value in ("never", "batch"):
-        return str(value)
-    if _is_number(value) and value > 0:
-        return float(value)
-    raise ConfigError(key, value, '"never", "batch", or an interval in seconds > 0')
-
-
-def _choice(*choices: str) -> Checker:
-    def check(key: str, value: Any) -> str:
-        if value not in choices:
-            raise ConfigError(key, value, "one of " + ", ".join(repr(c) for c in choices))
-        return str(value)
-
-    return check
-
-
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _interpolate(key: str, text: str) -> str:
-    """Replace `${NAME}` with the environment variable NAME; a missing one is a ConfigError."""
-    if "${" not in text:
-        return text
-
-    def lookup(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in os.environ:
-            raise ConfigError(key, text, f"environment variable {name} to be set")
-        return os.environ[name]
-
-    return _ENV_REFERENCE.sub(lookup, text)
-
-
 # --- schemas ------------------------------------------------------------------------------------
 
-_TOP_LEVEL: dict[str, Checker] = {
-    "service": _nonempty_string,
-    "signals": _string_list,
-    "rename": _string_table,
-    "redact": _string_list,
-    "max_line_bytes": _positive_int,
-    "shutdown_timeout": _duration,
-    "loggers": _string_list,
+_TOP_LEVEL: dict[str, v.Checker] = {
+    "service": v.nonempty_string,
+    "signals": v.string_list,
+    "rename": v.string_table,
+    "redact": v.string_list,
+    "max_line_bytes": v.positive_int,
+    "shutdown_timeout": v.duration,
+    "loggers": v.string_list,
     "sinks": lambda key, value: value,  # checked per sink below
 }
 
-_COMMON_SINK: dict[str, Checker] = {
-    "type": _choice("file", "stdout", "http"),
-    "name": _nonempty_string,
-    "overflow": _choice(*OVERFLOW_POLICIES),
-    "queue_max_events": _positive_int,
-    "queue_max_bytes": _positive_int,
+_COMMON_SINK: dict[str, v.Checker] = {
+    "type": v.choice("file", "stdout", "http"),
+    "name": v.nonempty_string,
+    "overflow": v.choice(*OVERFLOW_POLICIES),
+    "queue_max_events": v.positive_int,
+    "queue_max_bytes": v.positive_int,
 }
 
-_SINK_KEYS: dict[str, tuple[type[SinkSettings], dict[str, Checker]]] = {
+_SINK_KEYS: dict[str, tuple[type[SinkSettings], dict[str, v.Checker]]] = {
     "file": (
         FileSinkSettings,
         {
-            "path": _path,
-            "file_mode": _file_mode,
-            "rotate_bytes": _size,
-            "backups": _size,
-            "sync": _boolean,
-            "fsync": _boolean,
+            "path": v.file_path,
+            "file_mode": v.file_mode,
+            "rotate_bytes": v.size,
+            "backups": v.size,
+            "sync": v.boolean,
+            "fsync": v.boolean,
         },
     ),
-    "stdout": (StdoutSinkSettings, {"stream": _choice("stdout", "stderr")}),
+    "stdout": (StdoutSinkSettings, {"stream": v.choice("stdout", "stderr")}),
     "http": (
         HttpSinkSettings,
         {
-            "url": _nonempty_string,
-            "format": _choice(*HTTP_FORMATS),
-            "headers": _string_table,
-            "gzip": _boolean,
-            "timeout_connect": _duration,
-            "timeout_read": _duration,
-            "batch_max_events": _positive_int,
-            "batch_max_bytes": _positive_int,
-            "batch_timeout": _duration,
-            "retry_initial_backoff": _duration,
-            "retry_max_backoff": _duration,
-            "retry_max_duration": _duration,
-            "spool_dir": _optional_path,
-            "spool_max_bytes": _positive_int,
-            "spool_fsync": _spool_fsync,
-            "event_ttl": _duration,
-            "dead_letter_path": _optional_path,
-            "verify": _boolean,
-            "ca_bundle": _optional_string,
-            "client_cert": _optional_string,
-            "client_key": _optional_string,
+            "url": v.url,
+            "format": v.choice(*HTTP_FORMATS),
+            "headers": v.headers,
+            "gzip": v.boolean,
+            "timeout_connect": v.duration,
+            "timeout_read": v.duration,
+            "batch_max_events": v.positive_int,
+            "batch_max_bytes": v.positive_int,
+            "batch_timeout": v.duration,
+            "retry_initial_backoff": v.duration,
+            "retry_max_backoff": v.duration,
+            "retry_max_duration": v.duration,
+            "spool_dir": v.optional(v.path),
+            "spool_max_bytes": v.positive_int,
+            "spool_fsync": v.spool_fsync,
+            "event_ttl": v.duration,
+            "dead_letter_path": v.optional(v.file_path),
+            "verify": v.boolean,
+            "ca_bundle": v.optional(v.existing_file),
+            "client_cert": v.optional(v.existing_file),
+            "client_key": v.optional(v.existing_file),
         },
     ),
 }
@@ -308,74 +196,40 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
-def _parse_env_value(key: str, text: str) -> Any:
-    """Environment values are text: JSON where it parses (numbers, booleans, lists, tables)."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    if key in ("signals", "redact", "loggers"):
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return text
-
-
-def _read_toml(source: str, path_text: str) -> dict[str, Any]:
-    path = Path(path_text)
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(source, path_text, "the path of an existing TOML file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, path_text, f"valid TOML ({exc})") from None
-
-
-def _merge_sources(app_config: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    raw: dict[str, Any] = {}
-    config_path = environ.get("BRIDGE_CONFIG") or app_config.get("BRIDGE_CONFIG")
-    if config_path:
-        source = "BRIDGE_CONFIG (environment)" if environ.get("BRIDGE_CONFIG") else "BRIDGE_CONFIG"
-        if not isinstance(config_path, str | os.PathLike):
-            raise ConfigError("BRIDGE_CONFIG", config_path, "the path of a TOML file")
-        raw.update(_read_toml(source, os.fspath(config_path)))
-    for name, value in app_config.items():
-        if name.startswith("BRIDGE_") and name != "BRIDGE_CONFIG":
-            raw[name[len("BRIDGE_") :].lower()] = value
-    for name, text in environ.items():
-        if name.startswith("BRIDGE_") and name != "BRIDGE_CONFIG":
-            key = name[len("BRIDGE_") :].lower()
-            raw[key] = _parse_env_value(key, text)
-    return raw
-
-
-def _check_sink(index: int, raw: Any) -> SinkSettings:
+def _check_sink(index: int, raw: Any, problems: v.Problems) -> SinkSettings | None:
+    """The settings of one sink, or None when it has a mistake (noted in `problems`)."""
     where = f"sinks[{index}]"
     if not isinstance(raw, Mapping):
-        raise ConfigError(where, raw, "a table with at least a `type` key")
-    sink_type = _COMMON_SINK["type"](f"{where}.type", raw.get("type"))
+        problems.add(where, raw, "a table with at least a `type` key")
+        return None
+    sink_type = problems.check(_COMMON_SINK["type"], f"{where}.type", raw.get("type"))
+    if sink_type is v.INVALID:
+        return None
     cls, specific = _SINK_KEYS[sink_type]
     checkers = {**_COMMON_SINK, **specific}
+    before = len(problems.found)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in checkers:
             known = ", ".join(sorted(checkers))
-            raise ConfigError(
-                f"{where}.{key}", value, f"a known key for a {sink_type} sink: {known}"
-            )
-        values[key] = checkers[key](f"{where}.{key}", value)
+            problems.add(f"{where}.{key}", value, f"a known key for a {sink_type} sink: {known}")
+            continue
+        values[key] = problems.check(checkers[key], f"{where}.{key}", value)
     for key in _REQUIRED_SINK_KEYS[sink_type]:
-        if key not in values:
-            raise ConfigError(f"{where}.{key}", None, f"a value: a {sink_type} sink needs `{key}`")
+        if key not in raw:
+            problems.add(f"{where}.{key}", None, f"a value: a {sink_type} sink needs `{key}`")
+    if raw.get("client_key") is not None and raw.get("client_cert") is None:
+        problems.add(f"{where}.client_key", raw["client_key"], "`client_cert` to be set as well")
     values.setdefault("name", f"{sink_type}-{index}")
-    has_spool = values.get("spool_dir") is not None
+    has_spool = raw.get("spool_dir") is not None
     values.setdefault("overflow", "spool" if has_spool else "drop_newest")
     if values["overflow"] == "spool" and not has_spool:
-        raise ConfigError(
+        problems.add(
             f"{where}.overflow",
             "spool",
             "a policy this sink can follow: `spool` needs `spool_dir` on an http sink",
         )
-    return cls(**values)
+    return cls(**values) if len(problems.found) == before else None
 
 
 def load_settings(
@@ -384,26 +238,36 @@ def load_settings(
     *,
     default_service: str = "app",
 ) -> Settings:
-    """Merge file, app.config and environment into validated `Settings`, or raise ConfigError."""
-    raw = _merge_sources(app_config, os.environ if environ is None else environ)
+    """Merge file, app.config and environment into validated `Settings`, or raise one
+    ConfigError listing every mistake. Relative paths are made absolute against the working
+    directory now. Environment variables that name no key are ignored (and said so, once)."""
+    problems = v.Problems()
+    environ = os.environ if environ is None else environ
+    raw, ignored = merge_sources(app_config, environ, _TOP_LEVEL, problems)
+    if ignored:
+        report_ignored(ignored)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in _TOP_LEVEL:
-            known = ", ".join(sorted(_TOP_LEVEL))
-            raise ConfigError(key, value, f"a known key: {known}")
-        values[key] = _TOP_LEVEL[key](key, value)
-    for key, default in _DEFAULTS.items():
+            problems.add(key, value, f"a known key: {', '.join(sorted(_TOP_LEVEL))}")
+            continue
+        checked = problems.check(_TOP_LEVEL[key], key, value)
+        if checked is not v.INVALID:
+            values[key] = checked
+    for key, default in _DEFAULTS.items():  # also in place of a wrong value: checking goes on
         values.setdefault(key, _TOP_LEVEL[key](key, default))
     sinks = values["sinks"]
     if not isinstance(sinks, list | tuple):
-        raise ConfigError("sinks", sinks, "a list of tables ([[sinks]] in TOML)")
-    checked = tuple(_check_sink(i, s) for i, s in enumerate(sinks))
-    names = [s.name for s in checked]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigError("sinks.name", name, "a name used by one sink only")
+        problems.add("sinks", sinks, "a list of tables ([[sinks]] in TOML)")
+        sinks = ()
+    checked_sinks = [_check_sink(i, s, problems) for i, s in enumerate(sinks)]
+    names = [s.name for s in checked_sinks if s is not None]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.add("sinks.name", name, "a name used by one sink only")
     if values["max_line_bytes"] < 1024:
-        raise ConfigError("max_line_bytes", values["max_line_bytes"], "at least 1024 bytes")
+        problems.add("max_line_bytes", values["max_line_bytes"], "at least 1024 bytes")
+    if problems.found:
+        raise ConfigError.of(problems.found)
     return Settings(
         service=values.get("service", default_service),
         signals=values["signals"],
@@ -412,5 +276,6 @@ def load_settings(
         max_line_bytes=values["max_line_bytes"],
         shutdown_timeout=values["shutdown_timeout"],
         loggers=values["loggers"],
-        sinks=checked,
+        sinks=tuple(s for s in checked_sinks if s is not None),
+        ignored_environment=ignored,
     )

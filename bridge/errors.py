@@ -1,7 +1,8 @@
 """The bridge's exception hierarchy; sinks raise these and the engine branches on the type.
 
 BridgeError
-├── ConfigError          bad configuration, raised by init_app (names key, value, expectation)
+├── ConfigError          bad configuration, raised by init_app: every problem (key, value,
+│                        expectation) found in one pass, listed in `problems`
 └── DeliveryError        a sink could not deliver a batch
     ├── RetryableError   try again later (timeouts, 408/429/5xx, connection errors)
     └── FatalError       retrying cannot help (other 4xx, a malformed batch)
@@ -9,19 +10,76 @@ BridgeError
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
 
 class BridgeError(Exception):
     """Base class of every error the bridge raises on purpose."""
 
 
-class ConfigError(BridgeError, ValueError):
-    """A configuration value is wrong; the message names the key, the value and the expectation."""
+class _NoValue:
+    """Marks a problem whose value is not shown (text that may hold a secret)."""
 
-    def __init__(self, key: str, value: object, expected: str) -> None:
+    def __repr__(self) -> str:
+        return "(not shown)"
+
+
+NO_VALUE: Any = _NoValue()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One configuration mistake: the key, the value as written, and what was expected.
+
+    `value` is NO_VALUE when showing it could leak a secret; the reason is then in `expected`.
+    """
+
+    key: str
+    value: object
+    expected: str
+
+    def __str__(self) -> str:
+        if self.value is NO_VALUE:
+            return f"{self.key}: {self.expected}"
+        return f"{self.key}={self.value!r}: expected {self.expected}"
+
+
+class ConfigError(BridgeError, ValueError):
+    """The configuration is wrong; `problems` lists every mistake found, in order.
+
+    `key`, `value` and `expected` describe the first one. The message names each key, its
+    value as written (never after `${NAME}` interpolation, never a header value) and what was
+    expected, one per line.
+    """
+
+    def __init__(
+        self, key: str, value: object, expected: str, *, more: Iterable[ConfigProblem] = ()
+    ) -> None:
         self.key = key
         self.value = value
         self.expected = expected
-        super().__init__(f"bridge config {key}={value!r}: expected {expected}")
+        self.problems = [ConfigProblem(key, value, expected), *more]
+        if len(self.problems) == 1:
+            message = f"bridge config {self.problems[0]}"
+        else:
+            lines = [f"bridge config has {len(self.problems)} problems:"]
+            message = "\n  ".join(lines + [str(problem) for problem in self.problems])
+        super().__init__(message)
+
+    @classmethod
+    def of(cls, problems: Iterable[ConfigProblem]) -> ConfigError:
+        """One error reporting every problem (at least one)."""
+        first, *more = problems
+        return cls(first.key, first.value, first.expected, more=more)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_config_error, (self.problems,))
+
+
+def _rebuild_config_error(problems: list[ConfigProblem]) -> ConfigError:
+    return ConfigError.of(problems)
 
 
 class DeliveryError(BridgeError):
