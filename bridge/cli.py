@@ -20,7 +20,7 @@ from flask import Flask
 from flask.cli import ScriptInfo
 
 from bridge.config import HttpSinkSettings, SinkSettings, load_settings
-from bridge.errors import BridgeError, ConfigError
+from bridge.errors import NO_VALUE, BridgeError, ConfigError
 from bridge.extension import SignalBridge
 from bridge.probes import describe_sink, probe_sink
 from bridge.signals import resolve_signals
@@ -71,17 +71,25 @@ def _bridged_app() -> tuple[Flask, SignalBridge]:
 
 
 def _explain(exc: ConfigError) -> None:
-    top = exc.key.split(".", 1)[0].split("[", 1)[0].split(" ", 1)[0]
-    click.secho("bridge configuration is invalid:", fg="red", err=True)
-    click.echo(f"  key:      {exc.key}", err=True)
-    click.echo(f"  value:    {exc.value!r}", err=True)
-    click.echo(f"  expected: {exc.expected}", err=True)
-    if top != "BRIDGE_CONFIG":
-        click.echo(
-            f"  (set in the TOML file named by BRIDGE_CONFIG, app.config['BRIDGE_{top.upper()}']"
-            f" or the environment variable BRIDGE_{top.upper()}; later ones win)",
-            err=True,
-        )
+    """Every problem, as key, value and expectation, with where the key can be set."""
+    count = len(exc.problems)
+    title = "bridge configuration is invalid" + (f" ({count} problems):" if count > 1 else ":")
+    click.secho(title, fg="red", err=True)
+    for number, problem in enumerate(exc.problems):
+        if number:
+            click.echo("", err=True)
+        click.echo(f"  key:      {problem.key}", err=True)
+        if problem.value is not NO_VALUE:
+            click.echo(f"  value:    {problem.value!r}", err=True)
+        click.echo(f"  expected: {problem.expected}", err=True)
+        top = problem.key.split(".", 1)[0].split("[", 1)[0].split(" ", 1)[0]
+        if not top.startswith("BRIDGE_"):  # BRIDGE_CONFIG, BRIDGE_SINKS (environment): named
+            name = f"BRIDGE_{top.upper()}"
+            click.echo(
+                f"  (set in the TOML file named by BRIDGE_CONFIG, app.config['{name}'] or the "
+                f"environment variable {name}; later ones win)",
+                err=True,
+            )
 
 
 @bridge_command.command("check")
@@ -116,12 +124,14 @@ def check_command(ctx: click.Context, timeout: float) -> None:
         )
     click.echo(f"service: {settings.service}")
     click.echo("signals:")
-    for builtin in builtins:
-        event = settings.rename.get(builtin.name) or builtin.event
-        click.echo(f"  {builtin.name} -> {event} (built-in)")
+    for builtin in builtins:  # events as resolve_signals named them, as init_app does
+        click.echo(f"  {builtin.name} -> {builtin.event} (built-in)")
     for custom in customs:
         click.echo(f"  {custom.spec} -> {custom.event} (custom)")
     click.echo(f"loggers: {', '.join(settings.loggers) or '(none)'}")
+    if settings.ignored_environment:
+        names = ", ".join(settings.ignored_environment)
+        click.echo(f"ignored environment variables (they name no bridge key): {names}")
     click.echo("sinks:")
     failed = False
     for sink in settings.sinks:

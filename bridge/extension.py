@@ -237,9 +237,8 @@ class SignalBridge:
         emitter = Emitter(settings, sinks, self._processors)
         binding = _AppBinding(emitter)
         for spec in builtins:
-            event = settings.rename.get(spec.name) or settings.rename.get(spec.signal.name)
             factory = _finished_receiver if spec.name == "request_finished" else _builtin_receiver
-            receiver = factory(emitter, spec, event or spec.event)
+            receiver = factory(emitter, spec, spec.event)  # renamed by resolve_signals
             spec.signal.connect(receiver, sender=app, weak=False)
             binding.connections.append((spec.signal, receiver))
         for custom in customs:

@@ -12,13 +12,13 @@ import difflib
 import importlib
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import blinker
 import flask.signals
 
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, ConfigProblem
 from bridge.events import exception_fields
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_SIGNALS",
     "BuiltinSignal",
     "CustomSignal",
+    "event_name",
     "expand_signal_names",
     "resolve_signals",
 ]
@@ -223,18 +224,41 @@ def _named_signal(name: str) -> blinker.Signal:
     )
 
 
+def event_name(spec: BuiltinSignal | CustomSignal, rename: Mapping[str, str]) -> str:
+    """The event a signal becomes: `rename` by its configured name (`request_finished`,
+    `"flask_login.signals:user_logged_in"`), else by its blinker name (`request-finished`),
+    else the catalogue's name (a custom signal's own name if it has none)."""
+    if isinstance(spec, BuiltinSignal):
+        names = (spec.name, spec.signal.name)
+    else:
+        names = (spec.spec, spec.signal_name)
+    for name in names:
+        if name in rename:
+            return rename[name]
+    return spec.event
+
+
 def resolve_signals(
     names: Iterable[str], rename: Mapping[str, str]
 ) -> tuple[list[BuiltinSignal], list[CustomSignal]]:
-    """Split the configured names into built-ins and resolved custom signals, or raise."""
+    """Split the configured names into built-ins and resolved custom signals, each carrying
+    the event it becomes (`event_name`); one ConfigError lists every name that fails."""
     builtins: list[BuiltinSignal] = []
     customs: list[CustomSignal] = []
+    problems: list[ConfigProblem] = []
     for name in expand_signal_names(names):
         if name in BUILTIN_SIGNALS:
-            builtins.append(BUILTIN_SIGNALS[name])
+            spec = BUILTIN_SIGNALS[name]
+            builtins.append(replace(spec, event=event_name(spec, rename)))
             continue
-        signal = _import_signal(name) if ":" in name else _named_signal(name)
+        try:
+            signal = _import_signal(name) if ":" in name else _named_signal(name)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
         signal_name = getattr(signal, "name", None) or name.rpartition(":")[2]
-        event = rename.get(name) or rename.get(signal_name) or _catalogue_event(signal)
-        customs.append(CustomSignal(name, signal, signal_name, event or signal_name))
+        custom = CustomSignal(name, signal, signal_name, _catalogue_event(signal) or signal_name)
+        customs.append(replace(custom, event=event_name(custom, rename)))
+    if problems:
+        raise ConfigError.of(problems)
     return builtins, customs

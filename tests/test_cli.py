@@ -16,6 +16,7 @@ from flask import Flask
 from flask.cli import FlaskGroup, ScriptInfo
 
 import bridge.cli
+import bridge.diagnostics
 import bridge.probes
 from bridge import SignalBridge
 from bridge.cli import bridge_command
@@ -89,6 +90,98 @@ class TestCheck:
             "  (set in the TOML file named by BRIDGE_CONFIG, app.config['BRIDGE_SINKS'] or the "
             "environment variable BRIDGE_SINKS; later ones win)",
         ] == result.output.splitlines()
+
+    def test_every_problem_listed(self) -> None:
+        """Every mistake of the configuration is explained, not only the first; exit 1."""
+        app = build_app(
+            BRIDGE_MAX_LINE_BYTES="big",
+            BRIDGE_SINKS=[{"type": "file", "path": ""}, {"type": "http", "url": "http://h:0/"}],
+        )
+        result = invoke(app, "check")
+        assert 1 == result.exit_code
+        hint = (
+            "  (set in the TOML file named by BRIDGE_CONFIG, app.config['BRIDGE_{0}'] or the "
+            "environment variable BRIDGE_{0}; later ones win)"
+        )
+        assert [
+            "bridge configuration is invalid (3 problems):",
+            "  key:      max_line_bytes",
+            "  value:    'big'",
+            "  expected: a whole number >= 1",
+            hint.format("MAX_LINE_BYTES"),
+            "",
+            "  key:      sinks[0].path",
+            "  value:    ''",
+            "  expected: a non-empty string",
+            hint.format("SINKS"),
+            "",
+            "  key:      sinks[1].url",
+            "  value:    'http://h:0/'",
+            "  expected: a port from 1 to 65535",
+            hint.format("SINKS"),
+        ] == result.output.splitlines()
+
+    def test_every_unknown_signal_listed(self) -> None:
+        """Two misspelt signals are both reported."""
+        result = invoke(build_app(BRIDGE_SIGNALS=["request_finishd", "user-logn"]), "check")
+        assert 1 == result.exit_code
+        assert ["  value:    'request_finishd'", "  value:    'user-logn'"] == [
+            line for line in result.output.splitlines() if line.startswith("  value:")
+        ]
+
+    def test_header_value_not_latin1(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A header value HTTP cannot send is explained (not a crash), its value hidden."""
+        monkeypatch.setenv("COLLECTOR_TOKEN", "\u20acuro-s3cret")
+        sink = {
+            "type": "http",
+            "url": "http://127.0.0.1:9/",
+            "headers": {"Authorization": "Bearer ${COLLECTOR_TOKEN}"},
+        }
+        result = invoke(build_app(BRIDGE_SINKS=[sink]), "check")
+        assert 1 == result.exit_code, result.output
+        assert [
+            "bridge configuration is invalid:",
+            "  key:      sinks[0].headers.Authorization",
+            "  value:    '[hidden]'",
+            "  expected: a header value of latin-1 characters (HTTP cannot carry others)",
+        ] == result.output.splitlines()[:4]
+        assert "s3cret" not in result.output and "Bearer" not in result.output
+
+    def test_environment_json_mistake(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """BRIDGE_SINKS with a JSON mistake says where, without echoing the text."""
+        monkeypatch.setenv("BRIDGE_SINKS", '[{"type": "stdout", "stream": "stderr",}]')
+        result = invoke(build_app(), "check")
+        assert 1 == result.exit_code
+        assert [
+            "bridge configuration is invalid:",
+            "  key:      BRIDGE_SINKS (environment)",
+            "  expected: invalid JSON at line 1 column 40: Expecting property name enclosed in "
+            "double quotes",
+        ] == result.output.splitlines()
+
+    def test_ignored_environment_listed(
+        self, make_bridged: Make, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """BRIDGE_* variables that name no key are listed by name, never by value."""
+        monkeypatch.setattr(bridge.diagnostics, "_last_reported", {})
+        monkeypatch.setenv("BRIDGE_PORT", "tcp://10.0.0.11:8000")
+        monkeypatch.setenv("BRIDGE_SERVICE_HOST", "10.0.0.11")
+        result = invoke(make_bridged().app, "check")
+        assert 0 == result.exit_code, result.output
+        assert (
+            "ignored environment variables (they name no bridge key): "
+            "BRIDGE_PORT, BRIDGE_SERVICE_HOST"
+        ) in result.stdout.splitlines()
+        assert "10.0.0.11" not in result.output
+
+    def test_rename_by_signal_name(self, make_bridged: Make) -> None:
+        """A rename keyed by the signal's own blinker name is shown as the app logs it."""
+        bridged = make_bridged(BRIDGE_RENAME={"request-finished": "http.done"})
+        result = invoke(bridged.app, "check")
+        assert 0 == result.exit_code, result.output
+        assert "  request_finished -> http.done (built-in)" in result.output.splitlines()
+        bridged.client.get("/")
+        assert ["http.done"] == [e["event"] for e in bridged.events()]
 
     def test_unknown_signal(self) -> None:
         """A misspelt signal exits 1 with a suggestion."""
