@@ -31,6 +31,7 @@ from bridge.tail import (
     EventLine,
     format_event,
     format_invalid,
+    json_for_terminal,
     read_file,
     tail_lines,
 )
@@ -194,7 +195,7 @@ def _show(line: EventLine, *, as_json: bool, verbose: bool) -> None:
     if line.event is None:
         click.secho(format_invalid(line), fg="magenta", err=as_json)
     elif as_json:
-        click.echo(line.raw.decode("utf-8", "replace"))
+        click.echo(json_for_terminal(line.raw))
     else:
         text, level = format_event(line.event, verbose=verbose)
         click.secho(text, fg=LEVEL_COLORS.get(level))
@@ -206,7 +207,7 @@ def _show(line: EventLine, *, as_json: bool, verbose: bool) -> None:
 @click.option("--event", "events", multiple=True, help="Event name or glob (repeatable).")
 @click.option("--level", type=click.Choice(["debug", "info", "warning", "error"]), help="At least.")
 @click.option("--grep", help="Only lines containing this text (case-insensitive).")
-@click.option("--json", "as_json", is_flag=True, help="Print matching lines as they are.")
+@click.option("--json", "as_json", is_flag=True, help="Print matching lines as JSON.")
 @click.option("-n", "--lines", "last", type=click.IntRange(min=0), help="Start with the last N.")
 @click.option("--max-events", type=click.IntRange(min=1), help="Stop after N events shown.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every key, including the envelope's.")
@@ -223,7 +224,9 @@ def tail_command(
 ) -> None:
     """Pretty-print a JSON-lines event file: one line per event (time, level, event, then
     key=value). Invalid lines are shown as such (on stderr with --json). With --follow, keeps
-    reading like `tail -F`, across logrotate renames and truncation."""
+    reading like `tail -F`, across logrotate renames and truncation. Control characters,
+    escape sequences and bidi overrides from the file are shown as escapes (\\x1b, \\u202e),
+    never sent to the terminal."""
     if not follow_mode and not file.exists():
         raise click.BadParameter(f"{file} does not exist", param_hint="FILE")
     keep = EventFilter(events, level, grep)

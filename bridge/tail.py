@@ -1,16 +1,18 @@
 """Reading JSON-lines event files for `flask bridge tail`: parse, filter, format, follow.
 
 Reading never trusts the file: a torn, truncated or non-JSON line becomes an `EventLine` with
-an `error` instead of an exception. `follow` behaves like `tail -F`: it keeps reading as the
-file grows, drains and reopens it when logrotate renames it (the inode at the path changes),
-and starts over when it is truncated in place (`copytruncate`). It polls through an injected
-`sleep`, so tests drive it without waiting.
+an `error` instead of an exception, and nothing read reaches the terminal raw (a line could
+otherwise clear the screen, retitle the window or reverse text with bidi controls).
+
+`follow` behaves like `tail -F`: it keeps reading as the file grows, drains and reopens it when
+logrotate renames it (the inode at the path changes), and starts over when it is truncated in
+place (`copytruncate`). It polls through an injected `sleep`, so tests drive it without
+waiting.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import time
 from collections import deque
@@ -28,8 +30,10 @@ __all__ = [
     "follow",
     "format_event",
     "format_invalid",
+    "json_for_terminal",
     "read_file",
     "tail_lines",
+    "terminal_safe",
 ]
 
 # Envelope keys that are the same on every line of a file; shown only with --verbose.
@@ -93,29 +97,73 @@ class EventFilter:
         return True
 
 
+def _terminal_escapes() -> dict[int, str]:
+    """What must not reach a terminal raw, each mapped to a visible escape.
+
+    C0 (ESC starts cursor moves, screen clears, `ESC ] 0;...` sets the window title), DEL,
+    C1 (U+009B is a one-character CSI), bidi controls (U+202E shows `exe.txt` as `txt.exe`)
+    and the line and paragraph separators.
+    """
+    table = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+    table.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+    bidi = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+    table.update({c: f"\\u{c:04x}" for c in (*bidi, 0x2028, 0x2029)})
+    return table
+
+
+_TERMINAL = _terminal_escapes()
+_QUOTED = {**_TERMINAL, ord("\\"): "\\\\", ord('"'): '\\"'}
+# In a valid JSON line these can only sit inside strings, where \uXXXX means the same text;
+# a raw C0 there can only be whitespace (a CR before the newline), which a space replaces.
+_JSON = {c: " " if c < 0x20 else f"\\u{c:04x}" for c in _TERMINAL}
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every character that could drive a terminal shown as an escape."""
+    return text.translate(_TERMINAL)
+
+
+def json_for_terminal(raw: bytes) -> str:
+    """A valid JSON line, printable as it is: the same JSON value, nothing that drives a
+    terminal (those characters as `\\uXXXX` escapes). Lines without them are unchanged."""
+    return raw.decode("utf-8", "replace").translate(_JSON)
+
+
+def _text(value: str) -> str:
+    """A key or a string value: bare when plain, else quoted with escapes."""
+    # isprintable() is False for every character in _TERMINAL (categories Cc, Cf, Zl, Zp).
+    if value and value.isprintable() and not any(c in value for c in ' ="\\'):
+        return value
+    return '"' + value.translate(_QUOTED) + '"'
+
+
 def _value_text(value: Any) -> str:
     if isinstance(value, str):
-        if value and not any(c in value for c in ' ="\\\n\r\t') and value.isprintable():
-            return value
-        return json.dumps(value, ensure_ascii=False)
-    return orjson.dumps(value, default=str).decode()
+        return _text(value)
+    return orjson.dumps(value, default=str).decode().translate(_TERMINAL)
 
 
 def format_event(event: dict[str, Any], *, verbose: bool = False) -> tuple[str, str]:
-    """One readable line: time, level, event, then key=value; and the level, for colour."""
+    """One readable line: time, level, event, then key=value; and the level, for colour.
+
+    Nothing from the file reaches the terminal raw: control, bidi and separator characters
+    in any key or value (nested ones and stack traces included) are shown as escapes.
+    """
     level = str(event.get("level", "-"))
-    head = f"{event.get('timestamp', '-')} {level.upper():<7} {event.get('event', '-')}"
+    timestamp, name = (terminal_safe(str(event.get(k, "-"))) for k in ("timestamp", "event"))
+    head = f"{timestamp} {terminal_safe(level.upper()):<7} {name}"
     skip = _HEAD_KEYS if verbose else _HEAD_KEYS | QUIET_KEYS
-    pairs = " ".join(f"{k}={_value_text(v)}" for k, v in event.items() if k not in skip)
+    pairs = " ".join(f"{_text(k)}={_value_text(v)}" for k, v in event.items() if k not in skip)
     return (f"{head}  {pairs}" if pairs else head), level.lower()
 
 
 def format_invalid(line: EventLine) -> str:
-    """An invalid line, shown as such: its number, the reason and the start of its text."""
+    """An invalid line, shown as such: its number, the reason and the start of its text
+    (escaped like an event's)."""
     text = line.raw.decode("utf-8", "replace")
     if len(text) > _SHOWN_INVALID_CHARS:
         text = text[:_SHOWN_INVALID_CHARS] + "..."
-    return f"!! line {line.number}: {line.error}: {text}"
+    return f"!! line {line.number}: {terminal_safe(str(line.error))}: {terminal_safe(text)}"
 
 
 class _Lines:

@@ -429,6 +429,65 @@ class TestTail:
         assert ["!!", "T2"] == [x.split(" ", 1)[0] for x in result.output.splitlines()]
 
 
+HOSTILE = "\x1b[2J\x1b]0;owned\x07\x9b31m\u202etxt.exe\u2066\u2028\x7f"
+TERMINAL_CONTROLS = set(map(chr, [*range(0x20), *range(0x7F, 0xA0), 0x202E, 0x2066, 0x2028]))
+
+
+@pytest.fixture
+def hostile_file(tmp_path: Path) -> Path:
+    """Lines whose text would clear the screen, retitle the window and reverse the text."""
+    path = tmp_path / "hostile.jsonl"
+    valid = json.dumps(
+        {"timestamp": "T1", "level": "error", "event": HOSTILE, HOSTILE: {"trace": HOSTILE}},
+        ensure_ascii=False,
+    )
+    path.write_bytes(valid.encode() + b"\n" + f"not json {HOSTILE}\r\n".encode())
+    return path
+
+
+class TestTailOfHostileLines:
+    def assert_inert(self, output: str) -> None:
+        for line in output.splitlines():
+            assert [] == [c for c in line if c in TERMINAL_CONTROLS], repr(line)
+
+    def test_pretty(self, make_bridged: Make, hostile_file: Path) -> None:
+        """Pretty-printed events and invalid lines show control characters as escapes."""
+        result = invoke(make_bridged().app, "tail", str(hostile_file))
+        assert 0 == result.exit_code, result.output
+        self.assert_inert(result.output)
+        event, invalid = result.output.splitlines()
+        assert event.startswith("T1 ERROR   \\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\u202etxt.exe")
+        assert invalid.endswith(
+            ": not json \\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\u202etxt.exe\\u2066\\u2028\\x7f\\r"
+        )
+
+    def test_json(self, make_bridged: Make, hostile_file: Path) -> None:
+        """--json prints the same JSON with the characters escaped; invalid lines too."""
+        result = invoke(make_bridged().app, "tail", str(hostile_file), "--json")
+        assert 0 == result.exit_code, result.output
+        self.assert_inert(result.output)
+        (shown,) = result.stdout.splitlines()
+        assert json.loads(hostile_file.read_bytes().splitlines()[0]) == json.loads(shown)
+        assert result.stderr.startswith("!! line 2: invalid JSON")
+
+    def test_follow(
+        self, make_bridged: Make, hostile_file: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Lines appended while following are escaped as well."""
+        original = hostile_file.read_bytes()
+        hostile_file.write_bytes(b"")
+
+        def append(seconds: float) -> None:
+            with hostile_file.open("ab") as handle:
+                handle.write(original)
+
+        monkeypatch.setattr(bridge.cli, "_sleep", append)
+        result = invoke(make_bridged().app, "tail", str(hostile_file), "-f", "--max-events", "2")
+        assert 0 == result.exit_code, result.output
+        assert 2 == len(result.output.splitlines())
+        self.assert_inert(result.output)
+
+
 class TestReplay:
     def dead_letters(self, path: Path, *records: dict[str, Any] | str) -> Path:
         text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records)

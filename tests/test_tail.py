@@ -18,6 +18,7 @@ from bridge.tail import (
     follow,
     format_event,
     format_invalid,
+    json_for_terminal,
     parse_line,
     read_file,
     tail_lines,
@@ -153,6 +154,80 @@ class TestFormat:
         shown = format_invalid(parse_line(9, b"x" * 1000))
         assert shown.startswith("!! line 9: invalid JSON")
         assert shown.endswith("x" * 300 + "...")
+
+
+# What reaches a terminal raw must not drive it: C0 (cursor moves, clear screen, window title
+# with ESC ] ... BEL), DEL, C1 (CSI is U+009B), bidi controls and line/paragraph separators.
+TERMINAL_CONTROLS = (
+    [chr(c) for c in range(0x20)]
+    + [chr(c) for c in range(0x7F, 0xA0)]
+    + [chr(c) for c in (0x061C, 0x200E, 0x200F, 0x2028, 0x2029)]
+    + [chr(c) for c in range(0x202A, 0x202F)]
+    + [chr(c) for c in range(0x2066, 0x206A)]
+)
+HOSTILE = "\x1b[2J\x1b]0;owned\x07\x9b31m\u202etxt.exe\u2066\u200f\u061c\u2028\u2029\x7f\x00\r"
+
+
+def controls_in(text: str) -> list[str]:
+    return [c for c in text if c in TERMINAL_CONTROLS]
+
+
+def visible(char: str) -> str:
+    """How tail shows a control character: \\n, \\r, \\t, \\xNN or \\uNNNN."""
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    if char in named:
+        return named[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+class TestTerminalSafety:
+    @pytest.mark.parametrize("char", TERMINAL_CONTROLS, ids=lambda c: f"U+{ord(c):04X}")
+    def test_each_control_is_a_visible_escape(self, char: str) -> None:
+        """Every control, bidi and separator character in a value is shown escaped."""
+        text, _ = format_event({"event": "e", "note": f"a{char}b"})
+        assert f'- -       e  note="a{visible(char)}b"' == text
+
+    @pytest.mark.parametrize("verbose", [False, True])
+    def test_every_field_escaped(self, verbose: bool) -> None:
+        """Head, keys, values and nested values of a hostile event reach no terminal raw."""
+        event = {
+            "timestamp": HOSTILE,
+            "level": HOSTILE,
+            "event": HOSTILE,
+            "signal": HOSTILE,
+            HOSTILE: HOSTILE,
+            "nested": {HOSTILE: [HOSTILE, 1]},
+            "exception.stacktrace": f"Traceback:\n  File {HOSTILE}\nValueError: {HOSTILE}",
+        }
+        text, _ = format_event(event, verbose=verbose)
+        assert [] == controls_in(text)
+        assert (10 if verbose else 9) == text.count("\\u202e")  # one per hostile text shown
+
+    def test_quoting_stays_readable(self) -> None:
+        """Quotes and backslashes in a quoted value are escaped; other text stays as it is."""
+        text, _ = format_event({"event": "e", "path": 'C:\\new "dir"', "name": "Zo\u00eb"})
+        assert '- -       e  path="C:\\\\new \\"dir\\"" name=Zo\u00eb' == text
+
+    def test_invalid_line_escaped(self) -> None:
+        """An invalid line's text is shown escaped too."""
+        shown = format_invalid(parse_line(4, ("not json " + HOSTILE).encode()))
+        assert [] == controls_in(shown)
+        assert shown.endswith(
+            "not json \\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\u202etxt.exe"
+            + "\\u2066\\u200f\\u061c\\u2028\\u2029\\x7f\\x00\\r"
+        )
+
+    def test_json_line_stays_the_same_json(self) -> None:
+        """--json output escapes what JSON can escape: the same object, nothing raw."""
+        raw = json.dumps({"event": HOSTILE, HOSTILE: [HOSTILE]}, ensure_ascii=False).encode()
+        shown = json_for_terminal(raw + b"\r")
+        assert [] == controls_in(shown)
+        assert json.loads(raw) == json.loads(shown)
+
+    def test_plain_json_line_unchanged(self) -> None:
+        """A line without control characters is printed byte for byte."""
+        raw = b'{"event": "user.login", "name": "Zo\xc3\xab"}'
+        assert raw.decode() == json_for_terminal(raw)
 
 
 class TestFollow:
