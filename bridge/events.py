@@ -20,6 +20,7 @@ from urllib.parse import unquote
 __all__ = [
     "ENVELOPE_KEYS",
     "ENVELOPE_ORDER",
+    "REQUEST_CONTEXT_KEYS",
     "REQUEST_START_KEY",
     "exception_fields",
     "request_fields",
@@ -37,6 +38,22 @@ ENVELOPE_ORDER = (
     "process.pid",
 )
 ENVELOPE_KEYS = frozenset(ENVELOPE_ORDER)
+# What the bridge says about the request an event belongs to: like the envelope, never taken
+# from a signal argument or a log record's `extra` (inside a request or not).
+REQUEST_CONTEXT_KEYS = frozenset(
+    {
+        "request_id",
+        "http.request.method",
+        "url.path",
+        "url.query",
+        "http.route",
+        "client.address",
+        "user_agent.original",
+        "trace_id",
+        "span_id",
+        "user.id",
+    }
+)
 REQUEST_START_KEY = "bridge.request_start"
 _REQUEST_CACHE_KEY = "bridge.request_fields"
 _MAX_HEADER_CHARS = 512
