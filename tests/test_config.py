@@ -205,6 +205,21 @@ ERRORS: list[tuple[dict[str, Any], str, str]] = [
         "latin-1",
     ),
     ({"BRIDGE_RENAME": {"user-login": ""}}, "rename.user-login", "a non-empty string"),
+    (
+        {"BRIDGE_SINKS": [{"type": "http", "url": "http://x", "headers": {"X-A": " a"}}]},
+        "sinks[0].headers.X-A",
+        "without leading spaces",
+    ),
+    (
+        {"BRIDGE_SINKS": [{"type": "http", "url": "http://x", "client_key": str(EXAMPLE)}]},
+        "sinks[0].client_key",
+        "`client_cert` to be set as well",
+    ),
+    (
+        {"BRIDGE_SINKS": [{"type": "http", "url": "http://x", "ca_bundle": "/nonexistent.pem"}]},
+        "sinks[0].ca_bundle",
+        "the path of an existing file",
+    ),
 ]
 
 
