@@ -1,8 +1,9 @@
 """One app's pipeline: event dict -> processors -> one JSON line -> every sink.
 
 Built once per app in `init_app`; everything the hot path needs is precomputed here, so a
-receiver does no configuration look-ups. `emit` never raises: a failing processor, encoder or
-sink is counted in `receiver_errors` and reported on stderr at most once a minute.
+receiver does no configuration look-ups. Receivers call `emit` inside `with emitter.guard:`,
+so a failing processor, encoder or sink is counted in `receiver_errors` and reported on stderr
+at most once a minute, never raised into the request.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -19,21 +21,35 @@ from flask.globals import _cv_request
 
 from bridge.config import Settings
 from bridge.diagnostics import report
-from bridge.events import ENVELOPE_KEYS, HOST_NAME, request_fields, timestamp_and_id
+from bridge.events import (
+    ENVELOPE_KEYS,
+    HOST_NAME,
+    REQUEST_CONTEXT_KEYS,
+    request_fields,
+    timestamp_and_id,
+)
 from bridge.processors import LineEncoder, MakeJsonSafe, Processor, SensitiveKeys
 from bridge.sinks.base import Sink
 
 __all__ = ["Emitter"]
 
+# Keys an application value (a signal argument, a log record's `extra`) may not take: it is
+# kept as `args.<key>` instead, so that the envelope and the request context stay the bridge's.
+PROTECTED_KEYS = ENVELOPE_KEYS | REQUEST_CONTEXT_KEYS
+
 _pid = os.getpid()
+_live_emitters: weakref.WeakSet[Emitter] = weakref.WeakSet()
 
 
-def _update_pid_after_fork() -> None:
+def _reset_after_fork() -> None:
+    """A child forked while another thread held an emitter's lock would hang on it forever."""
     global _pid
     _pid = os.getpid()
+    for emitter in list(_live_emitters):
+        emitter._errors_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_update_pid_after_fork)
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class _Guard:
@@ -81,6 +97,7 @@ class Emitter:
         self._errors_lock = threading.Lock()
         self.service = settings.service
         self.taps: list[list[dict[str, Any]]] = []  # bridge.testing.capture_events
+        _live_emitters.add(self)
 
     def emit(
         self,
@@ -89,6 +106,8 @@ class Emitter:
         level: str,
         fields: Mapping[str, Any] | None = None,
         arguments: Mapping[str, Any] | None = None,
+        *,
+        context: Mapping[str, Any] | None = None,
     ) -> None:
         """Build one event (envelope, request context, fields, signal arguments) and ship it.
 
@@ -96,7 +115,11 @@ class Emitter:
         exception text) and, like the envelope and the request context, already JSON-safe and
         bounded; `arguments` carry application data and take the safe walk (conversion,
         redaction, truncation). Without user processors only they take it; with them, the
-        whole event does, after the user's processors.
+        whole event does, after the user's processors. An argument named like a key of the
+        envelope, of the request context or of `fields` is kept as `args.<key>`.
+
+        The request context is the current request's, or `context` when given: the fields a
+        streamed response captured while its request was still there.
         """
         timestamp, event_id = timestamp_and_id()
         event_dict: dict[str, Any] = {
@@ -109,19 +132,16 @@ class Emitter:
             "host.name": HOST_NAME,
             "process.pid": _pid,
         }
-        ctx = _cv_request.get(None)
-        if ctx is not None:
-            request = ctx.request
-            rule = request.url_rule
-            event_dict.update(
-                request_fields(request.environ, rule.rule if rule else None, self.is_sensitive)
-            )
+        if context is None:
+            context = self.request_context()
+        if context is not None:
+            event_dict.update(context)
         if fields:
             event_dict.update(fields)
         if arguments:
             data: dict[str, Any] = {}
             for key, value in arguments.items():
-                if key in ENVELOPE_KEYS:  # a signal cannot forge the envelope
+                if key in PROTECTED_KEYS or (fields and key in fields):
                     key = f"args.{key}"
                 data[key] = value
             if self.user_processors:
@@ -132,6 +152,15 @@ class Emitter:
             self.ship(event_dict, level)
         else:
             self._write(event_dict)
+
+    def request_context(self) -> dict[str, Any] | None:
+        """The fields of the current request (cached in its environ), or None outside one."""
+        ctx = _cv_request.get(None)
+        if ctx is None:
+            return None
+        request = ctx.request
+        rule = request.url_rule
+        return request_fields(request.environ, rule.rule if rule else None, self.is_sensitive)
 
     def ship(self, event_dict: dict[str, Any], level: str) -> None:
         """Run the whole processor chain, encode once, and submit the line to every sink."""

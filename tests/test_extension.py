@@ -197,11 +197,12 @@ class TestIsolation:
         assert [] == admin.named("user-login")
 
     def test_receivers_survive_garbage_collection(self, make_bridged: Make) -> None:
-        """Receivers are held strongly: a gc pass does not silence the bridge."""
-        bridged = make_bridged()
+        """Blinker holds the receivers (the bridge keeps only weak references to them), so a gc
+        pass silences neither a built-in nor a custom signal."""
+        bridged = make_bridged(signals=["request_finished", "user-login"])
         gc.collect()
-        bridged.client.get("/")
-        assert 1 == len(bridged.events())
+        bridged.client.post("/login")
+        assert ["user-login", "request.finished"] == [e["event"] for e in bridged.events()]
 
     def test_close_disconnects(self, make_bridged: Make) -> None:
         """After close(), no receiver of the bridge runs."""
@@ -293,6 +294,120 @@ class TestCustomSignals:
             assert 1 == bridge.stats()["receiver_errors"]
         finally:
             bridge.close()
+
+
+# Written out here, not imported: a key the package forgot to protect must fail a test.
+REQUEST_CONTEXT_KEYS = (
+    "request_id",
+    "http.request.method",
+    "url.path",
+    "url.query",
+    "http.route",
+    "client.address",
+    "user_agent.original",
+    "trace_id",
+    "span_id",
+    "user.id",
+)
+FORGED = {key: f"FORGED-{key}" for key in REQUEST_CONTEXT_KEYS}
+FORGED.update({"request_id": "FORGED-RID", "client.address": "6.6.6.6"})
+REAL_CLIENT = {"REMOTE_ADDR": "10.1.2.3"}
+
+
+def forged_log(app: Flask) -> None:
+    """Log a record whose `extra` names every request-context key, through `loggers`."""
+    import logging
+
+    logging.getLogger("shop.forging").warning("forged", extra=FORGED)
+
+
+def forged_signal(app: Flask) -> None:
+    """Send the custom signal with every request-context key as an argument."""
+    LOGIN_SIGNAL.send(app, **FORGED)
+
+
+class TestContextForging:
+    @pytest.mark.parametrize("send", [forged_signal, forged_log], ids=["signal", "logging"])
+    @pytest.mark.parametrize("with_processor", [False, True], ids=["plain", "user-processor"])
+    def test_request_context_cannot_be_forged(
+        self, tmp_path: Path, send: Callable[[Flask], None], with_processor: bool
+    ) -> None:
+        """Signal arguments and log `extra` named like request-context keys stay args.<key>,
+        also on the way through a user's processor, which sees them under args.<key>."""
+        seen: list[dict[str, Any]] = []
+
+        def spy(logger: Any, method: str, event_dict: Any) -> Any:
+            seen.append(dict(event_dict))
+            return event_dict
+
+        path = tmp_path / "e.jsonl"
+        app = build_app(
+            BRIDGE_SIGNALS=["user-login"],
+            BRIDGE_LOGGERS=["shop.forging"],
+            BRIDGE_SINKS=[{"type": "file", "path": str(path)}],
+        )
+        bridge = SignalBridge(app, processors=[spy] if with_processor else [])
+        try:
+            with app.test_request_context(
+                "/real?page=1", headers={"X-Request-ID": "real-rid"}, environ_base=REAL_CLIENT
+            ):
+                send(app)
+            assert bridge.flush()
+        finally:
+            bridge.close()
+        (event,) = read_events(path)
+        assert ("real-rid", "10.1.2.3", "/real", "page=1") == (
+            event["request_id"],
+            event["client.address"],
+            event["url.path"],
+            event["url.query"],
+        )
+        for key in ("trace_id", "span_id", "user.id", "http.route"):
+            assert key not in event
+        assert {f"args.{key}": value for key, value in FORGED.items()} == {
+            key: value for key, value in event.items() if key.startswith("args.")
+        }
+        if with_processor:
+            (processed,) = seen
+            assert "real-rid" == processed["request_id"]
+            assert "FORGED-RID" == processed["args.request_id"]
+
+    def test_outside_a_request_too(self, make_bridged: Make) -> None:
+        """Outside any request the keys are protected all the same: no forged request_id."""
+        bridged = make_bridged(signals=["user-login"])
+        LOGIN_SIGNAL.send(bridged.app, **FORGED)
+        (event,) = bridged.events()
+        assert not set(REQUEST_CONTEXT_KEYS) & event.keys()
+        assert "6.6.6.6" == event["args.client.address"]
+
+    def test_a_user_processor_may_add_context(self, tmp_path: Path) -> None:
+        """The user's own processors are trusted: one that adds trace_id keeps it."""
+
+        def add_trace(logger: Any, method: str, event_dict: Any) -> Any:
+            event_dict["trace_id"] = "4bf92f3577b34da6a3ce929d0e0e4736"
+            return event_dict
+
+        path = tmp_path / "e.jsonl"
+        app = build_app(
+            BRIDGE_SIGNALS=["user-login"], BRIDGE_SINKS=[{"type": "file", "path": str(path)}]
+        )
+        bridge = SignalBridge(app, processors=[add_trace])
+        try:
+            LOGIN_SIGNAL.send(app, user_id=1)
+            assert bridge.flush()
+        finally:
+            bridge.close()
+        (event,) = read_events(path)
+        assert "4bf92f3577b34da6a3ce929d0e0e4736" == event["trace_id"]
+
+    def test_bridge_fields_cannot_be_forged(self, make_bridged: Make) -> None:
+        """A log record's extra cannot replace a field the bridge wrote (log.logger)."""
+        import logging
+
+        bridged = make_bridged(signals=["default"], BRIDGE_LOGGERS=["shop.forging"])
+        logging.getLogger("shop.forging").warning("x", extra={"log.logger": "forged"})
+        (event,) = bridged.events()
+        assert ("shop.forging", "forged") == (event["log.logger"], event["args.log.logger"])
 
 
 class TestFlaskLogin:
