@@ -3,7 +3,8 @@
 `GET /fail/<depth>` raises from `depth` frames down, so its `request.exception` line carries a
 stack trace several times PIPE_BUF long; `GET /ok` makes one small `request.finished` line.
 At exit each process closes its bridge, then saves its sink counters to
-`bridge-stats-<pid>.json` in the working directory, so the test can see what was dropped.
+`bridge-stats-<pid>.json` in the directory `STATS_DIR` names, so the test can see what was
+dropped.
 """
 
 from __future__ import annotations
@@ -55,5 +56,7 @@ _emitter = bridge.emitter(app)
 @atexit.register  # runs before the bridge's own close at exit: atexit calls run last first
 def _save_stats() -> None:
     bridge.close(timeout=20.0)
-    stats = _emitter.stats()["sinks"]
-    Path(f"bridge-stats-{os.getpid()}.json").write_text(json.dumps(stats))
+    directory = os.environ.get("STATS_DIR")
+    if directory:
+        stats = _emitter.stats()["sinks"]
+        Path(directory, f"bridge-stats-{os.getpid()}.json").write_text(json.dumps(stats))

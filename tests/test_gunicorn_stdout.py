@@ -147,6 +147,7 @@ def serve(tmp_path: Path, extra_args: list[str]) -> None:
     read_fd, write_fd = os.pipe()
     fcntl.fcntl(write_fd, F_SETPIPE_SZ, PIPE_BUF)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env["STATS_DIR"] = str(tmp_path)
     server = PipedGunicorn(
         APP,
         cwd=tmp_path,
