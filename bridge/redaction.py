@@ -6,12 +6,23 @@ Two questions, answered in one place for the whole bridge:
   Its value is replaced by `[REDACTED]`, at any depth.
 - Does this text quote a secret? (`Scrubber`: an exception message, a stack trace, a
   collector's reply, an error in `stats()` or on stderr.) URL credentials, the values of
-  sensitive `name=value` parameters and every known secret (a configured header value, a
-  password in a sink URL, a sensitive form value of the current request) are replaced.
+  sensitive parameters (`name=value`, `'name': value`, `Name: value` header lines) and every
+  known secret (a configured header value, a password in a sink URL, a sensitive form value of
+  the current request) are replaced.
 
 Secrets the process knows of (header values and URL passwords of every configured sink) are
 registered once with `register_secrets`; `scrub_known` hides them in any text, which is how
 the bridge's own stderr lines and counters stay clean.
+
+Key matching. A key is split into lower-case words on separators, digits and camelCase
+(`X-Amz-Signature`, `refreshToken`, `user[password]`, `cvv2`). A term of at most four letters
+(`pwd`, `pin`, `auth`, `sig`) must be a whole word, optionally plural, so `author`, `spinner`
+and `signal` are innocent; a longer term may sit inside a word (`newpassword`,
+`passwordHash`). A key whose last word measures rather than holds the secret (`token_count`,
+`password_length`, `token_type`), a few words that merely contain a term (`tokenizer`,
+`secretary`) and LLM usage counters (`prompt_tokens`) are innocent. Over-redaction is the safe
+failure: `auth_provider` or `pass_rate` are redacted. `code` is not a default term (it would
+hide every `status_code`); OAuth codes are single-use and bound to their client.
 """
 
 from __future__ import annotations
@@ -20,64 +31,165 @@ import base64
 import re
 import threading
 from collections.abc import Callable, Iterable
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 __all__ = [
     "DEFAULT_REDACT_TERMS",
     "REDACTED",
     "Scrubber",
     "SensitiveKeys",
+    "key_words",
     "normalize_key",
     "register_secrets",
     "scrub_known",
     "secret_variants",
+    "url_secrets",
 ]
 
 REDACTED = "[REDACTED]"
 
 DEFAULT_REDACT_TERMS = (
+    # passwords and one-time codes
     "password",
     "passwd",
+    "passphrase",
+    "pwd",
+    "pass",
+    "pin",
+    "otp",
+    "totp",
+    # tokens, keys, credentials, signed URLs (X-Amz-Signature, X-Goog-Credential, Azure `sig`)
     "secret",
     "token",
     "api_key",
     "apikey",
+    "private_key",
+    "access_key",
+    "credential",
+    "signature",
+    "sig",
+    "jwt",
+    "dsn",
+    # HTTP authentication and sessions
     "authorization",
+    "auth",
     "cookie",
     "session",
+    "sessid",
+    "sid",
     "csrf",
+    "xsrf",
+    # payment cards and identity
     "card_number",
     "cvv",
+    "cvc",
+    "ssn",
 )
 
 # A secret shorter than this is not scrubbed as a substring: it would mangle innocent text.
 MIN_SECRET_CHARS = 4
+# Terms up to this many letters must be whole words: `pin` is not in `spinner`.
+_SHORT_TERM_CHARS = 4
+# A key whose last word is one of these measures a secret rather than holds it.
+_MEASURES = frozenset(
+    [
+        "count",
+        "counts",
+        "len",
+        "length",
+        "size",
+        "ttl",
+        "type",
+        "total",
+        "expires",
+        "expiry",
+        "age",
+        "limit",
+        "max",
+        "min",
+    ]
+)
+# Words that contain a term and name no secret.
+_INNOCENT_WORDS = frozenset(
+    ["tokenize", "tokenized", "tokenizer", "tokenizers", "tokenization", "secretary", "secretaries"]
+)
+# LLM usage counters: `prompt_tokens`, `max_tokens` are numbers, not credentials.
+_COUNTED_TOKENS = frozenset(
+    ["prompt", "completion", "input", "output", "cached", "reasoning", "total", "max", "min", "num"]
+)
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_WORDS = re.compile(r"[^\W\d_]+|\d+")
+
+
+def key_words(key: str) -> list[str]:
+    """The lower-case words of a key: `X-Amz-Signature` and `xAmzSignature` give the same."""
+    if "%" in key:
+        key = unquote(key)
+    if not key.islower():
+        key = _CAMEL.sub("_", key).lower()
+    return _WORDS.findall(key)
 
 
 def normalize_key(key: str) -> str:
-    """Lower case, `-` and spaces to `_`: `X-Api-Key` and `x_api_key` are the same key."""
-    return key.lower().replace("-", "_").replace(" ", "_")
+    """The canonical form of a key or term: its words joined by `_` (`X-Api-Key` is `x_api_key`)."""
+    return "_".join(key_words(key))
 
 
 class SensitiveKeys:
-    """Decides whether a key names a secret: normalized, it contains one of the terms.
+    """Decides whether a key names a secret (see the module docstring for the rules).
 
-    Answers are cached, since the same few keys recur on every event.
+    `terms` are matched the same way whether they are defaults or configured `redact` terms.
+    Answers are cached, since the same few keys recur on every event; keys longer than 256
+    characters are answered but never stored.
     """
 
     _CACHE_LIMIT = 4096
+    _CACHED_KEY_CHARS = 256
 
     def __init__(self, terms: Iterable[str]) -> None:
         self.terms = tuple(terms)
+        short: set[str] = set()
+        long: set[str] = set()
+        for term in self.terms:
+            words = key_words(term)
+            compact = "".join(words)
+            if len(compact) > _SHORT_TERM_CHARS:
+                long.add(compact)
+            elif compact:
+                short.add("_".join(words))
+        # One search each instead of a loop over the terms: keys are matched on the hot path.
+        self._short = _alternation(r"_(?:{})s?_", short)
+        self._long = _alternation("{}", long)
         self._cache: dict[str, bool] = {}
 
     def __call__(self, key: str) -> bool:
         answer = self._cache.get(key)
         if answer is None:
-            normalized = normalize_key(key)
-            answer = any(term in normalized for term in self.terms)
-            if len(self._cache) < self._CACHE_LIMIT:
+            answer = self._decide(key)
+            if len(self._cache) < self._CACHE_LIMIT and len(key) <= self._CACHED_KEY_CHARS:
                 self._cache[key] = answer
         return answer
+
+    def _decide(self, key: str) -> bool:
+        words = key_words(key)
+        if not words:
+            return False
+        if len(words) > 1 and (
+            words[-1] in _MEASURES or (words[-1] == "tokens" and words[-2] in _COUNTED_TOKENS)
+        ):
+            return False
+        if self._short is not None and self._short.search("_" + "_".join(words) + "_"):
+            return True
+        if self._long is None:
+            return False
+        return self._long.search("".join(w for w in words if w not in _INNOCENT_WORDS)) is not None
+
+
+def _alternation(template: str, terms: set[str]) -> re.Pattern[str] | None:
+    if not terms:
+        return None
+    return re.compile(template.format("|".join(map(re.escape, sorted(terms, key=len)))))
 
 
 def secret_variants(value: str) -> set[str]:
@@ -103,17 +215,62 @@ def secret_variants(value: str) -> set[str]:
     return {v for v in variants if len(v) >= MIN_SECRET_CHARS}
 
 
-# scheme://user:password@host -> scheme://[REDACTED]@host
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s'\"<>]+)@")
-# name=value, as in a query string, a form body or a log message
-_NAME_VALUE = re.compile(r"(?P<name>[A-Za-z0-9_.\-\[\]%]+)=(?P<value>[^&\s'\"<>#;,)]*)")
+def url_secrets(url: str, is_sensitive: Callable[[str], bool] | None = None) -> list[str]:
+    """The secrets a URL carries, raw and decoded: its password (or a user name standing
+    alone, as in `https://TOKEN@github.com`) and the values of its sensitive query parameters."""
+    is_sensitive = is_sensitive or _default_keys
+    found: list[str] = []
+    try:
+        parts = urlsplit(url)
+        credential = parts.password if parts.password is not None else parts.username
+    except ValueError:
+        return found
+    if credential:
+        found += [credential, unquote(credential)]
+    for pair in parts.query.split("&"):
+        name, sep, value = pair.partition("=")
+        if sep and value and is_sensitive(unquote_plus(name)):
+            found += [value, unquote_plus(value)]
+    return [s for s in dict.fromkeys(found) if len(s) >= MIN_SECRET_CHARS]
+
+
+# --- free text ---------------------------------------------------------------------------------
+
+_QUOTED = r"""'(?:[^'\\\n]|\\.){0,4096}'|"(?:[^"\\\n]|\\.){0,4096}\""""
+_BARE = r"""[^&\s'"<>#;,(){}\[\]]{1,4096}"""
+_NAME_CHARS = r"A-Za-z0-9_.\-\[\]%"
+
+# scheme://user:password@host -> scheme://[REDACTED]@host (a raw `@` in a password included)
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<value>[^/\s'\"<>]+)@")
+_PARAMETER_FORMS = (
+    # name=value (query strings, form bodies, keyword reprs); `name = "x"` only when quoted
+    re.compile(
+        rf"(?<![{_NAME_CHARS}])(?P<name>[{_NAME_CHARS}]+)"
+        rf"(?:=|[ \t]*=[ \t]*(?=['\"]))(?P<value>{_QUOTED}|{_BARE})"
+    ),
+    # 'name': value and "name": value (dict reprs, JSON); nested containers are left to their keys
+    re.compile(
+        rf"(?P<q>['\"])(?P<name>[^'\"\n]{{1,128}})(?P=q)[ \t]*:[ \t]*"
+        rf"(?P<value>{_QUOTED}|[^\s'\"<>,{{}}\[\]()]{{1,4096}})"
+    ),
+    # ('name', 'value') pairs (MultiDict reprs)
+    re.compile(
+        rf"\([ \t]*(?P<q>['\"])(?P<name>[^'\"\n]{{1,128}})(?P=q),[ \t]*(?P<value>{_QUOTED})"
+    ),
+    # header lines: `Authorization: Bearer x`, `X-Api-Key: x` (a name without a hyphen,
+    # such as `CSRFError: ...`, is an exception line, not a header)
+    re.compile(
+        r"(?im)^[ \t]*(?P<name>authorization|cookie|[A-Za-z0-9]{1,64}(?:-[A-Za-z0-9]{1,64}){1,8})"
+        r":[ \t]*(?P<value>[^\r\n]{1,8192})"
+    ),
+)
 
 
 class Scrubber:
     """Hides secrets in free text; never raises.
 
-    `secrets` are literal values to replace wherever they appear (longest first);
-    `is_sensitive` decides which `name=value` parameters have their value replaced.
+    `secrets` are literal values to replace wherever they appear (longest first, with their
+    `secret_variants`); `is_sensitive` decides which parameters have their value replaced.
     """
 
     def __init__(
@@ -125,11 +282,11 @@ class Scrubber:
         for secret in secrets:
             found |= secret_variants(secret)
         self.secrets = tuple(sorted(found, key=len, reverse=True))
-        self.is_sensitive = is_sensitive or SensitiveKeys(DEFAULT_REDACT_TERMS)
+        self.is_sensitive = is_sensitive or _default_keys
 
     def with_secrets(self, secrets: Iterable[str]) -> Scrubber:
         """A scrubber that also hides `secrets` (values of one request, for example)."""
-        extra = [s for s in secrets if len(s) >= MIN_SECRET_CHARS]
+        extra = [s for s in secrets if len(s) >= MIN_SECRET_CHARS and s not in self.secrets]
         if not extra:
             return self
         return Scrubber((*self.secrets, *extra), self.is_sensitive)
@@ -140,20 +297,38 @@ class Scrubber:
                 if secret in text:
                     text = text.replace(secret, REDACTED)
             if "://" in text:
-                text = _URL_USERINFO.sub(rf"\g<scheme>{REDACTED}@", text)
+                text = _URL_USERINFO.sub(self._hide_value, text)
             if "=" in text:
-                text = _NAME_VALUE.sub(self._replace_value, text)
+                text = _PARAMETER_FORMS[0].sub(self._hide_sensitive, text)
+            if ":" in text:
+                text = _PARAMETER_FORMS[1].sub(self._hide_sensitive, text)
+                text = _PARAMETER_FORMS[3].sub(self._hide_sensitive, text)
+            if "(" in text:
+                text = _PARAMETER_FORMS[2].sub(self._hide_sensitive, text)
             return text
         except Exception:  # never let scrubbing fail a report; say less instead
             return "[text withheld: scrubbing failed]"
 
-    def _replace_value(self, match: re.Match[str]) -> str:
-        name = match.group("name")
-        if match.group("value") and self.is_sensitive(name):
-            return f"{name}={REDACTED}"
+    @staticmethod
+    def _hide_value(match: re.Match[str]) -> str:
+        """The match with its `value` group replaced (inside the quotes, if quoted)."""
+        value = match.group("value")
+        if len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]:
+            hidden = f"{value[0]}{REDACTED}{value[0]}"
+        else:
+            hidden = REDACTED
+        start, end = match.span("value")
+        whole = match.group(0)
+        offset = match.start()
+        return whole[: start - offset] + hidden + whole[end - offset :]
+
+    def _hide_sensitive(self, match: re.Match[str]) -> str:
+        if self.is_sensitive(match.group("name")):
+            return self._hide_value(match)
         return match.group(0)
 
 
+_default_keys = SensitiveKeys(DEFAULT_REDACT_TERMS)
 _known_lock = threading.Lock()
 _known = Scrubber()
 
@@ -166,6 +341,7 @@ def register_secrets(secrets: Iterable[str]) -> None:
 
 
 def secret_variants_all(secrets: Iterable[str]) -> list[str]:
+    """Every `secret_variants` of every secret, in one list."""
     out: list[str] = []
     for secret in secrets:
         out.extend(secret_variants(secret))
