@@ -4,16 +4,18 @@
 real objects): one walk that converts values to JSON types, redacts sensitive keys at any
 depth, truncates long strings and breaks cycles. `LineEncoder` turns the result into one
 UTF-8 JSON line of at most `max_line_bytes`, whatever the input: a payload that still fails to
-encode, or is too large, produces a smaller valid line that says so.
+encode produces a valid line that says so, and one too large is shrunk largest values first
+(`bridge.shrink`), so its small fields survive.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from decimal import Decimal
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import PurePath
@@ -22,7 +24,15 @@ from typing import Any
 import orjson
 
 from bridge.events import ENVELOPE_KEYS, ENVELOPE_ORDER
-from bridge.redaction import REDACTED, SensitiveKeys
+from bridge.redaction import REDACTED, SensitiveKeys, scrub_known
+from bridge.shrink import (
+    TAIL_KEYS,
+    TAIL_MARK,
+    TRUNCATED_ITEMS,
+    TRUNCATED_MARK,
+    fit_event,
+    items_mark,
+)
 
 __all__ = [
     "REDACTED",
@@ -36,7 +46,6 @@ __all__ = [
 EventDict = MutableMapping[str, Any]
 Processor = Callable[[Any, str, EventDict], EventDict]
 
-TRUNCATED_MARK = "...[truncated]"
 _MAX_DEPTH = 10
 _MAX_ITEMS = 1000
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson encodes natively
@@ -49,9 +58,17 @@ def _type_tag(value: object) -> str:
     return f"<{cls.__module__}.{cls.__qualname__}>"
 
 
-def _clean_text(text: str, limit: int) -> str:
-    if len(text) > limit:
-        text = text[:limit] + TRUNCATED_MARK
+def _int_text(value: int) -> str:
+    """An int beyond 64 bits as text; beyond what `str()` allows (4300 digits), its size."""
+    try:
+        return str(value)
+    except ValueError:
+        return f"<int of {value.bit_length()} bits>"
+
+
+def _clean_text(text: str, limit: int, *, tail: bool = False) -> str:
+    if len(text) > limit:  # a stack trace keeps its end: the innermost frames say the most
+        text = TAIL_MARK + text[-limit:] if tail else text[:limit] + TRUNCATED_MARK
     if not text.isascii():
         try:
             text.encode("utf-8")
@@ -69,15 +86,25 @@ def _timestamp(value: dt.datetime) -> str:
 class MakeJsonSafe:
     """Convert, redact and truncate every value of the event, at any depth.
 
-    Rules (DESIGN.md section 4): datetime to RFC 3339 UTC (naive taken as UTC), bytes decoded
-    with replacement, sets to lists, an object with `get_id()` under key `K` to `K.id`, other
-    objects to a short type tag such as `<app.models.User>` (never their attributes or repr,
-    which may hold secrets). Envelope keys are left as the bridge wrote them.
+    Rules: datetime to RFC 3339 UTC (naive taken as UTC), bytes decoded with replacement, sets
+    to lists, namedtuples and dataclass instances to objects of their fields (each redacted by
+    its name), an object with `get_id()` under key `K` to `K.id`, an exception to its type and
+    message with secrets scrubbed (`scrub`), other objects to a short type tag such as
+    `<app.models.User>` (never their attributes or repr, which may hold secrets). Whether a key
+    is sensitive is decided on the whole key, before it is cut to 256 characters. Lists and
+    dicts beyond 1000 items keep their head and say their original length. Envelope keys are
+    left as the bridge wrote them.
     """
 
-    def __init__(self, is_sensitive: Callable[[str], bool], max_string_chars: int) -> None:
+    def __init__(
+        self,
+        is_sensitive: Callable[[str], bool],
+        max_string_chars: int,
+        scrub: Callable[[str], str] = scrub_known,
+    ) -> None:
         self.is_sensitive = is_sensitive
         self.max_string_chars = max_string_chars
+        self.scrub = scrub
         # key -> (cleaned key, redact?); the same few keys recur on every event
         self._keys: dict[str, tuple[str, bool]] = {}
 
@@ -89,8 +116,7 @@ class MakeJsonSafe:
         if known is not None:
             return known
         text = raw_key if type(raw_key) is str else self._key_text(raw_key)
-        text = _clean_text(text, 256)
-        known = (text, self.is_sensitive(text))
+        known = (_clean_text(text, 256), self.is_sensitive(text))
         if type(raw_key) is str and len(self._keys) < 4096:
             self._keys[raw_key] = known
         return known
@@ -109,7 +135,7 @@ class MakeJsonSafe:
         items = mapping.items()
         if len(mapping) > _MAX_ITEMS:
             items = list(items)[:_MAX_ITEMS]  # type: ignore[assignment]
-            out["bridge.truncated_items"] = len(mapping) - _MAX_ITEMS
+            out[TRUNCATED_ITEMS] = len(mapping)
         for raw_key, value in items:
             key, sensitive = self._key(raw_key)
             cls = type(value)
@@ -118,9 +144,13 @@ class MakeJsonSafe:
             elif cls is str and len(value) <= limit and value.isascii():
                 out[key] = value  # the common case, kept cheap
             elif value is None or cls is int or cls is bool or cls is float:
-                out[key] = value if cls is not int or _INT_MIN <= value <= _INT_MAX else str(value)
+                out[key] = (
+                    value if cls is not int or _INT_MIN <= value <= _INT_MAX else _int_text(value)
+                )
             elif top_level and key in ENVELOPE_KEYS:
                 out[key] = value
+            elif top_level and cls is str and key in TAIL_KEYS:
+                out[key] = _clean_text(value, limit, tail=True)
             elif (user_id := self._user_id(value)) is not None:
                 out[f"{key}.id"] = user_id
             else:
@@ -143,7 +173,7 @@ class MakeJsonSafe:
         if value is None or cls is bool or cls is float:
             return value
         if isinstance(value, int) and not isinstance(value, bool | enum.Enum):
-            return int(value) if _INT_MIN <= value <= _INT_MAX else str(value)
+            return int(value) if _INT_MIN <= value <= _INT_MAX else _int_text(int(value))
         if isinstance(value, Mapping | list | tuple | set | frozenset):
             if depth > _MAX_DEPTH:
                 return "<too deep>"
@@ -151,6 +181,10 @@ class MakeJsonSafe:
                 return "<cycle>"
             if isinstance(value, Mapping):
                 return self.convert_mapping(value, depth=depth, seen=seen)
+            if isinstance(value, tuple) and cls is not tuple and hasattr(cls, "_fields"):
+                # a namedtuple: an object of its fields, so `password` is redacted by name
+                fields = dict(zip(cls._fields, value, strict=False))
+                return self.convert_mapping(fields, depth=depth, seen=seen | {id(value)})
             return self._convert_items(value, depth, seen | {id(value)})
         if isinstance(value, str):  # str subclasses (markupsafe.Markup, ...)
             return _clean_text(str.__str__(value), self.max_string_chars)
@@ -170,17 +204,30 @@ class MakeJsonSafe:
         if isinstance(value, _STR_TYPES):
             return _clean_text(str(value), self.max_string_chars)
         if isinstance(value, BaseException):
-            return _clean_text(f"{_type_tag(value)}: {value}", self.max_string_chars)
+            text = self.scrub(f"{_type_tag(value)}: {value}")
+            return _clean_text(text, self.max_string_chars)
         user_id = self._user_id(value)
         if user_id is not None:
             return user_id
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            if depth > _MAX_DEPTH:
+                return "<too deep>"
+            if id(value) in seen:
+                return "<cycle>"
+            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            return self.convert_mapping(fields, depth=depth, seen=seen | {id(value)})
         return _type_tag(value)
 
-    def _convert_items(self, items: Iterable[Any], depth: int, seen: frozenset[int]) -> list[Any]:
+    def _convert_items(
+        self,
+        items: list[Any] | tuple[Any, ...] | set[Any] | frozenset[Any],
+        depth: int,
+        seen: frozenset[int],
+    ) -> list[Any]:
         out = []
         for count, item in enumerate(items):
             if count >= _MAX_ITEMS:
-                out.append(TRUNCATED_MARK)
+                out.append(items_mark(len(items)))
                 break
             out.append(self.convert(item, depth + 1, seen))
         return out
@@ -199,7 +246,9 @@ class MakeJsonSafe:
 
     @staticmethod
     def _key_text(key: Any) -> str:
-        if key is None or isinstance(key, int | float | bool | enum.Enum):
+        if isinstance(key, int) and not isinstance(key, bool | enum.Enum):
+            return _int_text(int(key))
+        if key is None or isinstance(key, float | bool | enum.Enum):
             return str(key)
         if isinstance(key, bytes):
             return key.decode("utf-8", "replace")
@@ -211,8 +260,9 @@ class LineEncoder:
 
     Fast path: `orjson.dumps` on the event as it is. If that fails (something the safe walk was
     not given the chance to clean) the event is made safe and encoded again; if it is too long,
-    its strings are cut shorter and shorter; as a last resort only the envelope is kept, with
-    `bridge.truncated` and the original size. The result is always one valid line.
+    the largest values shrink first (`bridge.shrink.fit_event`), and the line says
+    `bridge.truncated` and the original size; as a last resort only the envelope is kept. The
+    result is always one valid line.
     """
 
     _OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
@@ -238,16 +288,15 @@ class LineEncoder:
             return self._envelope_only(event_dict, {"bridge.error": reason})
 
     def _shrink(self, event_dict: EventDict, original_size: int) -> bytes:
-        limit = self.max_bytes // 8
-        while limit >= 64:
-            shorter = MakeJsonSafe(self.make_safe.is_sensitive, limit)
-            line = self._dumps_or_envelope(
-                shorter(None, "shrink", event_dict), reason="encode_failed"
-            )
-            if len(line) <= self.max_bytes:
-                return line
-            limit //= 4
         marker = {"bridge.truncated": True, "bridge.original_bytes": original_size}
+        try:  # encoded once already: text keys and values orjson knows, safe but too many
+            fitted = fit_event(event_dict, ENVELOPE_ORDER, self.max_bytes, original_size)
+            if fitted is not None:
+                line = orjson.dumps(fitted, option=self._OPTIONS)
+                if len(line) <= self.max_bytes:
+                    return line
+        except Exception:
+            pass  # the envelope alone still makes a line
         return self._envelope_only(event_dict, marker)
 
     def _envelope_only(self, event_dict: EventDict, extra: dict[str, Any]) -> bytes:

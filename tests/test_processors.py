@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import decimal
 import json
@@ -10,7 +11,7 @@ import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -73,6 +74,22 @@ class User:
         return "u-1"
 
 
+class Login(NamedTuple):
+    user: str
+    password: str
+
+
+@dataclasses.dataclass
+class Card:
+    holder: str
+    card_number: str
+    expires: dt.date
+    login: Login | None = None
+
+    def __repr__(self) -> str:
+        return f"Card({self.card_number})"  # a repr that quotes the secret
+
+
 class TestMakeJsonSafe:
     def test_datetimes(self) -> None:
         """Aware datetimes become UTC RFC 3339; naive ones are taken as UTC."""
@@ -132,10 +149,46 @@ class TestMakeJsonSafe:
         assert REDACTED == parsed["session id"]
         assert "ada" == parsed["username"]
 
+    def test_long_keys_are_judged_whole(self) -> None:
+        """A key longer than 256 characters is redacted when its end names a secret."""
+        key = "x" * 300 + "_password"
+        parsed = encode({key: "hunter2"})
+        assert {"x" * 256 + "...[truncated]": REDACTED}.items() <= parsed.items()
+
+    def test_namedtuples_by_field_names(self) -> None:
+        """A namedtuple is an object of its fields, each redacted by its name."""
+        parsed = encode({"login": Login("ada", "hunter2"), "many": [Login("bob", "pw12")]})
+        assert {"user": "ada", "password": REDACTED} == parsed["login"]
+        assert [{"user": "bob", "password": REDACTED}] == parsed["many"]
+
+    def test_dataclasses_by_fields_never_repr(self) -> None:
+        """A dataclass instance is an object of its fields, redacted; never its repr."""
+        card = Card("ada", "4111111111111111", dt.date(2030, 1, 1), Login("ada", "hunter2"))
+        parsed = encode({"card": card, "cards": [card]})
+        expected = {
+            "holder": "ada",
+            "card_number": REDACTED,
+            "expires": "2030-01-01",
+            "login": {"user": "ada", "password": REDACTED},
+        }
+        assert (expected, [expected]) == (parsed["card"], parsed["cards"])
+        assert "4111" not in json.dumps(parsed)
+
+    def test_dataclass_classes_are_type_tags(self) -> None:
+        """A dataclass type (not an instance) is just a type tag."""
+        assert "<builtins.type>" == encode({"kind": Card})["kind"]
+
+    def test_exception_arguments_are_scrubbed(self) -> None:
+        """An exception passed as an argument keeps its type and message, secrets hidden."""
+        exc = ValueError("cannot reach https://ada:hunter22@db/x?token=abcd1234")
+        text = encode({"error": exc})["error"]
+        assert text.startswith("<builtins.ValueError>: cannot reach https://")
+        assert [] == [s for s in ("hunter22", "abcd1234") if s in text]
+
     def test_extra_redact_terms(self) -> None:
         """Configured terms extend the defaults."""
-        safe = MakeJsonSafe(SensitiveKeys((*DEFAULT_REDACT_TERMS, "ssn")), 1000)
-        assert {"user_ssn": REDACTED} == safe.convert_mapping({"user_ssn": "123"})
+        safe = MakeJsonSafe(SensitiveKeys((*DEFAULT_REDACT_TERMS, "iban")), 1000)
+        assert {"user_iban": REDACTED} == safe.convert_mapping({"user_iban": "DE89"})
 
     def test_cycles(self) -> None:
         """Cyclic structures are cut, not followed forever."""
