@@ -3,8 +3,13 @@
 `init_app` reads the configuration once, builds the sinks and the `Emitter`, and connects one
 receiver per configured signal. Built-in signals are connected with `sender=app`, so two apps
 in one process never see each other's events; custom signals are process-wide and routed by
-`_CustomRoute` (DESIGN.md section 2). Receivers are held strongly (`weak=False`): blinker
-drops a garbage-collected receiver without a word.
+`bridge.customroute`. Blinker holds the receivers strongly (`weak=False`: it drops a
+garbage-collected receiver without a word); the bridge keeps only weak references to them.
+
+Nothing the bridge makes refers to the app strongly (the WSGI clock, the custom routes and the
+log handlers hold it weakly), so an app its user drops is freed by reference counting alone,
+and a `weakref.finalize` then releases what the bridge made for it (receivers, log handlers,
+files, threads), as `close()` would.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any
 
 import blinker
+import flask.signals
 from flask import Flask
 from flask.globals import _cv_app, _cv_request
 
@@ -28,17 +34,21 @@ from bridge.config import (
     StdoutSinkSettings,
     load_settings,
 )
+from bridge.customroute import CustomRoute
 from bridge.emitter import Emitter
 from bridge.errors import ConfigError
-from bridge.events import REQUEST_START_KEY, request_duration_ms
+from bridge.events import request_duration_ms
 from bridge.logging import attach_loggers
 from bridge.processors import Processor
-from bridge.signals import BuiltinSignal, CustomSignal, resolve_signals
+from bridge.signals import BuiltinSignal, resolve_signals
 from bridge.sinks.base import Sink
 from bridge.sinks.file import FileSink
 from bridge.sinks.stdout import StdoutSink
+from bridge.streaming import EventName, RequestClock, StreamedRequest, defer, status_level
 
 __all__ = ["SignalBridge"]
+
+_CustomRoute = CustomRoute  # the name benchmarks/bench_breakdown.py imports
 
 Receiver = Callable[..., None]
 
@@ -56,124 +66,57 @@ def build_sink(settings: SinkSettings, index: int) -> Sink:
     raise ConfigError(f"sinks[{index}].type", settings.type, "file, stdout or http")
 
 
-class _RequestClock:
-    """WSGI middleware that notes when the request arrived, for `duration_ms` (~0.3 us)."""
-
-    def __init__(self, wsgi_app: Callable[..., Any]) -> None:
-        self.wsgi_app = wsgi_app
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        environ[REQUEST_START_KEY] = time.perf_counter()
-        return self.wsgi_app(environ, start_response)
-
-
-# --- custom signals: one process-wide receiver per signal, routed to the right app -----------
-
-_Target = tuple["weakref.ref[Flask]", Emitter, CustomSignal]
-
-
-def _bridged(app: Flask) -> bool:
-    return "bridge" in app.extensions
-
-
-class _CustomRoute:
-    """The single receiver of one custom signal, shared by every bridged app.
-
-    A send whose sender is a bridged app goes to that app's bridge; otherwise to the bridge of
-    the current app (inside an app context); otherwise (a script, a job worker) to every bridge
-    configured for the signal. An app that is not bridged, as sender or as current app, is
-    nobody else's event. Apps are held weakly (by id, checked through a weak reference),
-    and the receiver is a plain function: both keep the per-send cost low.
-    """
-
-    routes: ClassVar[dict[int, _CustomRoute]] = {}
-
-    def __init__(self, signal: blinker.Signal) -> None:
-        self.signal = signal
-        self.targets: dict[int, _Target] = {}
-
-        def receive(sender: Any, /, **kwargs: Any) -> None:
-            target = self.targets.get(id(sender))
-            if target is not None and target[0]() is sender:  # sent by its bridged app
-                targets = [target]
-            else:
-                targets = self._select(sender)
-            for _ref, emitter, spec in targets:
-                with emitter.guard:
-                    emitter.emit(spec.signal_name, spec.event, "info", arguments=kwargs)
-
-        self.receiver = receive
-        signal.connect(receive, weak=False)
-
-    @classmethod
-    def add(cls, app: Flask, emitter: Emitter, spec: CustomSignal) -> None:
-        route = cls.routes.get(id(spec.signal))
-        if route is None or route.signal is not spec.signal:
-            route = cls.routes[id(spec.signal)] = cls(spec.signal)
-        route.targets[id(app)] = (weakref.ref(app), emitter, spec)
-
-    @classmethod
-    def remove(cls, app: Flask) -> None:
-        for key, route in list(cls.routes.items()):
-            target = route.targets.get(id(app))
-            if target is not None and target[0]() is app:
-                del route.targets[id(app)]
-            if not route.targets:
-                route.signal.disconnect(route.receiver)
-                del cls.routes[key]
-
-    def _select(self, sender: Any) -> list[_Target]:
-        app = sender if isinstance(sender, Flask) else None
-        if app is None or not _bridged(app):
-            app_ctx = _cv_app.get(None)
-            if app_ctx is not None and (app is None or _bridged(app_ctx.app)):
-                app = app_ctx.app  # bridged or not: another app's bridge must not log it
-        if app is not None:
-            target = self.targets.get(id(app))
-            return [target] if target is not None and target[0]() is app else []
-        return [target for target in self.targets.values() if target[0]() is not None]
-
-
 # --- built-in signals --------------------------------------------------------------------------
 
 
 def _builtin_receiver(emitter: Emitter, spec: BuiltinSignal, event: str) -> Receiver:
     signal_name = spec.signal.name
     fields_of = spec.fields
+    describe = emitter.exception_fields
     level = spec.level
 
     if spec.carries_data:  # e.g. a flashed message: application data, made safe like any
 
         def receive_data(sender: Any, /, **kwargs: Any) -> None:
             with emitter.guard:
-                emitter.emit(signal_name, event, level, arguments=fields_of(kwargs))
+                emitter.emit(signal_name, event, level, arguments=fields_of(kwargs, describe))
 
         return receive_data
 
     def receive(sender: Any, /, **kwargs: Any) -> None:
         with emitter.guard:
-            emitter.emit(signal_name, event, level, fields_of(kwargs))
+            emitter.emit(signal_name, event, level, fields_of(kwargs, describe))
 
     return receive
 
 
-def _finished_receiver(emitter: Emitter, spec: BuiltinSignal, event: str) -> Receiver:
-    signal_name = spec.signal.name
+def _finished_receiver(
+    emitter: Emitter, finished: EventName | None, exception: EventName | None
+) -> Receiver:
+    """`request.finished` (when `finished` is configured); for a streamed response, deferred
+    until its body is done, when a failing body also gives `request.exception` (when
+    `exception` is configured): see `bridge.streaming`."""
 
     def on_request_finished(sender: Any, /, response: Any = None, **extra: Any) -> None:
         with emitter.guard:
-            status = int(getattr(response, "status_code", 0))
-            fields: dict[str, Any] = {"http.response.status_code": status}
             ctx = _cv_request.get(None)
+            status = int(getattr(response, "status_code", 0))
+            size = getattr(response, "content_length", None)
+            if ctx is not None and getattr(response, "is_streamed", False):
+                environ = ctx.request.environ
+                streamed = StreamedRequest(emitter, finished, exception, environ, status, size)
+                if defer(environ, streamed):
+                    return
+            if finished is None:
+                return
+            fields: dict[str, Any] = {"http.response.status_code": status}
             if ctx is not None:
                 duration = request_duration_ms(ctx.request.environ)
                 if duration is not None:
                     fields["duration_ms"] = duration
-            size = getattr(response, "content_length", None)
             if size is not None:
                 fields["http.response.body.size"] = size
-            level = "error" if status >= 500 else "warning" if status >= 400 else "info"
-            emitter.emit(signal_name, event, level, fields)
+            emitter.emit(finished[0], finished[1], status_level(status), fields)
 
     return on_request_finished
 
@@ -197,12 +140,37 @@ def open_emitters() -> list[Emitter]:
 
 
 class _AppBinding:
-    """What `init_app` connected for one app, so that `close()` can undo it."""
+    """What `init_app` made for one app, and its release: by `close()`, or by a finalizer
+    when the app is garbage collected (so it refers to nothing of the app)."""
 
-    def __init__(self, emitter: Emitter) -> None:
+    def __init__(self, app: Flask, emitter: Emitter) -> None:
         self.emitter = emitter
-        self.connections: list[tuple[blinker.Signal, Receiver]] = []
+        self.connections: list[tuple[blinker.Signal, weakref.ref[Receiver]]] = []
         self.detach_loggers: Callable[[], None] = lambda: None
+        self.released = False
+        self.finalizer = weakref.finalize(app, self.release)
+        self.finalizer.atexit = False  # at exit, _close_all_at_exit closes every pipeline
+
+    def connect(self, signal: blinker.Signal, receiver: Receiver, app: Flask) -> None:
+        signal.connect(receiver, sender=app, weak=False)
+        self.connections.append((signal, weakref.ref(receiver)))
+
+    def release(self, timeout: float | None = None) -> bool:
+        """Disconnect receivers and log handlers, then flush within `timeout` (default:
+        `shutdown_timeout`) and close the sinks. Once; later calls return True."""
+        if self.released:
+            return True
+        self.released = True
+        self.finalizer.detach()
+        for signal, receiver_ref in self.connections:
+            receiver = receiver_ref()
+            if receiver is not None:
+                signal.disconnect(receiver)
+        CustomRoute.remove(self.emitter)
+        self.detach_loggers()
+        emitter = self.emitter
+        _open_emitters.discard(emitter)
+        return emitter.close(emitter.settings.shutdown_timeout if timeout is None else timeout)
 
 
 class SignalBridge:
@@ -235,18 +203,22 @@ class SignalBridge:
         builtins, customs = resolve_signals(settings.signals, settings.rename)
         sinks = self._build_sinks(settings)
         emitter = Emitter(settings, sinks, self._processors)
-        binding = _AppBinding(emitter)
+        binding = _AppBinding(app, emitter)
+        # Event names come renamed from resolve_signals.
+        names = {spec.name: (spec.signal.name, spec.event) for spec in builtins}
+        finished, exception = names.get("request_finished"), names.get("got_request_exception")
         for spec in builtins:
-            factory = _finished_receiver if spec.name == "request_finished" else _builtin_receiver
-            receiver = factory(emitter, spec, spec.event)  # renamed by resolve_signals
-            spec.signal.connect(receiver, sender=app, weak=False)
-            binding.connections.append((spec.signal, receiver))
+            if spec.name != "request_finished":
+                binding.connect(spec.signal, _builtin_receiver(emitter, spec, spec.event), app)
+        if finished is not None or exception is not None:  # a streamed body's exception too
+            receiver = _finished_receiver(emitter, finished, exception)
+            binding.connect(flask.signals.request_finished, receiver, app)
         for custom in customs:
-            _CustomRoute.add(app, emitter, custom)
+            CustomRoute.add(app, emitter, custom)
         if settings.loggers:
-            binding.detach_loggers = attach_loggers(settings.loggers, emitter)
-        if not isinstance(app.wsgi_app, _RequestClock):
-            app.wsgi_app = _RequestClock(app.wsgi_app)  # type: ignore[method-assign]
+            binding.detach_loggers = attach_loggers(settings.loggers, emitter, app)
+        if not isinstance(app.wsgi_app, RequestClock):
+            app.wsgi_app = RequestClock(app, app.wsgi_app)  # type: ignore[method-assign]
         app.extensions["bridge"] = self
         self._bindings[app] = binding
         _open_emitters.add(emitter)
@@ -293,26 +265,20 @@ class SignalBridge:
         return ok
 
     def stats(self, *, app: Flask | None = None) -> dict[str, Any]:
-        """Counters: `{"sinks": {name: {...}}, "receiver_errors": n}` (DESIGN.md section 2)."""
+        """Counters: `{"sinks": {name: {...}}, "receiver_errors": n}`, per sink name."""
         return self.emitter(app).stats()
 
     def close(self, timeout: float | None = None, *, app: Flask | None = None) -> bool:
         """Disconnect receivers, flush within `timeout` (default: `shutdown_timeout`), stop
         threads and release files. Events still undelivered are counted as dropped (or stay in
-        the spool). Idempotent."""
+        the spool). Idempotent. An app that is garbage collected is closed the same way, by
+        itself (within `shutdown_timeout`)."""
         ok = True
         apps = [app] if app is not None else list(self._bindings.keys())
         for each in apps:
             binding = self._bindings.pop(each, None)
             if binding is None:
                 continue
-            for signal, receiver in binding.connections:
-                signal.disconnect(receiver)
-            _CustomRoute.remove(each)
-            binding.detach_loggers()
             each.extensions.pop("bridge", None)
-            emitter = binding.emitter
-            _open_emitters.discard(emitter)
-            wait = emitter.settings.shutdown_timeout if timeout is None else timeout
-            ok = emitter.close(wait) and ok
+            ok = binding.release(timeout) and ok
         return ok

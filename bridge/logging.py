@@ -1,11 +1,16 @@
 """Standard-library logging as bridge events: the `loggers` key routes loggers into the sinks.
 
-`attach_loggers(["myapp", "sqlalchemy.engine"], emitter)` adds one `BridgeHandler` to each
-named logger; their records become events (`signal = "logging"`, `event` = the message) that
-go through the app's pipeline like any signal: envelope, request context, redaction, size
+`attach_loggers(["myapp", "sqlalchemy.engine"], emitter, app)` adds one `BridgeHandler` to
+each named logger; their records become events (`signal = "logging"`, `event` = the message)
+that go through the app's pipeline like any signal: envelope, request context, redaction, size
 limits, the same JSON lines. The bridge adds handlers and nothing else: it never changes a
 logger's level, its propagation or the root logger, so a logger set to WARNING still sends
 only warnings and errors.
+
+Several apps in one process may route the same logger; like a custom signal, a record goes to
+the bridge of the app it was logged in (inside its request or app context), and one logged
+outside any app to every bridge that routes the logger. A record logged inside an app whose
+bridge does not route it (or that has none) is nobody else's.
 
 structlog: the bridge never calls `structlog.configure()`. To route structlog's output, let
 structlog hand its events to the standard library and list that stdlib logger in `loggers`:
@@ -38,10 +43,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from flask import Flask
+from flask.globals import _cv_app
 from pythonjsonlogger.core import RESERVED_ATTRS
 
 from bridge.emitter import Emitter
-from bridge.events import exception_fields
 
 __all__ = ["LOGGING_SIGNAL", "BridgeHandler", "attach_loggers", "sending"]
 
@@ -117,17 +123,25 @@ def _message(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
 class BridgeHandler(logging.Handler):
     """Turns log records into events shipped through one app's `Emitter`.
 
-    Thread-safe without the handler lock: `Emitter.emit` already is, and taking the lock would
-    serialize every logging call of the process behind the bridge.
+    With `app`, only records logged inside that app, or outside any app, are taken (the app is
+    held weakly: a handler on a global logger must not keep it alive). Thread-safe without the
+    handler lock: `Emitter.emit` already is, and taking the lock would serialize every logging
+    call of the process behind the bridge.
     """
 
     def __init__(
-        self, emitter: Emitter, level: int = logging.NOTSET, *, dedupe: bool = False
+        self,
+        emitter: Emitter,
+        level: int = logging.NOTSET,
+        *,
+        dedupe: bool = False,
+        app: Flask | None = None,
     ) -> None:
         super().__init__(level)
         self.emitter = emitter
         self._dedupe = dedupe
         self._seen = threading.local()
+        self._app = None if app is None else weakref.ref(app)
 
     def handle(self, record: logging.LogRecord) -> bool:
         if not self.filter(record):
@@ -138,6 +152,10 @@ class BridgeHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if _ignored(record):
             return
+        if self._app is not None:
+            app_ctx = _cv_app.get(None)
+            if app_ctx is not None and app_ctx.app is not self._app():
+                return  # logged in another app: that app's bridge, if any, takes it
         # A record propagating through two listed loggers ("myapp", "myapp.db") reaches this
         # handler twice, on the same thread, one call after the other: send it once.
         if self._dedupe:
@@ -169,7 +187,7 @@ class BridgeHandler(logging.Handler):
             fields.update(format_fields)
         exc_info = record.exc_info
         if exc_info and exc_info[1] is not None:
-            fields.update(exception_fields(exc_info[1]))
+            fields.update(self.emitter.exception_fields(exc_info[1]))
         if record.stack_info:
             fields["log.stack_info"] = record.stack_info
         self.emitter.emit(
@@ -189,13 +207,15 @@ def _nested(loggers: Sequence[logging.Logger]) -> bool:
     return False
 
 
-def attach_loggers(logger_names: Sequence[str], emitter: Emitter) -> Callable[[], None]:
-    """Add a `BridgeHandler` for `emitter` to each named logger; return the function that
-    removes it again (idempotent). An empty list attaches nothing."""
+def attach_loggers(
+    logger_names: Sequence[str], emitter: Emitter, app: Flask | None = None
+) -> Callable[[], None]:
+    """Add a `BridgeHandler` for `emitter` (serving `app`) to each named logger; return the
+    function that removes it again (idempotent). An empty list attaches nothing."""
     if not logger_names:
         return lambda: None
     loggers = [logging.getLogger(name) for name in dict.fromkeys(logger_names)]
-    handler = BridgeHandler(emitter, dedupe=_nested(loggers))
+    handler = BridgeHandler(emitter, dedupe=_nested(loggers), app=app)
     for logger in loggers:
         logger.addHandler(handler)
 

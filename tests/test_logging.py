@@ -367,3 +367,80 @@ class TestAppConfig:
             (e["event"], e["order_id"], e["log.logger"]) for e in events
         ]
         assert not any(isinstance(h, BridgeHandler) for h in logger.handlers)
+
+
+class TestAppRouting:
+    """A record goes to the bridge of the app it was logged in, like a custom signal."""
+
+    @pytest.fixture
+    def two_apps(self, tmp_path: Path, logger_name: str) -> Iterator[list[tuple[Flask, Path]]]:
+        """Two bridged apps whose bridges both route `logger_name`, each into its own file."""
+        apps: list[tuple[Flask, Path]] = []
+        bridges: list[SignalBridge] = []
+        for name in ("one", "two"):
+            path = tmp_path / f"{name}.jsonl"
+            app = Flask(name)
+            app.config["BRIDGE_SINKS"] = [{"type": "file", "path": str(path)}]
+            app.config["BRIDGE_LOGGERS"] = [logger_name]
+
+            @app.route("/log")
+            def log() -> str:
+                logging.getLogger(logger_name).info("handled")
+                return "ok"
+
+            bridges.append(SignalBridge(app))
+            apps.append((app, path))
+        yield apps
+        for bridge in bridges:
+            bridge.close(timeout=5.0)
+
+    def services(self, path: Path) -> list[tuple[str, str]]:
+        """(message, service.name) of each log record written to `path`."""
+        return [
+            (e["event"], e["service.name"]) for e in read_events(path) if e["signal"] == "logging"
+        ]
+
+    def flush(self, apps: list[tuple[Flask, Path]]) -> None:
+        for app, _ in apps:
+            assert app.extensions["bridge"].flush(timeout=10.0)
+
+    def test_record_in_a_request_goes_to_that_app_only(
+        self, two_apps: list[tuple[Flask, Path]]
+    ) -> None:
+        """A record logged while app two handles a request is written by app two only."""
+        (_, one_path), (two, two_path) = two_apps
+        assert 200 == two.test_client().get("/log").status_code
+        self.flush(two_apps)
+        assert [] == self.services(one_path)
+        assert [("handled", "two")] == self.services(two_path)
+
+    def test_record_in_an_app_context_goes_to_that_app_only(
+        self, two_apps: list[tuple[Flask, Path]], logger_name: str
+    ) -> None:
+        """Inside app one's context (a CLI command, a job) only app one's bridge writes it."""
+        (one, one_path), (_, two_path) = two_apps
+        with one.app_context():
+            logging.getLogger(logger_name).info("job")
+        self.flush(two_apps)
+        assert [("job", "one")] == self.services(one_path)
+        assert [] == self.services(two_path)
+
+    def test_record_outside_any_app_goes_to_every_bridge(
+        self, two_apps: list[tuple[Flask, Path]], logger_name: str
+    ) -> None:
+        """A record logged outside any app reaches every bridge that routes the logger."""
+        (_, one_path), (_, two_path) = two_apps
+        logging.getLogger(logger_name).info("script")
+        self.flush(two_apps)
+        assert [("script", "one")] == self.services(one_path)
+        assert [("script", "two")] == self.services(two_path)
+
+    def test_record_in_an_unbridged_app_goes_nowhere(
+        self, two_apps: list[tuple[Flask, Path]], logger_name: str
+    ) -> None:
+        """Inside an app without a bridge, the record is no other app's event."""
+        (_, one_path), (_, two_path) = two_apps
+        with Flask("plain").app_context():
+            logging.getLogger(logger_name).info("elsewhere")
+        self.flush(two_apps)
+        assert [] == self.services(one_path) == self.services(two_path)
