@@ -19,16 +19,19 @@ from typing import Any
 import structlog
 from flask.globals import _cv_request
 
-from bridge.config import Settings
+from bridge.config import HttpSinkSettings, Settings
 from bridge.diagnostics import report
 from bridge.events import (
     ENVELOPE_KEYS,
     HOST_NAME,
     REQUEST_CONTEXT_KEYS,
+    exception_fields,
     request_fields,
+    request_secrets,
     timestamp_and_id,
 )
 from bridge.processors import LineEncoder, MakeJsonSafe, Processor, SensitiveKeys
+from bridge.redaction import Scrubber, url_secrets
 from bridge.sinks.base import Sink
 
 __all__ = ["Emitter"]
@@ -87,7 +90,11 @@ class Emitter:
         self.settings = settings
         self.sinks = tuple(sinks)
         self.is_sensitive = SensitiveKeys(settings.redact_terms)
-        self.make_safe = MakeJsonSafe(self.is_sensitive, max(256, settings.max_line_bytes // 4))
+        # Exception text never quotes a configured secret (header values, URL credentials).
+        self.scrubber = Scrubber(configured_secrets(settings), self.is_sensitive)
+        self.make_safe = MakeJsonSafe(
+            self.is_sensitive, max(256, settings.max_line_bytes // 4), self.scrubber
+        )
         self.user_processors = tuple(processors)
         # The user's processors see the real objects; making them safe always comes last.
         self.processors: tuple[Processor, ...] = (*self.user_processors, self.make_safe)
@@ -180,6 +187,11 @@ class Emitter:
         for sink in self.sinks:
             sink.submit(line)
 
+    def exception_fields(self, exc: BaseException) -> dict[str, str]:
+        """`exception.*` fields with configured secrets and the current request's sensitive
+        values (a `password` form field, the `Authorization` header) scrubbed."""
+        return exception_fields(exc, self.scrubber.with_secrets(request_secrets(self.is_sensitive)))
+
     def count_error(self, exc: BaseException) -> None:
         with self._errors_lock:
             self.receiver_errors += 1
@@ -199,6 +211,16 @@ class Emitter:
             "sinks": {sink.name: sink.stats() for sink in self.sinks},
             "receiver_errors": self.receiver_errors,
         }
+
+
+def configured_secrets(settings: Settings) -> list[str]:
+    """Every http sink's header values and URL credentials: secrets wherever they appear."""
+    found: list[str] = []
+    for sink in settings.sinks:
+        if isinstance(sink, HttpSinkSettings):
+            found.extend(sink.headers.values())
+            found.extend(url_secrets(sink.url))
+    return found
 
 
 def _each_within(

@@ -13,9 +13,13 @@ import random
 import socket
 import time
 import traceback
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import unquote
+
+from flask.globals import _cv_app, _cv_request
+
+from bridge.redaction import scrub_known
 
 __all__ = [
     "ENVELOPE_KEYS",
@@ -24,6 +28,7 @@ __all__ = [
     "REQUEST_START_KEY",
     "exception_fields",
     "request_fields",
+    "request_secrets",
     "timestamp_and_id",
 ]
 
@@ -214,8 +219,16 @@ def _safe_str(value: object) -> str:
         return f"<{type(value).__qualname__}: str() failed>"
 
 
-def exception_fields(exc: BaseException) -> dict[str, str]:
-    """`exception.type`, `.message` and `.stacktrace` (OpenTelemetry names) for one exception."""
+def exception_fields(
+    exc: BaseException, scrub: Callable[[str], str] = scrub_known
+) -> dict[str, str]:
+    """`exception.type`, `.message` and `.stacktrace` (OpenTelemetry names) for one exception.
+
+    The message and the stack (chained causes and notes included) are scrubbed by `scrub`
+    (default: URL credentials, sensitive parameters and registered secrets hidden) before they
+    are cut, so a secret is never written in part. The stack keeps its end: the innermost
+    frames say the most.
+    """
     cls = type(exc)
     module = cls.__module__
     name = (
@@ -225,10 +238,85 @@ def exception_fields(exc: BaseException) -> dict[str, str]:
         stack = "".join(traceback.format_exception(exc))
     except Exception:
         stack = ""
-    if len(stack) > _MAX_STACK_CHARS:  # keep the end: the innermost frames say the most
+    # Scrubbing is linear in the text: cut a monster down first, far from where it is cut last.
+    stack = scrub(stack[-4 * _MAX_STACK_CHARS :])
+    if len(stack) > _MAX_STACK_CHARS:
         stack = "...\n" + stack[-_MAX_STACK_CHARS:]
+    message = scrub(_safe_str(exc)[: 4 * _MAX_MESSAGE_CHARS])
     return {
         "exception.type": name,
-        "exception.message": _safe_str(exc)[:_MAX_MESSAGE_CHARS],
+        "exception.message": message[:_MAX_MESSAGE_CHARS],
         "exception.stacktrace": stack,
     }
+
+
+_SECRETS_KEY = "_bridge_request_secrets"  # on `g`, for the app context's teardown
+_MAX_SECRETS = 256
+
+
+def request_secrets(is_sensitive: Callable[[str], bool]) -> list[str]:
+    """The values of the current request's sensitive fields, to scrub from exception text.
+
+    Query arguments, cookies, headers (`Authorization`, `Cookie`, `X-Api-Key`, ...), URL
+    variables, and the form and JSON body only if the application already parsed them: the
+    body is never read for this. Kept on `g`, so that the app context's teardown, after the
+    request is gone, still knows them. Never raises; empty outside a request.
+    """
+    request_ctx = _cv_request.get(None)
+    app_ctx = _cv_app.get(None)
+    if request_ctx is None:
+        found = getattr(app_ctx.g, _SECRETS_KEY, None) if app_ctx is not None else None
+        return found if isinstance(found, list) else []
+    req = request_ctx.request
+    cached = req.__dict__  # Werkzeug caches parsed data there (`form`, `_cached_json`)
+    found = []
+    sources: list[Callable[[], Iterable[tuple[Any, Any]]]] = [
+        lambda: req.headers.items(),
+        lambda: req.args.items(multi=True),
+        lambda: req.cookies.items(multi=True),
+        lambda: (req.view_args or {}).items(),
+    ]
+    if "form" in cached:
+        sources.append(lambda: cached["form"].items(multi=True))
+    parsed_json = cached.get("_cached_json", (Ellipsis,))[0]
+    if parsed_json is not Ellipsis:
+        sources.append(lambda: _sensitive_json(parsed_json, is_sensitive, 0))
+    for source in sources:
+        try:
+            for name, value in source():
+                if len(found) < _MAX_SECRETS and is_sensitive(str(name)):
+                    found.extend(_texts(value))
+        except Exception:  # one unreadable source must not cost the others
+            continue
+    if app_ctx is not None:
+        setattr(app_ctx.g, _SECRETS_KEY, found)
+    return found
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, dict):  # everything under a sensitive key is secret
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [text for item in value[:32] for text in _texts(item)]
+    return []
+
+
+def _sensitive_json(
+    value: Any, is_sensitive: Callable[[str], bool], depth: int
+) -> Iterable[tuple[str, Any]]:
+    """(key, value) of every sensitive key in a parsed JSON body, at any depth (bounded)."""
+    if depth > 10:
+        return
+    if isinstance(value, dict):
+        for key, item in list(value.items())[:1000]:
+            if is_sensitive(str(key)):
+                yield str(key), item
+            else:
+                yield from _sensitive_json(item, is_sensitive, depth + 1)
+    elif isinstance(value, list):
+        for item in value[:1000]:
+            yield from _sensitive_json(item, is_sensitive, depth + 1)

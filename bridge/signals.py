@@ -19,7 +19,6 @@ import blinker
 import flask.signals
 
 from bridge.errors import ConfigError, ConfigProblem
-from bridge.events import exception_fields
 
 __all__ = [
     "BUILTIN_SIGNALS",
@@ -31,24 +30,27 @@ __all__ = [
     "resolve_signals",
 ]
 
-FieldsFn = Callable[[Mapping[str, Any]], dict[str, Any]]
+# The exception fields of one exception, secrets scrubbed (`Emitter.exception_fields`).
+DescribeFn = Callable[[BaseException], dict[str, Any]]
+# A signal's keyword arguments -> the event's fields.
+FieldsFn = Callable[[Mapping[str, Any], DescribeFn], dict[str, Any]]
 
 
-def _no_fields(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def _no_fields(kwargs: Mapping[str, Any], describe: DescribeFn) -> dict[str, Any]:
     return {}
 
 
-def _exception_if_any(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def _exception_if_any(kwargs: Mapping[str, Any], describe: DescribeFn) -> dict[str, Any]:
     exc = kwargs.get("exc")
-    return exception_fields(exc) if isinstance(exc, BaseException) else {}
+    return describe(exc) if isinstance(exc, BaseException) else {}
 
 
-def _exception(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def _exception(kwargs: Mapping[str, Any], describe: DescribeFn) -> dict[str, Any]:
     exc = kwargs.get("exception")
-    return exception_fields(exc) if isinstance(exc, BaseException) else {}
+    return describe(exc) if isinstance(exc, BaseException) else {}
 
 
-def _template(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def _template(kwargs: Mapping[str, Any], describe: DescribeFn) -> dict[str, Any]:
     template = kwargs.get("template")
     context = kwargs.get("context")
     fields: dict[str, Any] = {}
@@ -60,7 +62,7 @@ def _template(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _flash(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def _flash(kwargs: Mapping[str, Any], describe: DescribeFn) -> dict[str, Any]:
     return {"message": kwargs.get("message"), "category": kwargs.get("category")}
 
 

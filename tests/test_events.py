@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import os
 import re
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+from flask import request
+
+from bridge import SignalBridge
 from bridge.events import exception_fields, redact_query, request_fields, timestamp_and_id
 from bridge.processors import SensitiveKeys
+from bridge.redaction import REDACTED, Scrubber
+from tests.collector import Collector
+from tests.conftest import build_app, read_events
 
 SENSITIVE = SensitiveKeys(("password", "token"))
 
@@ -101,3 +112,135 @@ class TestExceptionFields:
         fields = exception_fields(Nasty())
         assert fields["exception.type"].endswith("Nasty")
         assert "str() failed" in fields["exception.message"]
+
+    def test_secrets_are_scrubbed_everywhere(self) -> None:
+        """Message, chained causes and the stack lose URL credentials, parameters and secrets."""
+        try:
+            try:
+                raise ConnectionError("GET https://ada:s3cretpw@db/x?api_key=k3yk3yk3y failed")
+            except ConnectionError as cause:
+                raise RuntimeError("collector said: invalid token tok-Zq9x81") from cause
+        except RuntimeError as exc:
+            fields = exception_fields(exc, Scrubber(["Bearer tok-Zq9x81"]))
+        text = json.dumps(fields)
+        assert [] == [s for s in ("s3cretpw", "k3yk3yk3y", "tok-Zq9x81") if s in text]
+        assert f"collector said: invalid token {REDACTED}" == fields["exception.message"]
+        assert (
+            "ConnectionError: GET https://[REDACTED]@db/x?api_key=[REDACTED]"
+            in (fields["exception.stacktrace"])
+        )
+
+    def test_url_credentials_hidden_by_default(self) -> None:
+        """Without a scrubber, URL credentials and sensitive parameters are still hidden."""
+        fields = exception_fields(ValueError("https://ada:s3cretpw@db/?token=abcd1234"))
+        assert "https://[REDACTED]@db/?token=[REDACTED]" == fields["exception.message"]
+
+    def test_scrubbed_before_cut(self) -> None:
+        """A secret where the stack is cut is hidden whole, never written in part."""
+        secret = "hunter2-s3cret-value"
+        # the last 16 KiB of the stack start in the middle of the secret
+        message = "x" * 100 + secret + "y" * (16 * 1024 - 10)
+        fields = exception_fields(ValueError(message), Scrubber([secret]))
+        assert secret[-10:] not in fields["exception.stacktrace"]
+        assert secret[:10] not in fields["exception.message"]
+
+
+TOKEN = "tok-Zq9x81-secret"
+SECRETS = ("hunter2", "s3cretpw", "k3yk3yk3y", TOKEN, "pin-4321-x", "sess-cookie-val", "bpw-7777")
+
+
+class Leaky:
+    """An app whose views put secrets into exception text, bridged to a file and a collector."""
+
+    def __init__(self, path: Path, collector: Collector) -> None:
+        self.path = path
+        self.collector = collector
+        self.app = app = build_app(
+            BRIDGE_SIGNALS=["default", "request_tearing_down", "appcontext_tearing_down"],
+            BRIDGE_LOGGERS=["shop.views"],
+            BRIDGE_SINKS=[
+                {"type": "file", "path": str(path)},
+                {
+                    "type": "http",
+                    "url": collector.url,
+                    "headers": {"Authorization": "Bearer ${COLLECTOR_TOKEN}"},
+                },
+            ],
+        )
+
+        @app.post("/pin")
+        def pin() -> str:
+            return str(int(request.form["password"]))
+
+        @app.get("/fetch")
+        def fetch() -> str:
+            raise ConnectionError("GET https://ada:s3cretpw@db/x?api_key=k3yk3yk3y failed")
+
+        @app.get("/echo")
+        def echo() -> str:
+            raise RuntimeError(f"collector replied: invalid token {os.environ['COLLECTOR_TOKEN']}")
+
+        @app.post("/chained")
+        def chained() -> str:
+            data = request.get_json()
+            try:
+                return str(int(data["pin"]))
+            except ValueError as exc:
+                raise RuntimeError("pin check failed") from exc
+
+        @app.get("/cookie")
+        def cookie() -> str:
+            raise LookupError(f"no cart for session {request.cookies['session']}")
+
+        @app.get("/logged")
+        def logged() -> str:
+            try:
+                int(request.authorization.password)  # type: ignore[union-attr]
+            except ValueError:
+                logging.getLogger("shop.views").exception("basic auth failed")
+            return "ok"
+
+        self.bridge = SignalBridge(app)
+        self.client = app.test_client()
+
+    def written(self) -> bytes:
+        """Every byte the file sink wrote and the collector received."""
+        assert self.bridge.flush(timeout=10.0)
+        return self.path.read_bytes() + b"".join(r.body for r in self.collector.requests())
+
+
+@pytest.fixture
+def leaky(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Leaky]:
+    monkeypatch.setenv("COLLECTOR_TOKEN", TOKEN)
+    with Collector() as collector:
+        app = Leaky(tmp_path / "events.jsonl", collector)
+        yield app
+        app.bridge.close(timeout=5.0)
+
+
+class TestExceptionSecretsInAnApp:
+    def test_no_secret_reaches_a_sink(self, leaky: Leaky) -> None:
+        """Form, query, JSON, cookie and Basic-auth values and the configured token never leak."""
+        client = leaky.client
+        client.set_cookie("session", "sess-cookie-val")
+        assert 500 == client.post("/pin", data={"password": "hunter2"}).status_code
+        assert 500 == client.get("/fetch").status_code
+        assert 500 == client.get("/echo").status_code
+        assert 500 == client.post("/chained", json={"pin": "pin-4321-x"}).status_code
+        assert 500 == client.get("/cookie").status_code
+        assert 200 == client.get("/logged", auth=("ada", "bpw-7777")).status_code
+        raw = leaky.written()
+        assert [] == [secret for secret in SECRETS if secret.encode() in raw]
+        events = read_events(leaky.path)
+        with_stack = [e["event"] for e in events if "exception.stacktrace" in e]
+        assert (5, 5, 5, 1) == tuple(
+            with_stack.count(name)
+            for name in (
+                "request.exception",
+                "request.teardown",
+                "appcontext.teardown",
+                "basic auth failed",
+            )
+        )
+        messages = {e["exception.message"] for e in events if e["event"] == "request.exception"}
+        assert f"invalid literal for int() with base 10: '{REDACTED}'" in messages
