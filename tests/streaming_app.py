@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from flask import Flask, Response, request, stream_with_context
+from flask import Flask, Response, request, send_file, stream_with_context
 
 from bridge import SignalBridge
 
@@ -69,6 +69,10 @@ def create_app() -> Flask:
     @app.route("/")
     def index() -> str:
         return "ok"
+
+    @app.route("/download")
+    def download() -> Response:
+        return send_file(__file__, mimetype="text/plain")  # gunicorn's wsgi.file_wrapper
 
     add_stream_routes(app)
     SignalBridge(app)

@@ -20,6 +20,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wsgi import FileWrapper
 
 from examples.server import GunicornServer
+from tests import streaming_app
 from tests.conftest import BridgedApp, read_events
 from tests.streaming_app import BODY, PARTIAL, add_stream_routes
 
@@ -211,7 +212,8 @@ class TestPlainResponses:
 @pytest.mark.slow
 class TestUnderGunicorn:
     def test_streams_through_a_real_worker(self, tmp_path: Path) -> None:
-        """Under gunicorn: the finished body's event after it, a failing body's exception."""
+        """Under gunicorn: the finished body's event after it, a failing body's exception,
+        and a send_file through gunicorn's own file wrapper."""
         path = tmp_path / "events.jsonl"
         env = {
             **os.environ,
@@ -227,11 +229,15 @@ class TestUnderGunicorn:
             assert BODY == ok.content
             with pytest.raises(requests.exceptions.ChunkedEncodingError):
                 http.get(server.url + "/stream-fails", headers={"X-Request-ID": "g-fail"})
+            sent = http.get(server.url + "/download", headers={"X-Request-ID": "g-file"})
+            assert streaming_app.__file__ is not None
+            assert Path(streaming_app.__file__).read_bytes() == sent.content
         events = [e for e in read_events(path) if e.get("request_id", "").startswith("g-")]
         assert [
             ("g-ok", "request.finished", 200, len(BODY)),
             ("g-fail", "request.exception", None, None),
             ("g-fail", "request.finished", 200, len(PARTIAL)),
+            ("g-file", "request.finished", 200, len(sent.content)),
         ] == [
             (
                 e["request_id"],
