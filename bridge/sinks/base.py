@@ -6,8 +6,10 @@ request thread and must never wait on I/O; the sink owns any background thread i
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from typing import Any, Protocol
 
 __all__ = ["Sink", "SinkStats"]
@@ -38,10 +40,23 @@ class Sink(Protocol):
         ...
 
 
+_live_stats: weakref.WeakSet[SinkStats] = weakref.WeakSet()
+
+
+def _reset_locks_after_fork() -> None:
+    """A child forked while some thread held a stats lock would hang at its first count."""
+    for stats in list(_live_stats):
+        stats._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_locks_after_fork)
+
+
 class SinkStats:
-    """Counters of one sink. Thread-safe: every update takes a small lock."""
+    """Counters of one sink. Thread-safe: every update takes a small lock (new in a fork)."""
 
     __slots__ = (
+        "__weakref__",
         "_lock",
         "dead_lettered",
         "delivered",
@@ -67,6 +82,7 @@ class SinkStats:
         self.last_error: str | None = None
         self.last_error_time: float | None = None
         self.last_success_time: float | None = None
+        _live_stats.add(self)
 
     def count_enqueued(self, n: int = 1) -> None:
         with self._lock:
@@ -100,7 +116,7 @@ class SinkStats:
             self.last_error_time = time.time()
 
     def snapshot(self, *, queue_depth: int, spool_bytes: int | None = None) -> dict[str, Any]:
-        """A plain dict with every counter named in DESIGN.md section 2."""
+        """A plain dict with every counter `stats()` documents."""
         with self._lock:
             dropped = dict(self.dropped_by_reason)
             return {

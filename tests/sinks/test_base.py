@@ -1,0 +1,62 @@
+"""SinkStats: the counters every sink keeps, and their lock across a fork."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+
+from bridge.sinks.base import SinkStats
+
+
+def run_in_child(stats: SinkStats, deadline: float = 10.0) -> dict[str, object] | None:
+    """Fork while this thread holds the stats lock; the child counts a drop and reports.
+
+    Returns the child's snapshot, or None when the child hung (it is killed then).
+    """
+    read_end, write_end = os.pipe()
+    stats._lock.acquire()  # a request thread counting at the moment another thread forks
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.close(read_end)
+                stats.count_dropped("in_child")
+                os.write(write_end, json.dumps(stats.snapshot(queue_depth=0)).encode())
+            finally:
+                os._exit(0)
+    finally:
+        stats._lock.release()
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], deadline)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            return None
+        chunks = []
+        while chunk := os.read(read_end, 65536):
+            chunks.append(chunk)
+        result: dict[str, object] = json.loads(b"".join(chunks))
+        return result
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+
+
+class TestSinkStats:
+    def test_snapshot_sums_drops(self) -> None:
+        """dropped is the sum of dropped_by_reason."""
+        stats = SinkStats()
+        stats.count_dropped("queue_overflow", 2)
+        stats.count_dropped("write_error")
+        snapshot = stats.snapshot(queue_depth=4)
+        assert (3, 4) == (snapshot["dropped"], snapshot["queue_depth"])
+
+    def test_lock_is_new_in_a_forked_child(self) -> None:
+        """A fork while another thread holds the stats lock leaves the child able to count."""
+        stats = SinkStats()
+        stats.count_dropped("before_fork")
+        snapshot = run_in_child(stats)
+        assert snapshot is not None, "the child hung on the lock held at fork"
+        assert {"before_fork": 1, "in_child": 1} == snapshot["dropped_by_reason"]
