@@ -3,26 +3,66 @@
 Every line goes out in one `write()` on a descriptor opened with O_APPEND, so gunicorn workers
 appending to the same file never tear or overwrite each other's lines. The sink notices when
 logrotate renames or removes the file (it compares the path's inode with its own, at most once
-a second or every few KiB it writes) and reopens it; `copytruncate` needs nothing, thanks to
-O_APPEND. With `rotate_bytes` it rotates by itself, safely across processes: the rotation runs
-under an exclusive `flock` on `<path>.lock` and only if the path still names the file this
-process found too large, so two workers never rotate twice.
+a second or every few KiB it writes, and at every `flush()`) and reopens it; `copytruncate`
+needs nothing, thanks to O_APPEND. With `rotate_bytes` it rotates by itself, safely across
+processes: the rotation runs under an exclusive `flock` on `<path>.lock`, taken without
+waiting (a busy lock means another process is rotating: this one reopens after it), and only
+if the path still names the file this process found too large, so two workers never rotate
+twice. A process forked during a rotation closes its copy of the lock at once, so it never
+holds the lock for its parent.
+
+What the filesystem may do to the file, and what the sink does then:
+
+- A full disk that took half a line: the writer completes the line later (`LineWriter`), in
+  this file even if it was renamed meanwhile; a file that starts this process's life without
+  a final newline (a line cut off by a crash or a full disk) gets one before the first line.
+- The path no longer leads to the open file and cannot be reopened (its directory was replaced
+  or removed): while the open file is still linked somewhere (renamed) lines go on into it; a
+  deleted one is closed rather than filled unseen, and each line is dropped (`write_error`)
+  until the path can be opened again. Either way `stats()` and stderr say why.
+- The log file, its lock or the path after a rotation is a symlink, a FIFO or a socket: never
+  followed or opened (`safefs`); the directory is created without group or world write.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
+import stat
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 from bridge.config import FileSinkSettings
 from bridge.errors import ConfigError
+from bridge.safefs import make_dirs, open_nofollow
 from bridge.sinks.base import SinkStats
-from bridge.sinks.writer import LineWriter, WriterSink
+from bridge.sinks.writer import LineAbandoned, LineWriter, WriterSink
 
 __all__ = ["FileOutput", "FileSink"]
+
+LOCK_BUSY_REPORT_SECONDS = 60.0  # a rotation lock busy this long is held by a stuck process
+
+# Lock files this process has open (between open and close). A fork copies them: the child
+# closes its copies at once, or a child forked mid-rotation would hold the flock (it belongs to
+# the open file description, which the copy shares) for as long as it lives.
+_lock_fds: set[int] = set()
+_live_outputs: weakref.WeakSet[FileOutput] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for fd in list(_lock_fds):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _lock_fds.clear()
+    for output in list(_live_outputs):
+        output.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class FileOutput:
@@ -43,38 +83,111 @@ class FileOutput:
         self.rotate_bytes = rotate_bytes
         self.backups = backups
         self._check_bytes = max(4096, rotate_bytes // 16) if rotate_bytes else 1 << 62
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._torn = 0  # bytes of a line still to write, after a partial write into _fd
+        self._abandon = False  # that line began in a file no longer written: give it up
+        self._fresh_line = False  # the file ends without a newline: start on a new line
+        self._unusable: tuple[int, str] | None = None  # why _fd is -1 (errno, message)
+        self._careful = False  # any of the four above: write() takes the slow path
+        self._lock_busy_since: float | None = None
+        make_dirs(path.parent)
         self._fd = self._open()
         self._identity = self._fd_identity()
+        self._update_careful()
         self._next_check = time.monotonic() + self.check_interval
         self._bytes_since_check = 0
         self._maintenance_pending = False
+        _live_outputs.add(self)
 
     def _open(self) -> int:
+        """Open the path (creating it with `mode`): a regular file or device, never a symlink."""
         for _ in range(10):
             try:
-                fd = os.open(
-                    self.path,
-                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                    self.mode,
-                )
-                os.fchmod(fd, self.mode)  # the umask must not loosen or tighten the mode asked
-                return fd
+                fd = self._open_flags(os.O_CREAT | os.O_EXCL)
             except FileExistsError:
                 pass
+            else:
+                os.fchmod(fd, self.mode)  # the umask must not loosen or tighten the mode asked
+                return self._checked(fd)
             try:
-                return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                return self._checked(self._open_flags(0))
             except FileNotFoundError:  # rotated away between the two opens: try again
                 continue
-        raise OSError(f"could not open {self.path}: it keeps disappearing")
+        raise OSError(errno.ENOENT, f"could not open {self.path}: it keeps disappearing")
+
+    def _open_flags(self, extra: int) -> int:
+        # Read access only serves to look at the last byte; O_NONBLOCK: a FIFO never hangs us.
+        flags = os.O_APPEND | os.O_NONBLOCK | extra
+        try:
+            try:
+                return open_nofollow(self.path, flags | os.O_RDWR, self.mode)
+            except PermissionError:
+                return open_nofollow(self.path, flags | os.O_WRONLY, self.mode)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OSError(errno.ELOOP, "a symlink: not followed", str(self.path)) from None
+            raise
+
+    def _checked(self, fd: int) -> int:
+        """Refuse what is not a file to append to; note a last line left without its newline."""
+        try:
+            st = os.fstat(fd)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+                raise OSError(errno.EINVAL, "not a regular file", str(self.path))
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            self._fresh_line = False
+            if st.st_size:
+                with contextlib.suppress(OSError):  # write-only: nothing to check with
+                    self._fresh_line = os.pread(fd, 1, st.st_size - 1) != b"\n"
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _fd_identity(self) -> tuple[int, int]:
         st = os.fstat(self._fd)
         return st.st_dev, st.st_ino
 
+    def _update_careful(self) -> None:
+        self._careful = bool(self._torn or self._fresh_line or self._fd < 0)
+
     def write(self, data: bytes) -> int:
+        if self._careful:
+            return self._write_carefully(data)
         written = os.write(self._fd, data)
         self._bytes_since_check += written
+        if written != len(data):
+            self._wrote_part(written, len(data))
+        return written
+
+    def _wrote_part(self, written: int, size: int) -> None:
+        if written:  # the rest is the next write (LineWriter's promise)
+            self._torn = size - written
+            self._careful = True
+
+    def _write_carefully(self, data: bytes) -> int:
+        if self._torn:
+            if self._abandon:
+                self._torn = 0
+                self._abandon = False
+                self._update_careful()
+                raise LineAbandoned(
+                    errno.ESTALE, "its start is in a file no longer written", str(self.path)
+                )
+            written = os.write(self._fd, data)
+            self._bytes_since_check += written
+            self._torn -= written
+            self._update_careful()
+            return written
+        if self._unusable is not None:
+            raise OSError(*self._unusable)
+        if self._fresh_line:
+            written = os.write(self._fd, b"\n" + bytes(data)) - 1
+            self._fresh_line = False
+            self._update_careful()
+        else:
+            written = os.write(self._fd, data)
+        self._bytes_since_check += written
+        self._wrote_part(written, len(data))
         return written
 
     def wait_writable(self, timeout: float) -> None:
@@ -88,13 +201,14 @@ class FileOutput:
             return False
         self._next_check = now + self.check_interval
         self._bytes_since_check = 0
-        self._maintenance_pending = self._moved() or self._too_large()
+        self._maintenance_pending = self._fd < 0 or self._moved() or self._too_large()
         return self._maintenance_pending
 
     def _moved(self) -> bool:
+        """Whether the path no longer names the open file (lstat: a symlink to it is not it)."""
         try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
+            st = os.lstat(self.path)
+        except OSError:
             return True
         return (st.st_dev, st.st_ino) != self._identity
 
@@ -102,48 +216,112 @@ class FileOutput:
         return bool(self.rotate_bytes) and os.fstat(self._fd).st_size >= self.rotate_bytes
 
     def maintain(self) -> None:
+        """Rotate if too large, reopen if the path leads elsewhere; OSError if that failed."""
         self._maintenance_pending = False
-        if self._too_large():
-            self._rotate()
-        if self._moved():
-            self._reopen()
+        if self._fd >= 0 and self._torn and not self._abandon:
+            if os.fstat(self._fd).st_nlink:
+                return  # finish the line begun here first (the next check comes back)
+            self._abandon = True  # deleted: the line's start is gone with the file
+        try:
+            if self._fd >= 0 and self._too_large():
+                self._rotate()
+        finally:  # a rotation refused must not keep a moved file from being followed
+            if self._fd < 0 or self._moved():
+                self._reopen()
 
     def _rotate(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
-        lock_fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, self.mode)
+        lock_fd = open_nofollow(lock_path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK, self.mode)
+        _lock_fds.add(lock_fd)
         try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            if not stat.S_ISREG(os.fstat(lock_fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(lock_path))
             try:
-                st = os.stat(self.path)
-            except FileNotFoundError:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock_busy(lock_path)  # another process rotates: reopen after it
                 return
-            if (st.st_dev, st.st_ino) != self._identity or st.st_size < self.rotate_bytes:
-                return  # another process rotated it already
-            for index in range(self.backups - 1, 0, -1):
-                older = self.path.with_name(f"{self.path.name}.{index}")
-                if older.exists():
-                    os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-            if self.backups:
-                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-            else:
-                os.unlink(self.path)
-            self._reopen()
+            self._lock_busy_since = None
+            try:
+                self._rotate_locked()
+            finally:
+                fcntl.flock(lock_fd, fcntl.LOCK_UN)
         finally:
-            os.close(lock_fd)  # closing releases the flock
+            _lock_fds.discard(lock_fd)  # after the unlock: a fork now only leaks an unlocked fd
+            os.close(lock_fd)
+
+    def _lock_busy(self, lock_path: Path) -> None:
+        now = time.monotonic()
+        if self._lock_busy_since is None:
+            self._lock_busy_since = now
+        elif now - self._lock_busy_since > LOCK_BUSY_REPORT_SECONDS:
+            held = now - self._lock_busy_since
+            raise OSError(
+                errno.EAGAIN,
+                f"locked by another process for {held:.0f} s: not rotating",
+                str(lock_path),
+            )
+
+    def _rotate_locked(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) != self._identity or st.st_size < self.rotate_bytes:
+            return  # another process rotated it already
+        # os.replace renames the names themselves: a symlink planted as a backup is replaced
+        # or moved along, never written through.
+        for index in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+        if self.backups:
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            os.unlink(self.path)
+        self._reopen()
 
     def _reopen(self) -> None:
-        new_fd = self._open()
+        try:
+            new_fd = self._open()
+        except OSError as exc:
+            if self._fd >= 0 and os.fstat(self._fd).st_nlink == 0:
+                # Deleted: lines written on would fill a file nobody can read. Drop them,
+                # counted, until the path can be opened again.
+                os.close(self._fd)
+                self._fd = -1
+                self._abandon = bool(self._torn)
+            if self._fd < 0:
+                reason = exc.strerror or str(exc)
+                self._unusable = (exc.errno or errno.EIO, f"cannot reopen {self.path}: {reason}")
+            self._update_careful()
+            raise
         old_fd, self._fd = self._fd, new_fd
         self._identity = self._fd_identity()
-        os.close(old_fd)
+        if old_fd >= 0:
+            os.close(old_fd)
+        self._abandon = bool(self._torn)
+        self._unusable = None
+        self._update_careful()
+
+    def after_fork_in_child(self) -> None:
+        """A line the parent left half-written is the parent's to finish; ours start anew."""
+        if self._torn:
+            self._torn = 0
+            self._abandon = False
+            self._fresh_line = True
+            self._update_careful()
 
     def fsync(self) -> None:
-        os.fsync(self._fd)
+        if self._fd >= 0:
+            os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            self._unusable = (errno.EBADF, f"{self.path} is closed")
+            self._update_careful()
 
 
 class FileSink(WriterSink):

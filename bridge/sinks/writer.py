@@ -16,6 +16,18 @@ Lines queued never overtake each other: the calling thread writes directly only 
 is empty, checked under the write lock the background thread holds while it drains.
 The background thread starts lazily, sleeps on a condition (no polling) and is reset in
 forked children.
+
+A line is in the output whole or not at all, and the counters say which. A write that fails
+before any byte of a line went out (a full disk, a deleted file that cannot be recreated)
+drops that line, counted as `write_error`. Once part of a line is out, its rest is the next
+thing written, always (a full disk that took half a line): the rest waits at the head of the
+queue, the thread tries it again with a growing pause (`retry_initial` to `retry_max`), and
+lines behind it queue under the overflow policy, which never drops that rest. An output that
+can no longer finish a line (its file was replaced) raises `LineAbandoned`; that line, like a
+rest still unwritten at `close()`, is dropped and counted. `delivered` counts whole lines only.
+
+The bridge's reports (`diagnostics.report`) are never made under the write lock: a message is
+noted under it and reported once it is released.
 """
 
 from __future__ import annotations
@@ -30,16 +42,23 @@ from typing import Any, Protocol
 from bridge.diagnostics import report
 from bridge.sinks.base import SinkStats
 
-__all__ = ["LineWriter", "Output", "WriterSink"]
+__all__ = ["LineAbandoned", "LineWriter", "Output", "WriterSink"]
 
 _monotonic = time.monotonic
 
 
+class LineAbandoned(OSError):
+    """Raised by `Output.write` for the rest of a line it cannot finish where the line began."""
+
+
 class Output(Protocol):
-    """A destination for bytes: a file (with rotation), a pipe, a socket."""
+    """A destination for bytes: a file (with rotation), a pipe, a socket.
+
+    After a partial write, the next `write` is always the rest of that line.
+    """
 
     def write(self, data: bytes) -> int:
-        """One write() call; may write part of `data`, or raise BlockingIOError."""
+        """One write() call; may write part of `data`, or raise BlockingIOError or OSError."""
         ...
 
     def wait_writable(self, timeout: float) -> None:
@@ -51,7 +70,7 @@ class Output(Protocol):
         ...
 
     def maintain(self) -> None:
-        """Reopen or rotate; runs on the background thread under the write lock."""
+        """Check the path, reopen or rotate; under the write lock, never on the fast path."""
         ...
 
     def fsync(self) -> None: ...
@@ -69,12 +88,21 @@ def _reset_writers_after_fork() -> None:
 
 os.register_at_fork(after_in_child=_reset_writers_after_fork)
 
+Note = tuple[str, str]  # (cause, message) for `report`, made under the write lock
+
+
+def _send(notes: list[Note]) -> None:
+    for cause, message in notes:
+        report(cause, message)
+
 
 class LineWriter:
     """Direct-or-deferred writer of whole lines with a bounded queue and an overflow policy."""
 
     defer_seconds = 5.0
     block_seconds = 1.0
+    retry_initial = 0.05  # pause before trying the rest of a line again, doubled up to...
+    retry_max = 2.0
 
     def __init__(
         self,
@@ -109,6 +137,8 @@ class LineWriter:
         self._drained = threading.Condition(self._queue_lock)
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
+        self._head_started = False  # the queue's first entry is the rest of a started line
+        self._retry_at = 0.0  # the thread leaves a started rest alone until then
         self._busy = False
         # direct writes from the calling thread: never with sync (own path) or fsync (thread)
         self._direct = not self._always_background and not self.sync
@@ -116,14 +146,18 @@ class LineWriter:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._closed = False
+        self._lost_counted = False  # under _queue_lock: close() counted what was left
+        self._failing = False  # under _write_lock: the last attempt at a rest failed
+        self._notes: list[Note] = []  # under _write_lock
         self._accepted_direct = 0  # under _write_lock
         self._accepted_queued = 0  # under _queue_lock
         self._written = 0  # under _write_lock
 
     def after_fork_in_child(self) -> None:
-        """The parent's queued lines stay the parent's; the child starts empty."""
+        """The parent's queued lines and counters stay the parent's; the child starts empty."""
         closed = self._closed
         self._reset_state()
+        SinkStats.__init__(self.stats)
         self._closed = closed
         self._direct = self._direct and not closed
 
@@ -135,6 +169,7 @@ class LineWriter:
         The fast path (direct write) is inlined: it runs for nearly every event.
         """
         if self._direct and not self._queue and self._write_lock.acquire(False):
+            note: Note | None = None
             try:
                 if self._direct and not self._queue:
                     started = _monotonic()
@@ -146,19 +181,22 @@ class LineWriter:
                         except BlockingIOError:
                             written = 0
                         except OSError as exc:
-                            self._count_write_error(exc)
+                            note = self._count_write_error(exc)
                             return False
                         if _monotonic() - started > self.slow_write_seconds:
-                            self._slow_write(started)
+                            note = self._slow_write(started)
                         if written == len(line):
                             self._accepted_direct += 1
                             self._written += 1
                             return True
                         self._defer(started, 0.0)
                         if written:  # partial: the rest must go out next, whatever the policy
-                            return self._enqueue(line[written:], force=True)
+                            self._put_back([line[written:]], started=True, new=True)
+                            return True
             finally:
                 self._write_lock.release()
+                if note is not None:
+                    report(*note)
         if self._closed:
             self.stats.count_dropped("closed")
             return False
@@ -166,10 +204,10 @@ class LineWriter:
             return self._write_now(line)
         return self._enqueue(line)
 
-    def _slow_write(self, started: float) -> None:
+    def _slow_write(self, started: float) -> Note:
         elapsed = _monotonic() - started
         self._defer(started, self.defer_seconds)
-        report(
+        return (
             f"slow-{self.name}",
             f"sink {self.name}: a write took {elapsed * 1000:.0f} ms; "
             f"writing from a background thread for {self.defer_seconds:.0f} s",
@@ -183,21 +221,33 @@ class LineWriter:
         """`sync` mode: the line is written (and fsynced if asked) before returning.
 
         Rotation and reopening happen here too, on the calling thread: the user chose to
-        wait for the disk.
+        wait for the disk. Behind the unfinished rest of a line (a full disk) the line is
+        queued instead: the request never waits for the disk to free up.
         """
         with self._write_lock:
-            self._drain_queue_locked()
-            if self.output.maintenance_due(_monotonic()):
-                self._maintain()
-            ok = self._write_fully(line)
-            self._accepted_direct += 1
-            if ok and self.fsync_each:
-                self._fsync()
-            return ok
+            queued = bool(self._queue)
+            if not queued:
+                if self.output.maintenance_due(_monotonic()):
+                    self._maintain()
+                before = self._written
+                done = self._write_line(line, started=False)
+                if done is None:
+                    accepted = self._written != before
+                    self._accepted_direct += accepted
+                else:  # part of it is out: the thread finishes it
+                    self._put_back([line[done:]], started=bool(done), new=True)
+                    accepted = True
+                if accepted and self.fsync_each and not self._queue:
+                    self._fsync()
+            notes = self._take_notes()
+        _send(notes)
+        if queued:
+            return self._enqueue(line)
+        return accepted
 
-    def _enqueue(self, line: bytes, *, force: bool = False) -> bool:
+    def _enqueue(self, line: bytes) -> bool:
         with self._queue_lock:
-            if not force and not self._make_room(len(line)):
+            if not self._make_room(len(line)):
                 return False
             self._queue.append(line)
             self._queued_bytes += len(line)
@@ -207,11 +257,15 @@ class LineWriter:
         return True
 
     def _make_room(self, size: int) -> bool:
-        """Under the queue lock: apply the overflow policy; False when the line is dropped."""
+        """Under the queue lock: apply the overflow policy; False when the line is dropped.
+
+        The rest of a started line at the head of the queue is never dropped.
+        """
         deadline = time.monotonic() + self.block_seconds
         while len(self._queue) >= self.max_events or self._queued_bytes + size > self.max_bytes:
-            if self.overflow == "drop_oldest" and len(self._queue) > 1:
-                oldest = self._queue.popleft()
+            if self.overflow == "drop_oldest" and len(self._queue) > self._head_started:
+                oldest = self._queue[self._head_started]
+                del self._queue[self._head_started]
                 self._queued_bytes -= len(oldest)
                 self.stats.count_dropped("queue_overflow")
                 continue
@@ -226,6 +280,23 @@ class LineWriter:
             return False
         return True
 
+    def _put_back(self, lines: list[bytes], *, started: bool, new: bool) -> None:
+        """Queue `lines` ahead of everything queued: the first may be a started line's rest.
+
+        `new`: they were never counted as accepted (the caller's own line).
+        """
+        with self._queue_lock:
+            if new:
+                self._accepted_queued += len(lines)
+            if self._lost_counted:  # close() gave up on the thread: count them lost here
+                self.stats.count_dropped(self._loss_reason(), len(lines))
+                return
+            self._queue.extendleft(reversed(lines))
+            self._queued_bytes += sum(map(len, lines))
+            self._head_started = started
+            self._ensure_thread()
+            self._wakeup.notify()
+
     # --- background thread -------------------------------------------------------------------
 
     def _ensure_thread(self) -> None:
@@ -236,70 +307,117 @@ class LineWriter:
             self._thread.start()
 
     def _run(self) -> None:
+        pause = 0.0  # after a failed attempt at a line's rest: doubled each time
         while True:
             with self._queue_lock:
-                while not self._queue and not self._stopping:
-                    self._wakeup.wait()
+                while not self._stopping:
+                    wait = self._retry_at - _monotonic() if self._queue else None
+                    if wait is not None and wait <= 0:
+                        break
+                    self._wakeup.wait(wait)
                 if self._stopping and not self._queue:
                     return
             with self._write_lock:
-                self._drain_queue_locked()
-                if self._stopping:
-                    return
-                if self.output.maintenance_due(time.monotonic()):
-                    self._maintain()
-                if (
-                    not self._always_background
-                    and not self._closed
-                    and time.monotonic() >= self._resume_direct_at
-                ):
-                    self._direct = True
+                drained = self._drain_queue_locked()
+                if drained and not self._stopping:
+                    if self.output.maintenance_due(_monotonic()):
+                        self._maintain()
+                    if (
+                        not self._always_background
+                        and not self._closed
+                        and _monotonic() >= self._resume_direct_at
+                    ):
+                        self._direct = True
+                notes = self._take_notes()
+            _send(notes)
+            if self._stopping:
+                return
+            pause = 0.0 if drained else min(self.retry_max, max(self.retry_initial, pause * 2))
+            if pause:
+                with self._queue_lock:
+                    self._retry_at = _monotonic() + pause
 
-    def _drain_queue_locked(self) -> None:
-        """Under the write lock: write every queued line, in order."""
+    def _drain_queue_locked(self) -> bool:
+        """Under the write lock: write queued lines in order; False when a line's rest failed.
+
+        The rest, and the lines behind it, then go back to the head of the queue.
+        """
         while True:
             with self._queue_lock:
                 if not self._queue:
                     self._busy = False
                     self._drained.notify_all()
-                    return
+                    return True
                 batch = list(self._queue)
+                started = self._head_started
                 self._queue.clear()
                 self._queued_bytes = 0
+                self._head_started = False
                 self._busy = True
                 self._drained.notify_all()
             for index, line in enumerate(batch):
-                if self.output.maintenance_due(time.monotonic()):
+                if self.output.maintenance_due(_monotonic()):
                     self._maintain()
-                if not self._write_fully(line) and self._stopping:
-                    self.stats.count_dropped("shutdown", len(batch) - index)
-                    break
+                done = self._write_line(line, started=started)
+                if done is not None:
+                    rest = [line[done:], *batch[index + 1 :]]
+                    self._put_back(rest, started=started or bool(done), new=False)
+                    return False
+                started = False
             if self.fsync_each:
                 self._fsync()
 
-    def _write_fully(self, data: bytes) -> bool:
-        view = memoryview(data)
-        while view:
+    def _write_line(self, line: bytes, *, started: bool) -> int | None:
+        """Under the write lock: write all of `line`, or of a started line's rest.
+
+        None when the line is finished with: written, or dropped and counted (nothing of it
+        went out, or the output abandoned it). Otherwise how much of it was written before
+        a failure: the caller keeps the rest, which must be the next thing written.
+        """
+        view = memoryview(line)
+        done = 0
+        while done < len(line):
             try:
-                written = self.output.write(view)  # type: ignore[arg-type]
+                written = self.output.write(view[done:])  # type: ignore[arg-type]
             except BlockingIOError:
-                if self._stopping:  # closing, and the reader is gone: give up this line
-                    return False
+                if self._stopping:  # closing, and the reader is gone: close() counts it
+                    return done
                 self.output.wait_writable(0.1)
                 continue
+            except LineAbandoned as exc:
+                self._failing = False
+                self._notes.append(self._count_write_error(exc))
+                return None
             except OSError as exc:
-                self._count_write_error(exc)
-                return False
-            view = view[written:]
+                if done or started:
+                    self._failing = True
+                    self.stats.record_error(f"write failed: {exc}")
+                    self._notes.append(
+                        (
+                            f"write-{self.name}",
+                            f"sink {self.name}: write failed: {exc}; the rest of the line "
+                            "is written as soon as the output takes it",
+                        )
+                    )
+                    return done
+                self._notes.append(self._count_write_error(exc))
+                return None
+            if not written:
+                self.output.wait_writable(0.1)
+            done += written
+        self._failing = False
         self._written += 1
-        return True
+        return None
 
-    def _maintain(self) -> None:
+    def _maintain(self) -> bool:
+        """Under the write lock: let the output reopen or rotate; False (noted) on failure."""
         try:
             self.output.maintain()
         except OSError as exc:
             self.stats.record_error(f"reopen failed: {exc}")
-            report(f"maintain-{self.name}", f"sink {self.name}: reopen failed: {exc}")
+            self._notes.append((f"maintain-{self.name}", f"sink {self.name}: reopen failed: {exc}"))
+            return False
+        return True
 
     def _fsync(self) -> None:
         try:
@@ -307,18 +425,27 @@ class LineWriter:
         except OSError as exc:
             self.stats.record_error(f"fsync failed: {exc}")
 
-    def _count_write_error(self, exc: OSError) -> None:
+    def _count_write_error(self, exc: OSError) -> Note:
         self.stats.count_dropped("write_error")
         self.stats.record_error(f"write failed: {exc}")
-        report(f"write-{self.name}", f"sink {self.name}: write failed: {exc}")
+        return (f"write-{self.name}", f"sink {self.name}: write failed: {exc}")
+
+    def _take_notes(self) -> list[Note]:
+        notes, self._notes = self._notes, []
+        return notes
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every accepted line is written (and fsynced if asked); False on timeout."""
+        """Wait until every accepted line is written (and fsynced if asked); False on timeout.
+
+        Then check that the output still leads where it should (a file's path), reopening
+        it if not: False when that failed too (`stats()` says why).
+        """
         deadline = time.monotonic() + timeout
         with self._queue_lock:
             if self._queue:
+                self._retry_at = 0.0  # the disk may have room again: try now
                 self._ensure_thread()
                 self._wakeup.notify()
             while self._queue or self._busy:
@@ -326,10 +453,17 @@ class LineWriter:
                 if remaining <= 0:
                     return False
                 self._drained.wait(remaining)
-        if self.fsync_each:
-            with self._write_lock:
+        if not self._write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return False
+        try:
+            ok = self._maintain()
+            if self.fsync_each:
                 self._fsync()
-        return True
+            notes = self._take_notes()
+        finally:
+            self._write_lock.release()
+        _send(notes)
+        return ok
 
     def close(self, timeout: float) -> bool:
         """Flush within `timeout`, stop the thread, close the output. Idempotent."""
@@ -345,17 +479,23 @@ class LineWriter:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.1, deadline - time.monotonic()))
-        with self._queue_lock:  # what the thread never took: lost, and counted once here
+        with self._queue_lock:  # what the thread never wrote: lost, and counted once here
             lost = len(self._queue)
             self._queue.clear()
             self._queued_bytes = 0
+            self._head_started = False
+            self._lost_counted = True
+            if lost:
+                self.stats.count_dropped(self._loss_reason(), lost)
         if lost:
-            self.stats.count_dropped("shutdown", lost)
             report(f"shutdown-{self.name}", f"sink {self.name}: {lost} lines not written at exit")
         if thread is None or not thread.is_alive():
             with self._write_lock:
                 self.output.close()
         return flushed and not lost
+
+    def _loss_reason(self) -> str:
+        return "write_error" if self._failing else "shutdown"
 
     def counters(self) -> dict[str, Any]:
         """Accepted, written and queued counts for `stats()`."""

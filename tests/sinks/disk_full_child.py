@@ -1,0 +1,138 @@
+"""A process whose file sink runs out of room in the middle of a line, then gets room back.
+
+`python -m tests.sinks.disk_full_child HOW SCENARIO PATH` prints one JSON object: the sink's
+stats (and, for `reopen`, the second sink's). HOW is how the room runs out, for real:
+
+- `fsize`: RLIMIT_FSIZE (SIGXFSZ ignored) lets a write through up to the limit, then fails
+  with EFBIG; raising the limit again is room coming back. Needs no privilege.
+- `tmpfs`: PATH is on a small tmpfs the test mounted; a filler file takes every free page but
+  the end of the log's last one (so a write fills that, then fails with ENOSPC); deleting the
+  filler is room coming back.
+
+SCENARIO: `complete` (the line cut short is finished once there is room, and the lines
+submitted meanwhile follow it) or `reopen` (the sink closes with the line unfinished; a sink
+opened later starts on a fresh line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from bridge.config import FileSinkSettings
+from bridge.sinks.file import FileSink
+
+ROOM = 40  # bytes of the cut line that fit
+PAGE = 4096
+
+
+def line(n: int, pad: int = 100) -> bytes:
+    return json.dumps({"n": n, "pad": "x" * pad}).encode() + b"\n"
+
+
+class Fsize:
+    """Room ends at the file's current size plus ROOM bytes."""
+
+    def __init__(self, path: Path) -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        self.path = path
+        self.hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+
+    def first_pad(self) -> int:
+        return 100
+
+    def take_room(self) -> None:
+        limit = self.path.stat().st_size + ROOM
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, self.hard))
+
+    def give_room(self) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.hard, self.hard))
+
+
+class Tmpfs:
+    """Room ends at the end of the log's last page: a filler takes every other page."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filler = path.with_name("filler")
+
+    def first_pad(self) -> int:
+        # the first line ends ROOM bytes before its page does
+        return PAGE - ROOM - len(line(0, 0))
+
+    def take_room(self) -> None:
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            chunk = b"\0" * PAGE
+            while True:
+                os.write(fd, chunk)  # a partial write still takes the last page
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def give_room(self) -> None:
+        self.filler.unlink()
+
+
+def make_sink(path: Path) -> FileSink:
+    settings = FileSinkSettings(type="file", name="file-0", path=path)
+    return FileSink(settings, check_interval=3600.0)
+
+
+def wait_for_failure(sink: FileSink) -> None:
+    """Until the sink's thread has tried the line's rest and failed (bounded)."""
+    for _ in range(400):
+        sink.flush(0.05)
+        if sink.stats()["last_error"]:
+            return
+    raise SystemExit("the rest of the line was never tried")
+
+
+def complete(room: Fsize | Tmpfs, path: Path) -> dict[str, Any]:
+    sink = make_sink(path)
+    sink.submit(line(0, room.first_pad()))
+    assert sink.flush(5.0)
+    room.take_room()
+    sink.submit(line(1))  # only its first ROOM bytes fit
+    wait_for_failure(sink)
+    sink.submit(line(2))  # behind the rest of line 1
+    sink.submit(line(3))
+    room.give_room()
+    flushed = sink.flush(10.0)
+    stats = sink.stats()
+    sink.close(5.0)
+    return {"flushed": flushed, "stats": stats}
+
+
+def reopen(room: Fsize | Tmpfs, path: Path) -> dict[str, Any]:
+    sink = make_sink(path)
+    sink.submit(line(0, room.first_pad()))
+    assert sink.flush(5.0)
+    room.take_room()
+    sink.submit(line(1))
+    wait_for_failure(sink)
+    closed = sink.close(0.2)
+    stats = sink.stats()
+    room.give_room()
+    later = make_sink(path)  # a restarted process, say
+    later.submit(line(2))
+    later.close(5.0)
+    return {"closed": closed, "stats": stats, "later": later.stats()}
+
+
+def main() -> None:
+    how, scenario, where = sys.argv[1:4]
+    path = Path(where)
+    room = Fsize(path) if how == "fsize" else Tmpfs(path)
+    result = complete(room, path) if scenario == "complete" else reopen(room, path)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
