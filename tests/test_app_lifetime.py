@@ -60,8 +60,7 @@ def no_gc() -> Iterator[None]:
 
 class TestDroppedApp:
     def test_freed_by_refcount_and_released(self, tmp_path: Path, no_gc: None) -> None:
-        """Dropping the last reference frees the app at once; its file is closed, its thread
-        stopped, its receivers disconnected, its logger handler removed."""
+        """The last reference dropped: app freed; file, thread, receivers and handler released."""
         path = tmp_path / "events.jsonl"
         receivers_before, threads_before = receiver_counts(), bridge_threads()
         with Collector() as collector:

@@ -197,8 +197,7 @@ class TestIsolation:
         assert [] == admin.named("user-login")
 
     def test_receivers_survive_garbage_collection(self, make_bridged: Make) -> None:
-        """Blinker holds the receivers (the bridge keeps only weak references to them), so a gc
-        pass silences neither a built-in nor a custom signal."""
+        """Blinker holds the receivers strongly: a gc pass silences no built-in or custom signal."""
         bridged = make_bridged(signals=["request_finished", "user-login"])
         gc.collect()
         bridged.client.post("/login")
@@ -332,8 +331,7 @@ class TestContextForging:
     def test_request_context_cannot_be_forged(
         self, tmp_path: Path, send: Callable[[Flask], None], with_processor: bool
     ) -> None:
-        """Signal arguments and log `extra` named like request-context keys stay args.<key>,
-        also on the way through a user's processor, which sees them under args.<key>."""
+        """Signal args and log extra named like request-context keys stay args.<key>, always."""
         seen: list[dict[str, Any]] = []
 
         def spy(logger: Any, method: str, event_dict: Any) -> Any:

@@ -94,8 +94,7 @@ def run_suite(root: Path, work: Path, *, attach: bool) -> tuple[dict[str, Any], 
 
 class TestFlaskSuite:
     def test_passes_unchanged_with_a_bridge_on_every_app(self, tmp_path: Path) -> None:
-        """Every test of Flask's suite ends as it does without the bridge; every app the suite
-        created was bridged, and freed again (its pipeline closed) by the end."""
+        """Every Flask test ends as without the bridge; every app is bridged, then freed."""
         root = flask_sdist()
         baseline, _ = run_suite(root, tmp_path / "baseline", attach=False)
         bridged, output = run_suite(root, tmp_path / "bridged", attach=True)

@@ -95,8 +95,7 @@ class TestStreamedBody:
     def test_exception_in_the_body_is_an_event(
         self, streaming: Callable[..., BridgedApp], query: str
     ) -> None:
-        """A body raising midway: request.exception (same request_id), then request.finished
-        with the status already sent and the bytes that went out."""
+        """A body raising midway: request.exception, then request.finished with the status sent."""
         bridged = streaming()
         response = bridged.client.get("/stream-fails" + query, headers={"X-Request-ID": "s-2"})
         with pytest.raises(RuntimeError, match="stream broke"):
@@ -161,8 +160,7 @@ class TestStreamedBody:
     def test_file_wrapper_is_kept(
         self, streaming: Callable[..., BridgedApp], tmp_path: Path
     ) -> None:
-        """send_file's wsgi.file_wrapper reaches the server as such (sendfile stays possible);
-        request.finished comes when the server closes it."""
+        """A wsgi.file_wrapper reaches the server unwrapped; request.finished comes at close()."""
         bridged = streaming()
         data = tmp_path / "report.csv"
         data.write_bytes(b"a,b\n" * 100)
@@ -212,8 +210,7 @@ class TestPlainResponses:
 @pytest.mark.slow
 class TestUnderGunicorn:
     def test_streams_through_a_real_worker(self, tmp_path: Path) -> None:
-        """Under gunicorn: the finished body's event after it, a failing body's exception,
-        and a send_file through gunicorn's own file wrapper."""
+        """Under gunicorn: a streamed body, a failing one, and send_file via its file wrapper."""
         path = tmp_path / "events.jsonl"
         env = {
             **os.environ,
