@@ -118,17 +118,22 @@ _COUNTED_TOKENS = frozenset(
     ["prompt", "completion", "input", "output", "cached", "reasoning", "total", "max", "min", "num"]
 )
 
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _WORDS = re.compile(r"[^\W\d_]+|\d+")
+# camelCase words of an ASCII key: `XAmzSignature` -> X, Amz, Signature; `APIKey` -> API, Key
+_ASCII_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_NOT_ALNUM = re.compile(r"[\W_]+")
 
 
 def key_words(key: str) -> list[str]:
     """The lower-case words of a key: `X-Amz-Signature` and `xAmzSignature` give the same."""
     if "%" in key:
         key = unquote(key)
-    if not key.islower():
-        key = _CAMEL.sub("_", key).lower()
-    return _WORDS.findall(key)
+    if key.islower():
+        return _WORDS.findall(key)
+    if key.isascii():
+        return [word.lower() for word in _ASCII_WORDS.findall(key)]
+    return _WORDS.findall(_CAMEL.sub("_", key).lower())
 
 
 def normalize_key(key: str) -> str:
@@ -149,18 +154,24 @@ class SensitiveKeys:
 
     def __init__(self, terms: Iterable[str]) -> None:
         self.terms = tuple(terms)
-        short: set[str] = set()
-        long: set[str] = set()
-        for term in self.terms:
-            words = key_words(term)
-            compact = "".join(words)
-            if len(compact) > _SHORT_TERM_CHARS:
-                long.add(compact)
-            elif compact:
-                short.add("_".join(words))
-        # One search each instead of a loop over the terms: keys are matched on the hot path.
-        self._short = _alternation(r"_(?:{})s?_", short)
-        self._long = _alternation("{}", long)
+        words_of = [key_words(term) for term in self.terms]
+        compacts = {"".join(words) for words in words_of} - {""}
+        self._long = tuple(sorted(c for c in compacts if len(c) > _SHORT_TERM_CHARS))
+        # short terms of one word, singular and plural, matched by set look-ups
+        self._short = frozenset(
+            form
+            for words in words_of
+            if len(words) == 1 and len(words[0]) <= _SHORT_TERM_CHARS
+            for form in (words[0], words[0] + "s")
+        )
+        # short terms of several words (`x_1`): `_x_1_` must be in `_a_x_1_`
+        self._phrases = tuple(
+            "_" + "_".join(words) + "_"
+            for words in words_of
+            if len(words) > 1 and len("".join(words)) <= _SHORT_TERM_CHARS
+        )
+        # Most keys hold no term at all, not even across words: one search says so first.
+        self._any = re.compile("|".join(map(re.escape, sorted(compacts))) or "(?!)")
         self._cache: dict[str, bool] = {}
 
     def __call__(self, key: str) -> bool:
@@ -172,24 +183,22 @@ class SensitiveKeys:
         return answer
 
     def _decide(self, key: str) -> bool:
-        words = key_words(key)
-        if not words:
+        flat = _NOT_ALNUM.sub("", unquote(key) if "%" in key else key).lower()
+        if self._any.search(flat) is None:
             return False
+        words = key_words(key)
         if len(words) > 1 and (
             words[-1] in _MEASURES or (words[-1] == "tokens" and words[-2] in _COUNTED_TOKENS)
         ):
             return False
-        if self._short is not None and self._short.search("_" + "_".join(words) + "_"):
+        if not self._short.isdisjoint(words):
             return True
-        if self._long is None:
-            return False
-        return self._long.search("".join(w for w in words if w not in _INNOCENT_WORDS)) is not None
-
-
-def _alternation(template: str, terms: set[str]) -> re.Pattern[str] | None:
-    if not terms:
-        return None
-    return re.compile(template.format("|".join(map(re.escape, sorted(terms, key=len)))))
+        if self._phrases:
+            padded = "_" + "_".join(words) + "_"
+            if any(phrase in padded for phrase in self._phrases):
+                return True
+        compact = "".join(w for w in words if w not in _INNOCENT_WORDS)
+        return any(term in compact for term in self._long)
 
 
 def secret_variants(value: str) -> set[str]:
