@@ -17,7 +17,7 @@ from flask import request
 from bridge import SignalBridge
 from bridge.events import exception_fields, redact_query, request_fields, timestamp_and_id
 from bridge.processors import SensitiveKeys
-from bridge.redaction import REDACTED, Scrubber
+from bridge.redaction import DEFAULT_REDACT_TERMS, REDACTED, Scrubber
 from tests.collector import Collector
 from tests.conftest import build_app, read_events
 
@@ -83,6 +83,14 @@ class TestRequestFields:
         """An attacker-sized X-Request-ID is cut to a sane length."""
         environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "HTTP_X_REQUEST_ID": "r" * 10_000}
         assert 512 == len(request_fields(environ, None, SENSITIVE)["request_id"])
+
+    def test_signed_url_parameters_are_redacted(self) -> None:
+        """Signed-URL and OAuth parameters lose their value; innocent ones keep it."""
+        query = "X-Amz-Signature=f00d&X-Amz-Credential=AKIA1&sig=s1g&access_token=t&author=ada"
+        assert (
+            "X-Amz-Signature=[REDACTED]&X-Amz-Credential=[REDACTED]&sig=[REDACTED]"
+            "&access_token=[REDACTED]&author=ada"
+        ) == redact_query(query, SensitiveKeys(DEFAULT_REDACT_TERMS))
 
     def test_query_redaction(self) -> None:
         """Sensitive query parameters keep their name and lose their value."""

@@ -290,6 +290,22 @@ class TestHostilePayloads:
         assert REDACTED == parsed[key]
 
 
+class TestRedactSetting:
+    def test_configured_terms_match_like_defaults(
+        self, make_bridged: Callable[..., BridgedApp]
+    ) -> None:
+        """`redact` terms from the configuration are whole words when short, like defaults."""
+        bridged = make_bridged(signals=["user-login"], BRIDGE_REDACT=["IBAN", "X-Tenant-Key"])
+        LOGIN_SIGNAL.send(user_iban="DE89", libano="lb", xTenantKey="tk", pin="1234")
+        (event,) = bridged.events()
+        assert (REDACTED, "lb", REDACTED, REDACTED) == (
+            event["user_iban"],
+            event["libano"],
+            event["xTenantKey"],
+            event["pin"],
+        )
+
+
 @settings(
     max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
