@@ -187,10 +187,20 @@ class Emitter:
         for sink in self.sinks:
             sink.submit(line)
 
-    def exception_fields(self, exc: BaseException) -> dict[str, str]:
+    def exception_fields(
+        self, exc: BaseException, secrets: list[str] | None = None
+    ) -> dict[str, str]:
         """`exception.*` fields with configured secrets and the current request's sensitive
-        values (a `password` form field, the `Authorization` header) scrubbed."""
-        return exception_fields(exc, self.scrubber.with_secrets(request_secrets(self.is_sensitive)))
+        values (a `password` form field, the `Authorization` header) scrubbed; `secrets`
+        instead of the current request's when given (see `request_secrets`)."""
+        if secrets is None:
+            secrets = self.request_secrets()
+        return exception_fields(exc, self.scrubber.with_secrets(secrets))
+
+    def request_secrets(self) -> list[str]:
+        """The current request's sensitive values, kept for an exception raised after it is
+        gone (a streamed body's)."""
+        return request_secrets(self.is_sensitive)
 
     def count_error(self, exc: BaseException) -> None:
         with self._errors_lock:

@@ -24,7 +24,7 @@ from typing import Any
 from flask import Flask
 
 from bridge.emitter import Emitter
-from bridge.events import REQUEST_START_KEY, exception_fields, request_duration_ms
+from bridge.events import REQUEST_START_KEY, request_duration_ms
 
 __all__ = ["EventName", "RequestClock", "StreamedRequest", "defer", "status_level"]
 
@@ -43,7 +43,16 @@ class StreamedRequest:
     """What `request.finished` (and a body's `request.exception`) will say once the body of a
     streamed response is done; captured by the finished receiver while the request is alive."""
 
-    __slots__ = ("context", "emitter", "environ", "exception", "finished", "length", "status")
+    __slots__ = (
+        "context",
+        "emitter",
+        "environ",
+        "exception",
+        "finished",
+        "length",
+        "secrets",
+        "status",
+    )
 
     def __init__(
         self,
@@ -58,6 +67,9 @@ class StreamedRequest:
         self.finished = finished
         self.exception = exception
         self.context = emitter.request_context()
+        # Only while the request is there can its sensitive values be known, to be scrubbed
+        # from the exception text of a body that fails later.
+        self.secrets = emitter.request_secrets() if exception is not None else []
         self.environ = environ
         self.status = status
         self.length = length  # Content-Length, when the response declares one
@@ -68,7 +80,8 @@ class StreamedRequest:
             emitter = self.emitter
             with emitter.guard:
                 signal, event = self.exception
-                emitter.emit(signal, event, "error", exception_fields(exc), context=self.context)
+                fields = emitter.exception_fields(exc, self.secrets)
+                emitter.emit(signal, event, "error", fields, context=self.context)
 
     def done(self, sent: int | None, status_sent: bool, failed: bool) -> None:
         """The body is done: `sent` bytes went out (None: not counted), the status line went out

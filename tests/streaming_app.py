@@ -21,7 +21,8 @@ PARTIAL = b"partial,"
 
 def add_stream_routes(app: Flask, advance: Callable[[float], None] = lambda seconds: None) -> None:
     """/stream, /stream-fails and /stream-fails-first; `?context=1` wraps the body in
-    `stream_with_context`, `?name=` is read inside the body when it does."""
+    `stream_with_context`, `?name=` is read inside the body when it does; /stream-fails quotes
+    its `?detail=` (read by the view) in its exception."""
 
     def respond(body: Iterator[str]) -> Response:
         if request.args.get("context"):
@@ -42,13 +43,14 @@ def add_stream_routes(app: Flask, advance: Callable[[float], None] = lambda seco
     @app.route("/stream-fails")
     def stream_fails() -> Response:
         in_context = bool(request.args.get("context"))
+        detail = request.args.get("detail", "")
 
         def body() -> Iterator[str]:
             yield PARTIAL.decode()
             advance(1.0)
             # with stream_with_context the request is still there while the body runs
             name = request.args.get("name", "") if in_context else ""
-            raise RuntimeError(f"stream broke{name}")
+            raise RuntimeError(f"stream broke{name}{detail}")
 
         return respond(body())
 

@@ -118,6 +118,21 @@ class TestStreamedBody:
             finished["request_id"],
         )
 
+    @CONTEXT
+    def test_request_secrets_are_scrubbed_from_the_exception(
+        self, streaming: Callable[..., BridgedApp], query: str
+    ) -> None:
+        """A body's exception quoting a sensitive parameter's value never writes that value."""
+        bridged = streaming()
+        url = "/stream-fails" + (query or "?") + "&token=hunter2-token&detail=+for+hunter2-token"
+        response = bridged.client.get(url)
+        with pytest.raises(RuntimeError, match="hunter2-token"):
+            response.get_data()
+        response.close()
+        (exc,) = bridged.named("request.exception")
+        assert "stream broke for [REDACTED]" == exc["exception.message"]
+        assert "hunter2" not in exc["exception.stacktrace"]
+
     def test_exception_before_the_first_chunk_is_a_500(
         self, streaming: Callable[..., BridgedApp]
     ) -> None:
