@@ -180,6 +180,8 @@ class Writer:
         assert ready, f"no answer to {command['op']} within {DEADLINE} s"
         answer: dict[str, Any] = json.loads(stdout.readline())
         self.child = answer.get("child", self.child)
+        if "child_status" in answer:
+            self.child = 0  # reaped: its pid may be someone else's now
         return answer
 
     def stop(self) -> None:
@@ -215,11 +217,6 @@ def writers() -> Iterator[Callable[..., Writer]]:
     yield start
     for writer in started:
         writer.kill()
-
-
-def read_available(fd: int) -> bytes:
-    """What the pipe holds right now, without waiting for more."""
-    return drain(fd)
 
 
 def read_lines(fd: int, lines: int, head: bytes = b"") -> list[bytes]:
@@ -260,7 +257,7 @@ class TestStdoutAcrossProcesses:
         first, second = writers(write_fd), writers(write_fd)
         assert 1 == first.ask(op="submit", n=1, pad=3 * PIPE_BUF)["queue_depth"]  # partial
         first.stop()  # mid-line, and unable to finish it by itself
-        head = read_available(read_fd)
+        head = drain(read_fd)
         assert PIPE_BUF == len(head)
         answer = second.ask(op="submit", n=2, pad=10)  # the pipe is empty now
         assert {"accepted": True, "delivered": 0, "queue_depth": 1} == answer
@@ -305,7 +302,7 @@ class TestStdoutAcrossProcesses:
             assert 1 == parent.ask(op="submit", n=1, pad=3 * PIPE_BUF)["queue_depth"]
             child = parent.ask(op="fork_submit", n=2, pad=10, ack_fd=ack_write)["child"]
             parent.stop()
-            head = read_available(read_fd)
+            head = drain(read_fd)
             os.kill(child, signal.SIGUSR1)  # the child submits now, the pipe empty
             ready, _, _ = select.select([ack_read], [], [], DEADLINE)
             assert ready, "the forked child never submitted its line"
@@ -324,9 +321,9 @@ class TestStreamOutput:
         fcntl.fcntl(write_fd, F_SETPIPE_SZ, PIPE_BUF)
         output = StreamOutput(write_fd)
         assert PIPE_BUF == output.write(line(1, pad=3 * PIPE_BUF))
-        assert PIPE_BUF == len(read_available(read_fd))
+        assert PIPE_BUF == len(drain(read_fd))
         output.close()
-        assert b"\n" == read_available(read_fd)
+        assert b"\n" == drain(read_fd)
 
     def test_close_returns_while_another_writer_never_finishes(self, pipe: tuple[int, int]) -> None:
         """Another open of the pipe keeps the lock: close() gives up in time, counting the loss."""
@@ -339,6 +336,6 @@ class TestStreamOutput:
             assert 1 == sink.stats()["queue_depth"]
             assert not sink.close(0.3)
             assert {"shutdown": 1} == sink.stats()["dropped_by_reason"]
-            assert b"" == read_available(read_fd)
+            assert b"" == drain(read_fd)
         finally:
             os.close(other)
