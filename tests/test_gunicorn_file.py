@@ -1,10 +1,10 @@
 """Several real gunicorn workers append to one file while it is rotated under them.
 
-DESIGN.md section 5 and the file sink's promise: one whole line per `write()` with O_APPEND, so
-workers never tear or interleave lines; logrotate's renames are noticed and followed; size
-rotation (`rotate_bytes`) is done by one worker at a time. Each request carries a unique
-X-Request-ID, so after a SIGTERM (workers flush on exit) every request's events can be counted
-across the file and all its rotated copies: each must be there exactly once.
+The file sink's promise: one whole line per `write()` with O_APPEND, so workers never tear or
+interleave lines; logrotate's renames are noticed and followed; size rotation (`rotate_bytes`)
+is done by one worker at a time. Each request carries a unique X-Request-ID, so after a SIGTERM
+(workers flush on exit) every request's events can be counted across the file and all its
+rotated copies: each must be there exactly once.
 """
 
 from __future__ import annotations

@@ -68,6 +68,27 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class FileOutput:
     """An O_APPEND descriptor on `path` that follows external rotation and rotates by size."""
 
+    __slots__ = (
+        "__weakref__",
+        "_abandon",
+        "_bytes_since_check",
+        "_careful",
+        "_check_bytes",
+        "_fd",
+        "_fresh_line",
+        "_identity",
+        "_lock_busy_since",
+        "_maintenance_pending",
+        "_next_check",
+        "_torn",
+        "_unusable",
+        "backups",
+        "check_interval",
+        "mode",
+        "path",
+        "rotate_bytes",
+    )
+
     def __init__(
         self,
         path: Path,

@@ -99,6 +99,41 @@ def _send(notes: list[Note]) -> None:
 class LineWriter:
     """Direct-or-deferred writer of whole lines with a bounded queue and an overflow policy."""
 
+    # Slots: attribute reads on the per-event fast path are measurably cheaper.
+    __slots__ = (
+        "__weakref__",
+        "_accepted_direct",
+        "_accepted_queued",
+        "_always_background",
+        "_busy",
+        "_closed",
+        "_direct",
+        "_drained",
+        "_failing",
+        "_head_started",
+        "_lost_counted",
+        "_notes",
+        "_queue",
+        "_queue_lock",
+        "_queued_bytes",
+        "_resume_direct_at",
+        "_retry_at",
+        "_stopping",
+        "_thread",
+        "_wakeup",
+        "_write_lock",
+        "_written",
+        "fsync_each",
+        "max_bytes",
+        "max_events",
+        "name",
+        "output",
+        "overflow",
+        "slow_write_seconds",
+        "stats",
+        "sync",
+    )
+
     defer_seconds = 5.0
     block_seconds = 1.0
     retry_initial = 0.05  # pause before trying the rest of a line again, doubled up to...
@@ -283,9 +318,11 @@ class LineWriter:
     def _put_back(self, lines: list[bytes], *, started: bool, new: bool) -> None:
         """Queue `lines` ahead of everything queued: the first may be a started line's rest.
 
-        `new`: they were never counted as accepted (the caller's own line).
+        `new`: they were never counted as accepted (the caller's own line). The caller holds
+        the write lock, so no batch is being written: that of a failed drain ends here.
         """
         with self._queue_lock:
+            self._busy = False
             if new:
                 self._accepted_queued += len(lines)
             if self._lost_counted:  # close() gave up on the thread: count them lost here
@@ -456,7 +493,7 @@ class LineWriter:
         if not self._write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return False
         try:
-            ok = self._maintain()
+            ok = self._closed or self._maintain()  # a closed output stays closed
             if self.fsync_each:
                 self._fsync()
             notes = self._take_notes()

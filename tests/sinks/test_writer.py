@@ -155,6 +155,7 @@ class TestLineCutShort:
         wait_for_failure(writer)
         assert not writer.close(0.2)
         assert (2, 0, {"write_error": 2}) == counts(writer)
+        assert writer.flush(1.0), "nothing is left to wait for"
 
     def test_no_room_at_all_drops_the_line_and_writes_the_next(self) -> None:
         """A line of which nothing fits is dropped (counted); the next one is written."""
