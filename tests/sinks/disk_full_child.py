@@ -10,8 +10,10 @@ stats (and, for `reopen`, the second sink's). HOW is how the room runs out, for 
   filler is room coming back.
 
 SCENARIO: `complete` (the line cut short is finished once there is room, and the lines
-submitted meanwhile follow it) or `reopen` (the sink closes with the line unfinished; a sink
-opened later starts on a fresh line).
+submitted meanwhile follow it), `reopen` (the sink closes with the line unfinished; a sink
+opened later starts on a fresh line) or `deleted` (the operator deletes the full log to make
+room: the sink lets the deleted file go, gives up the line begun in it, and writes on into
+a new file).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class Fsize:
         self.path = path
         self.hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
 
-    def first_pad(self) -> int:
+    @staticmethod
+    def first_pad() -> int:
         return 100
 
     def take_room(self) -> None:
@@ -61,8 +64,9 @@ class Tmpfs:
         self.path = path
         self.filler = path.with_name("filler")
 
-    def first_pad(self) -> int:
-        # the first line ends ROOM bytes before its page does
+    @staticmethod
+    def first_pad() -> int:
+        """The first line ends ROOM bytes before its page does."""
         return PAGE - ROOM - len(line(0, 0))
 
     def take_room(self) -> None:
@@ -80,9 +84,14 @@ class Tmpfs:
         self.filler.unlink()
 
 
-def make_sink(path: Path) -> FileSink:
+def first_line(how: str) -> bytes:
+    """The line written before the room runs out."""
+    return line(0, (Fsize if how == "fsize" else Tmpfs).first_pad())
+
+
+def make_sink(path: Path, check_interval: float = 3600.0) -> FileSink:
     settings = FileSinkSettings(type="file", name="file-0", path=path)
-    return FileSink(settings, check_interval=3600.0)
+    return FileSink(settings, check_interval=check_interval)
 
 
 def wait_for_failure(sink: FileSink) -> None:
@@ -126,12 +135,29 @@ def reopen(room: Fsize | Tmpfs, path: Path) -> dict[str, Any]:
     return {"closed": closed, "stats": stats, "later": later.stats()}
 
 
+def deleted(room: Fsize | Tmpfs, path: Path) -> dict[str, Any]:
+    sink = make_sink(path, check_interval=0.0)
+    sink.submit(line(0, room.first_pad()))
+    assert sink.flush(5.0)
+    room.take_room()
+    sink.submit(line(1))
+    wait_for_failure(sink)
+    sink.submit(line(2))
+    path.unlink()  # the sink's descriptor still holds its pages until it lets it go
+    flushed = sink.flush(10.0)
+    stats = sink.stats()
+    sink.close(5.0)
+    return {"flushed": flushed, "stats": stats}
+
+
+SCENARIOS = {"complete": complete, "reopen": reopen, "deleted": deleted}
+
+
 def main() -> None:
     how, scenario, where = sys.argv[1:4]
     path = Path(where)
     room = Fsize(path) if how == "fsize" else Tmpfs(path)
-    result = complete(room, path) if scenario == "complete" else reopen(room, path)
-    print(json.dumps(result))
+    print(json.dumps(SCENARIOS[scenario](room, path)))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ for it: a `sync` request hung, a background sink dropped its queue.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.sinks import file as file_module
 from tests.sinks.test_file import line, make_sink
 
 FORKS = 20
@@ -136,3 +138,59 @@ def lines(path: Path) -> list[bytes]:
     raw = path.read_bytes()
     assert raw == b"" or raw.endswith(b"\n"), f"{path.name} ends mid-line"
     return raw.splitlines()
+
+
+class HeldLock:
+    """`<path>.lock` held by someone else (another open of it, as another process has)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class TestRotationLock:
+    def test_a_busy_lock_never_holds_up_a_sync_write(self, tmp_path: Path) -> None:
+        """sync = true while another process holds the lock: the request writes and goes
+        on (the file grows past rotate_bytes); rotation happens once the lock is free."""
+        path = tmp_path / "events.jsonl"
+        held = HeldLock(path)
+        sink = make_sink(path, rotate_bytes=4096, backups=3, sync=True)
+        request = threading.Thread(
+            target=lambda: [sink.submit(line(n, pad=100)) for n in range(100)]
+        )
+        try:
+            request.start()
+            request.join(10)
+            waited = request.is_alive()
+        finally:
+            held.release()  # the old code's request goes on now
+            request.join(10)
+        assert not waited, "the request waited for the lock"
+        assert not (tmp_path / "events.jsonl.1").exists()
+        for n in range(100, 110):
+            sink.submit(line(n, pad=100))
+        assert sink.close(5.0)
+        assert (tmp_path / "events.jsonl.1").exists()
+        assert {} == sink.stats()["dropped_by_reason"]
+
+    def test_a_lock_held_for_long_is_reported(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A lock that stays busy (a stuck process) is said in stats(), not waited on."""
+        monkeypatch.setattr(file_module, "LOCK_BUSY_REPORT_SECONDS", 0.0)
+        path = tmp_path / "events.jsonl"
+        held = HeldLock(path)
+        try:
+            sink = make_sink(path, rotate_bytes=4096, backups=3, sync=True)
+            for n in range(100):
+                sink.submit(line(n, pad=100))
+            error = sink.stats()["last_error"]
+            sink.close(5.0)
+        finally:
+            held.release()
+        assert error is not None and "locked by another process" in error
