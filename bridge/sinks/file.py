@@ -20,8 +20,14 @@ What the filesystem may do to the file, and what the sink does then:
   or removed): while the open file is still linked somewhere (renamed) lines go on into it; a
   deleted one is closed rather than filled unseen, and each line is dropped (`write_error`)
   until the path can be opened again. Either way `stats()` and stderr say why.
-- The log file, its lock or the path after a rotation is a symlink, a FIFO or a socket: never
-  followed or opened (`safefs`); the directory is created without group or world write.
+- A symlink, FIFO or socket appears at the path, the lock or a backup after start-up: never
+  followed or opened (`safefs`, `filetarget`); the directory is created without group or world
+  write. What was at the path at start-up is the operator's layout and is honoured
+  (`filetarget`): a symlink to a file elsewhere is written through, and followed after
+  logrotate while it still reads the same (`rotate_bytes` is then a ConfigError: it would
+  rename the link); a pipe or terminal (`/dev/stdout` under docker) is written like the
+  `stdout` sink, never blocking a request (`sync` is then a ConfigError, `rotate_bytes` and
+  `fsync` have nothing to act on).
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from bridge.config import FileSinkSettings
 from bridge.errors import ConfigError
 from bridge.safefs import make_dirs, open_nofollow
 from bridge.sinks.base import SinkStats
-from bridge.sinks.writer import LineAbandoned, LineWriter, WriterSink
+from bridge.sinks.filetarget import FileTarget, open_stream, survey
+from bridge.sinks.writer import LineAbandoned, LineWriter, Output, WriterSink
 
 __all__ = ["FileOutput", "FileSink"]
 
@@ -66,7 +73,10 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class FileOutput:
-    """An O_APPEND descriptor on `path` that follows external rotation and rotates by size."""
+    """An O_APPEND descriptor on `path` that follows external rotation and rotates by size.
+
+    `target`: what the path led to at start-up (`filetarget.survey`); a plain path if omitted.
+    """
 
     __slots__ = (
         "__weakref__",
@@ -80,6 +90,7 @@ class FileOutput:
         "_lock_busy_since",
         "_maintenance_pending",
         "_next_check",
+        "_target",
         "_torn",
         "_unusable",
         "backups",
@@ -97,6 +108,7 @@ class FileOutput:
         rotate_bytes: int,
         backups: int,
         check_interval: float = 1.0,
+        target: FileTarget | None = None,
     ) -> None:
         self.path = path
         self.check_interval = check_interval
@@ -111,6 +123,7 @@ class FileOutput:
         self._careful = False  # any of the four above: write() takes the slow path
         self._lock_busy_since: float | None = None
         make_dirs(path.parent)
+        self._target = target or FileTarget(path)
         self._fd = self._open()
         self._identity = self._fd_identity()
         self._update_careful()
@@ -120,39 +133,14 @@ class FileOutput:
         _live_outputs.add(self)
 
     def _open(self) -> int:
-        """Open the path (creating it with `mode`): a regular file or device, never a symlink."""
-        for _ in range(10):
-            try:
-                fd = self._open_flags(os.O_CREAT | os.O_EXCL)
-            except FileExistsError:
-                pass
-            else:
-                os.fchmod(fd, self.mode)  # the umask must not loosen or tighten the mode asked
-                return self._checked(fd)
-            try:
-                return self._checked(self._open_flags(0))
-            except FileNotFoundError:  # rotated away between the two opens: try again
-                continue
-        raise OSError(errno.ENOENT, f"could not open {self.path}: it keeps disappearing")
-
-    def _open_flags(self, extra: int) -> int:
-        # Read access only serves to look at the last byte; O_NONBLOCK: a FIFO never hangs us.
-        flags = os.O_APPEND | os.O_NONBLOCK | extra
-        try:
-            try:
-                return open_nofollow(self.path, flags | os.O_RDWR, self.mode)
-            except PermissionError:
-                return open_nofollow(self.path, flags | os.O_WRONLY, self.mode)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise OSError(errno.ELOOP, "a symlink: not followed", str(self.path)) from None
-            raise
+        """Open what the path leads to (`FileTarget`): a regular file, never a planted link."""
+        return self._checked(self._target.open(self.mode))
 
     def _checked(self, fd: int) -> int:
         """Refuse what is not a file to append to; note a last line left without its newline."""
         try:
             st = os.fstat(fd)
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+            if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, "not a regular file", str(self.path))
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
             self._fresh_line = False
@@ -226,12 +214,8 @@ class FileOutput:
         return self._maintenance_pending
 
     def _moved(self) -> bool:
-        """Whether the path no longer names the open file (lstat: a symlink to it is not it)."""
-        try:
-            st = os.lstat(self.path)
-        except OSError:
-            return True
-        return (st.st_dev, st.st_ino) != self._identity
+        """Whether the path no longer leads to the open file (a planted symlink never does)."""
+        return self._target.identity() != self._identity
 
     def _too_large(self) -> bool:
         return bool(self.rotate_bytes) and os.fstat(self._fd).st_size >= self.rotate_bytes
@@ -359,20 +343,7 @@ class FileSink(WriterSink):
         self.kind = "file"
         self.settings = settings
         self._stats = SinkStats()
-        try:
-            output = FileOutput(
-                settings.path,
-                mode=settings.file_mode,
-                rotate_bytes=settings.rotate_bytes,
-                backups=settings.backups,
-                check_interval=check_interval,
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"{config_key}.path",
-                str(settings.path),
-                f"a file path this process can create and append to ({exc.strerror or exc})",
-            ) from None
+        output = _open_output(settings, config_key, check_interval)
         self._writer = LineWriter(
             output,
             name=self.name,
@@ -386,3 +357,47 @@ class FileSink(WriterSink):
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.settings.path)}
+
+
+def _open_output(settings: FileSinkSettings, config_key: str, check_interval: float) -> Output:
+    """What the path leads to at start-up decides the output; ConfigError when unusable."""
+    try:
+        target = survey(settings.path)
+    except OSError as exc:
+        raise _path_error(settings, config_key, exc) from None
+    if settings.rotate_bytes and target.link is not None and not target.stream:
+        raise ConfigError(
+            f"{config_key}.rotate_bytes",
+            settings.rotate_bytes,
+            "0 when path is a symlink: size rotation renames the path, which would move the "
+            "link and leave the file it leads to growing; rotate that file with logrotate "
+            "(the sink follows it)",
+        )
+    if settings.sync and target.stream:
+        raise ConfigError(
+            f"{config_key}.sync",
+            settings.sync,
+            "false when path is a pipe or a terminal: a request would wait whenever nobody "
+            "reads it (without sync a full pipe queues the line)",
+        )
+    try:
+        if target.stream:
+            return open_stream(target)
+        return FileOutput(
+            settings.path,
+            mode=settings.file_mode,
+            rotate_bytes=settings.rotate_bytes,
+            backups=settings.backups,
+            check_interval=check_interval,
+            target=target,
+        )
+    except OSError as exc:
+        raise _path_error(settings, config_key, exc) from None
+
+
+def _path_error(settings: FileSinkSettings, config_key: str, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"{config_key}.path",
+        str(settings.path),
+        f"a file path this process can create and append to ({exc.strerror or exc})",
+    )
