@@ -5,11 +5,13 @@
         ... point an http sink at collector.url ...
         assert collector.wait_for(lambda c: len(c.event_ids()) == 10)
 
-Each request takes the next planned `Reply` (200 once the plan is used up). A reply can hold
-the response back (`stall`, until the client gives up or the collector stops), reset the
-connection, or return any status and headers. `down()` closes the port (connections are
-refused) and `up()` opens it again on the same port. Received bodies are gunzipped and split
-into events (NDJSON or a JSON array). Stopping always shuts every connection and joins every
+Each request takes the next planned `Reply` (the `always` reply, 200 unless set, once the plan
+is used up). A reply can hold the response back (`stall`, until the client gives up or the
+collector stops), trickle it one byte at a time (`trickle`), stream a huge chunked body that
+never exists in memory (`stream_bytes`), reset the connection, or return any status and
+headers. `down()` closes the port (connections are refused) and `up()` opens it again on the
+same port; `Collector(tls=context)` serves HTTPS. Received bodies are gunzipped and split into
+events (NDJSON or a JSON array). Stopping always shuts every connection and joins every
 handler thread, so no socket or thread outlives a test.
 """
 
@@ -19,6 +21,7 @@ import contextlib
 import gzip
 import json
 import socket
+import ssl
 import struct
 import threading
 from collections import deque
@@ -41,6 +44,9 @@ class Reply:
     record: bool | None = None  # count the events as received (default: for a 2xx status)
     stall: float = 0.0  # hold the reply this long (the client's read timeout fires first)
     reset: bool = False  # drop the connection with a TCP reset instead of replying
+    trickle: float = 0.0  # send the reply one byte per `trickle` seconds, never finishing
+    trickle_body: bool = False  # trickle only the body (status line and headers at once)
+    stream_bytes: int = 0  # a chunked body this long (`body` ignored), written as read
 
 
 @dataclass
@@ -53,6 +59,9 @@ class Received:
     body: bytes
     events: list[dict[str, Any]]
     reply: Reply
+    client_port: int = 0  # one port per connection: keep-alive reuses it
+    sent: int = 0  # reply bytes the collector managed to write (set when it is done)
+    done: bool = False  # the collector finished with this request (replied, or gave up)
 
     @property
     def recorded(self) -> bool:
@@ -103,6 +112,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    sent = 0
 
     def log_message(self, format: str, *args: Any) -> None:
         return None
@@ -114,32 +124,75 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         body = gzip.decompress(raw) if headers.get("content-encoding") == "gzip" else raw
         events = split_events(body, headers.get("content-type", ""))
-        collector.record(Received(self.path, headers, raw, body, events, reply))
+        received = Received(self.path, headers, raw, body, events, reply, self.client_address[1])
+        collector.record(received)
+        self.sent = 0
+        try:
+            self._reply(reply, collector)
+        except OSError:  # the client went away (or the collector stopped): so be it
+            self.close_connection = True
+        finally:
+            collector.finish(received, self.sent)
+
+    def _reply(self, reply: Reply, collector: Collector) -> None:
+        """Answer as `reply` says, counting the body bytes written in `self.sent`."""
         if reply.reset:
             self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.request.close()
             self.close_connection = True
             return
+        if reply.trickle:
+            self._trickle(reply, collector)
+            return
         if reply.stall:
             collector.stopped.wait(reply.stall)
-        try:
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(reply.body)))
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        if reply.stream_bytes:
+            self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            self.wfile.write(reply.body)
-        except OSError:
-            self.close_connection = True
+            self._stream(reply.stream_bytes, collector)
+            return
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        self.wfile.write(reply.body)
+        self.sent = len(reply.body)
+
+    def _trickle(self, reply: Reply, collector: Collector) -> None:
+        """Status line, headers and a body promised to be long, one byte at a time."""
+        self.close_connection = True
+        head = f"HTTP/1.1 {reply.status} Slow\r\nContent-Length: 1000000\r\n\r\n".encode()
+        written = 0
+        if reply.trickle_body:
+            self.wfile.write(head)
+            written = len(head)
+        while not collector.stopped.is_set():
+            self.wfile.write(head[written : written + 1] or b"x")
+            self.wfile.flush()
+            written += 1
+            self.sent = max(0, written - len(head))
+            collector.stopped.wait(reply.trickle)
+
+    def _stream(self, size: int, collector: Collector) -> None:
+        """`size` bytes of chunked body from one reused block: it never exists whole."""
+        block = b"x" * 65536
+        while self.sent < size and not collector.stopped.is_set():
+            part = block[: size - self.sent]
+            self.wfile.write(b"%x\r\n%b\r\n" % (len(part), part))
+            self.sent += len(part)
+        self.wfile.write(b"0\r\n\r\n")
 
 
 class Collector:
     """A threaded HTTP collector on 127.0.0.1 that records events and follows a plan."""
 
-    def __init__(self, *, start_down: bool = False) -> None:
+    def __init__(self, *, start_down: bool = False, tls: ssl.SSLContext | None = None) -> None:
         self._lock = threading.RLock()  # reentrant: wait_for's predicate reads under it
         self._changed = threading.Condition(self._lock)
         self._plan: deque[Reply] = deque()
+        self._always = Reply()
+        self._tls = tls
         self.received: list[Received] = []
         self.stopped = threading.Event()
         self._server: _Server | None = None
@@ -153,7 +206,8 @@ class Collector:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/ingest"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/ingest"
 
     # -- the plan -----------------------------------------------------------------------------
 
@@ -162,13 +216,23 @@ class Collector:
         with self._lock:
             self._plan.extend(replies)
 
+    def always(self, reply: Reply) -> None:
+        """Answer every request after the plan like this (instead of 200)."""
+        with self._lock:
+            self._always = reply
+
     def next_reply(self) -> Reply:
         with self._lock:
-            return self._plan.popleft() if self._plan else Reply()
+            return self._plan.popleft() if self._plan else self._always
 
     def record(self, received: Received) -> None:
         with self._changed:
             self.received.append(received)
+            self._changed.notify_all()
+
+    def finish(self, received: Received, sent: int) -> None:
+        with self._changed:
+            received.sent, received.done = sent, True
             self._changed.notify_all()
 
     # -- what arrived -------------------------------------------------------------------------
@@ -201,6 +265,8 @@ class Collector:
             self._placeholder = None
         self.stopped.clear()
         self._server = _Server(self.port, self)
+        if self._tls is not None:
+            self._server.socket = self._tls.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
