@@ -2,7 +2,9 @@
 
 A probe touches the outside world as lightly as it can (one temporary file, one HEAD request)
 and returns `(ok, message)`; `ok` is None when the probe was skipped. Messages never show a
-header value, a URL's credentials or its query string: they end up in CI logs.
+header value, a URL's credentials or its query string (they end up in CI logs), and name TLS
+and DNS failures as such ("TLS certificate verification failed (...)", "DNS lookup failed for
+host X (...)"), as the http sink's own errors do.
 """
 
 from __future__ import annotations
@@ -79,6 +81,11 @@ def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool | None,
     import requests
     from urllib3.exceptions import InsecureRequestWarning
 
+    from bridge.redaction import Scrubber
+    from bridge.sinks.httpwire import sink_secrets
+
+    scrub = Scrubber(sink_secrets(settings.url, settings.headers))
+
     cert: str | tuple[str, str] | None = settings.client_cert
     if settings.client_cert and settings.client_key:
         cert = (settings.client_cert, settings.client_key)
@@ -98,16 +105,28 @@ def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool | None,
                 allow_redirects=False,
             )
             response.close()
-    except requests.exceptions.SSLError as exc:
-        return False, f"TLS failed: {_root_cause(exc)}"
-    except requests.exceptions.Timeout:
-        return False, f"no answer within {timeout:g}s"
     except (requests.RequestException, OSError) as exc:
-        return False, f"unreachable: {_root_cause(exc)}"
+        return False, scrub(_failure(exc, settings.url, timeout))
     status = response.status_code
     if status in (401, 403):
         return False, f"reachable, but HTTP {status}: the collector refused the credentials"
     return True, f"reachable (HTTP {status} to HEAD)"
+
+
+def _failure(exc: BaseException, url: str, timeout: float) -> str:
+    """Why the HEAD request failed: TLS and DNS failures by name, else the OS's reason."""
+    import requests
+
+    from bridge.sinks.httpwire import failure_cause
+
+    cause = failure_cause(exc, urlsplit(url).hostname or "?")
+    if cause.startswith("TLS"):
+        return cause
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"no answer within {timeout:g}s"
+    if cause.startswith("DNS"):
+        return f"unreachable: {cause}"
+    return f"unreachable: {_root_cause(exc)}"
 
 
 def describe_sink(sink: SinkSettings) -> str:

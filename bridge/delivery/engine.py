@@ -33,7 +33,9 @@ from bridge.diagnostics import report
 from bridge.errors import FatalError, RetryableError
 from bridge.sinks.base import SinkStats
 
-__all__ = ["DeliveryEngine"]
+__all__ = ["ABORT_GRACE", "DeliveryEngine"]
+
+ABORT_GRACE = 1.0  # close: how long a worker whose send was cut gets to wind down
 
 
 _live_engines: weakref.WeakSet[DeliveryEngine] = weakref.WeakSet()
@@ -160,8 +162,10 @@ class DeliveryEngine:
     def close(self, timeout: float) -> bool:
         """Flush within `timeout`, stop the worker, release the spool and the connection pool.
 
-        What is left stays in the spool, or (no spool) is counted as dropped "shutdown";
-        either way one line goes to stderr. Idempotent: later calls return the first result.
+        A request still in flight at the deadline is cut (`Transport.abort`), so this returns
+        within `timeout` plus `ABORT_GRACE` and the worker is gone. What is left stays in the
+        spool, or (no spool) is counted as dropped "shutdown"; either way one line goes to
+        stderr. Idempotent: later calls return the first result.
         """
         with self._close_lock:
             if self._closed_result is not None:
@@ -175,6 +179,9 @@ class DeliveryEngine:
             thread = self._thread
             if thread is not None and thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
+                if thread.is_alive():  # inside a send: cut it, its batch stays pending
+                    self._transport.abort()
+                    thread.join(ABORT_GRACE)
             left = self._leftovers()
             self._transport.close()
             self._closed_result = flushed and not left

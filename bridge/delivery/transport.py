@@ -29,9 +29,15 @@ ALL_DELIVERED = Outcome()
 
 
 class Transport(Protocol):
-    """Sends one batch. Raises `RetryableError` or `FatalError`; messages hold no secrets."""
+    """Sends one batch. Raises `RetryableError` or `FatalError`; messages hold no secrets.
+
+    `abort` may be called from another thread while `send` runs (close gave up waiting): the
+    send must then end promptly with `RetryableError`, and later sends must fail at once.
+    """
 
     def send(self, lines: Sequence[bytes]) -> Outcome: ...
+
+    def abort(self) -> None: ...
 
     def close(self) -> None: ...
 

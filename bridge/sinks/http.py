@@ -6,26 +6,29 @@ keep-alive `requests.Session`, gzip, timeouts, TLS, no redirects, status codes m
 dead-letter) and the sink's counters. Everything that can be checked is checked when the sink
 is built, so a mistake is a `ConfigError` at `init_app`, not a failure at send time.
 
-Secrets: header values (and a password in the URL) never appear in an error message, in
-`stats()`, on stderr or in a dead-letter record; messages name the collector by its origin
-(scheme, host, port) only. Redirects are never followed, so credentials never go to another
-host: a 3xx reply is refused with a message saying to configure the final URL.
+Secrets: header values (and the credential after `Bearer`), a password in the URL and the
+values of sensitive query parameters (`?api_key=`) never appear in an error message, in
+`stats()`, on stderr or in a dead-letter record, even where a collector echoes them inside
+its reply; messages name the collector by its origin (scheme, host, port) only. Redirects are
+never followed, so credentials never go to another host: a 3xx reply is refused with a
+message saying to configure the final URL. The connection itself (a total deadline per
+request, at most 1 MiB of any reply read, TLS and DNS failures named as such) is in
+`bridge.sinks.httpwire`.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import warnings
 import zlib
 from collections.abc import Sequence
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import InsecureRequestWarning
+from urllib3.exceptions import HTTPError, InsecureRequestWarning
 
 from bridge.config import HttpSinkSettings
 from bridge.delivery.deadletter import DeadLetter
@@ -36,7 +39,16 @@ from bridge.delivery.transport import ALL_DELIVERED, Outcome
 from bridge.diagnostics import report
 from bridge.errors import ConfigError, FatalError, RetryableError
 from bridge.formats import Format, get_format
+from bridge.redaction import Scrubber, register_secrets
 from bridge.sinks.base import SinkStats
+from bridge.sinks.httpwire import (
+    Deadline,
+    GuardedAdapter,
+    failure_cause,
+    origin,
+    read_reply,
+    sink_secrets,
+)
 
 __all__ = ["HttpSink", "HttpTransport"]
 
@@ -45,26 +57,15 @@ EXCERPT_BYTES = 512
 USER_AGENT = "flask-signal-bridge"
 
 
-def origin(url: str) -> str:
-    """`scheme://host[:port]` of `url`: how messages name the collector (no path, no userinfo)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        port = ""
-    return f"{parts.scheme}://{host}{port}"
-
-
 class HttpTransport:
     """Sends one batch per request on a keep-alive session; maps replies onto the error types.
 
     Requests are prepared here rather than through `Session.post`, which would scan the whole
     environment for proxies and `.netrc` on every call (a third of a request's CPU): proxies
     come from the environment once, at construction; credentials only from `headers` or the
-    URL. Session cookies (a load balancer's sticky session) are kept.
+    URL. Session cookies (a load balancer's sticky session) are kept. Each request has a total
+    deadline of `timeout_connect + timeout_read` (reply included), and reads at most
+    `REPLY_MAX_BYTES` of the reply.
     """
 
     def __init__(self, settings: HttpSinkSettings, fmt: Format) -> None:
@@ -72,7 +73,9 @@ class HttpTransport:
         self._format = fmt
         self._url = settings.url
         self._origin = origin(settings.url)
+        self._host = urlsplit(settings.url).hostname or "?"
         self._timeout = (settings.timeout_connect, settings.timeout_read)
+        self._total = settings.timeout_connect + settings.timeout_read
         # Passed on every request, decided once: requests would let REQUESTS_CA_BUNDLE override
         # a configured `ca_bundle`, and it rescans the environment for proxies on every call.
         self._verify: bool | str = settings.verify
@@ -85,16 +88,15 @@ class HttpTransport:
         self._cert: str | tuple[str, str] | None = settings.client_cert
         if settings.client_cert and settings.client_key:
             self._cert = (settings.client_cert, settings.client_key)
-        password = urlsplit(settings.url).password
-        secrets = [*settings.headers.values(), *([password] if password else [])]
-        self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+        self._scrub = Scrubber(sink_secrets(settings.url, settings.headers))
         self._inherited: list[requests.Session] = []  # a parent's sessions, never closed here
         self._session = self._new_session()
 
     def _new_session(self) -> requests.Session:
         s = self._settings
+        self._deadline = Deadline(s.name)
         session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
+        adapter = GuardedAdapter(self._deadline, pool_connections=1, pool_maxsize=1, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers["User-Agent"] = USER_AGENT
@@ -103,8 +105,9 @@ class HttpTransport:
         return session
 
     def send(self, lines: Sequence[bytes]) -> Outcome:
-        """POST one batch. Raises RetryableError (timeouts, connection errors, 408/429/5xx) or
-        FatalError (3xx, other 4xx); returns which items a 2xx reply refused, if any."""
+        """POST one batch. Raises RetryableError (timeouts, connection errors, the total
+        deadline, 408/429/5xx) or FatalError (3xx, other 4xx); returns which items a 2xx reply
+        refused, if any."""
         payload = self._format.encode(lines, self._settings)
         body = payload.body
         headers = {**self._headers, "Content-Type": payload.content_type, **payload.headers}
@@ -112,6 +115,11 @@ class HttpTransport:
             packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
             body = packer.compress(body) + packer.flush()
             headers["Content-Encoding"] = "gzip"
+        deadline = self._deadline
+        if deadline.aborted:
+            raise RetryableError(f"{self._origin}: not sent, the sink is closing")
+        deadline.start(self._total)
+        failure: BaseException | None = None
         try:
             request = requests.PreparedRequest()
             request.prepare(
@@ -128,14 +136,37 @@ class HttpTransport:
                 cert=self._cert,
                 proxies=self._proxies,
                 allow_redirects=False,
-                stream=False,
+                stream=True,
             )
-            content = response.content
-        except requests.Timeout as exc:
+            try:
+                content = read_reply(response)
+            finally:
+                response.close()
+        except (requests.RequestException, HTTPError, HTTPException, OSError) as exc:
+            failure = exc
+        finally:
+            expired = deadline.finish()
+        if failure is not None:
+            raise self._unsent(failure, expired) from None
+        return self._outcome(response, content)
+
+    def _unsent(self, exc: BaseException, expired: bool) -> RetryableError:
+        """The error for a request that got no complete reply."""
+        if self._deadline.aborted:
+            cause = "request cut short: the sink is closing"
+        elif expired:
+            cause = (
+                f"no complete reply within {self._total:g} s "
+                "(timeout_connect + timeout_read); the collector is too slow"
+            )
+        elif isinstance(exc, requests.Timeout):
             phase = "connect" if isinstance(exc, requests.ConnectTimeout) else "read"
-            raise RetryableError(f"{self._origin}: {phase} timed out") from None
-        except requests.RequestException as exc:
-            raise RetryableError(f"{self._origin}: {self._describe(exc)}") from None
+            cause = f"{phase} timed out"
+        else:
+            cause = failure_cause(exc, self._host)
+        return RetryableError(self._scrub(f"{self._origin}: {cause}"))
+
+    def _outcome(self, response: requests.Response, content: bytes) -> Outcome:
         status = response.status_code
         if 200 <= status < 300:
             failures = self._format.interpret(status, content)
@@ -165,37 +196,13 @@ class HttpTransport:
             f"{self._origin}: HTTP {status}, batch refused", status=status, body=excerpt
         )
 
-    def _describe(self, exc: BaseException) -> str:
-        """A short cause for a connection failure: the OS error if there is one, never the URL."""
-        seen: set[int] = set()
-        todo: list[BaseException] = [exc]
-        while todo:
-            current = todo.pop()
-            if id(current) in seen:
-                continue
-            seen.add(id(current))
-            if isinstance(current, OSError) and current.errno:
-                name = errno.errorcode.get(current.errno, str(current.errno))
-                return f"connection failed: {os.strerror(current.errno)} ({name})"
-            for nested in (
-                getattr(current, "reason", None),
-                current.__cause__,
-                current.__context__,
-            ):
-                if isinstance(nested, BaseException):
-                    todo.append(nested)
-            todo.extend(arg for arg in current.args if isinstance(arg, BaseException))
-        if isinstance(exc, requests.exceptions.SSLError):
-            return "TLS handshake or certificate verification failed"
-        return f"connection failed: {type(exc).__name__}"
-
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[REDACTED]")
-        return text
+    def abort(self) -> None:
+        """Cut the request in flight, if any, and refuse later ones (close gave up waiting)."""
+        self._deadline.abort()
 
     def close(self) -> None:
         self._session.close()
+        self._deadline.close()
 
     def after_fork_in_child(self) -> None:
         """The parent's pooled connections are the parent's: start a new session, and keep
@@ -249,6 +256,8 @@ class HttpSink:
         self.name = settings.name
         self.settings = settings
         self._stats = SinkStats()
+        # Every stderr line of the bridge hides them from now on (collectors echo tokens).
+        register_secrets(sink_secrets(settings.url, settings.headers))
         if not settings.verify:
             warnings.filterwarnings("ignore", category=InsecureRequestWarning)
             report(f"insecure-{self.name}", f"sink {self.name}: TLS verification is off")
@@ -281,7 +290,8 @@ class HttpSink:
         return self._engine.flush(timeout)
 
     def close(self, timeout: float) -> bool:
-        """Flush within `timeout`, then stop; leftovers stay in the spool or count as dropped."""
+        """Flush within `timeout`, then stop (cutting a send still in flight, so this returns
+        within about a second more); leftovers stay in the spool or count as dropped."""
         return self._engine.close(timeout)
 
     def stats(self) -> dict[str, Any]:

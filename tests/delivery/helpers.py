@@ -57,6 +57,7 @@ class ScriptedTransport:
         self._called = threading.Condition(self._lock)
         self.calls: list[list[bytes]] = []
         self.closed = False
+        self.aborted = False
         self.forked = 0
 
     def then(self, *script: Outcome | Exception) -> None:
@@ -89,6 +90,9 @@ class ScriptedTransport:
     def batch_sizes(self) -> list[int]:
         with self._lock:
             return [len(call) for call in self.calls]
+
+    def abort(self) -> None:
+        self.aborted = True
 
     def close(self) -> None:
         self.closed = True
