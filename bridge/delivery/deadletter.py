@@ -2,32 +2,56 @@
 
 One JSON line per event: the original event line (as text), the HTTP status, an excerpt of the
 collector's reply, the reason and the time. The file is created 0600 (events may hold personal
-data) and appended with one `write()` per batch, so several worker processes can share it.
-The transport scrubs header values out of the reply excerpt before it gets here.
+data) in directories created without group or world write, and appended with one `write()`
+per batch, so several worker processes can share it. It is opened with `O_NOFOLLOW` and must
+be a regular file: a symlink (or a FIFO) planted at the path is refused and reported, never
+followed, and the target of a dangling symlink is never created. Reply excerpts are scrubbed
+of every registered secret (`bridge.redaction.scrub_known`) on top of the transport's own.
+When the file cannot be written, nothing is lost: `refuse` tells the engine to keep the events.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bridge.diagnostics import report
+from bridge.errors import RetryableError
+from bridge.redaction import scrub_known
+from bridge.safefs import make_dirs, open_nofollow
 from bridge.sinks.base import SinkStats
 
-__all__ = ["DeadLetter"]
+__all__ = ["DeadLetter", "refusal_reason"]
 
 FILE_MODE = 0o600
+DIR_MODE = 0o700
 EXCERPT_CHARS = 512
 
 
-class DeadLetter:
-    """Counts refused events (dropped by `reason`) and, with a `path`, writes them down.
+def refusal_reason(status: int | None) -> str:
+    """The `dropped_by_reason` key of a batch refused with `status` (None: a bug of ours)."""
+    if status is None:
+        return "internal_error"
+    if status == 413:
+        return "too_large"
+    if 300 <= status < 400:
+        return "rejected_redirect"
+    if 400 <= status < 500:
+        return "rejected_4xx"
+    return "rejected"
 
-    Without a path the events are only counted and reported to stderr (rate-limited): nothing
-    else can be done with them. Never raises; a failed write is counted and reported.
+
+class DeadLetter:
+    """Writes refused events down and counts them (dropped by `reason`, and dead_lettered).
+
+    Without a path the events are only counted as dropped and reported to stderr
+    (rate-limited): nothing else can be done with them. When the write fails, nothing is
+    counted but the error: `put` returns False and the caller keeps the events. Never raises.
     """
 
     def __init__(self, path: Path | None, *, stats: SinkStats, sink_name: str) -> None:
@@ -38,31 +62,63 @@ class DeadLetter:
     def put(
         self, lines: Sequence[bytes], *, reason: str, status: int | None, response: str
     ) -> bool:
-        """Count `lines` as dropped for `reason` and write them down; True if they were written."""
+        """Write `lines` down and count them; True if they were written (or there were none)."""
         if not lines:
             return True
-        self._stats.count_dropped(reason, len(lines))
         where = f"sink {self._sink_name}: {len(lines)} events refused ({reason}, status {status})"
         if self.path is None:
+            self._stats.count_dropped(reason, len(lines))
             report(f"dead-letter-{self._sink_name}", f"{where}; no dead_letter_path: dropped")
             return False
         data = self._records(lines, reason=reason, status=status, response=response)
         try:
             self._append(data)
         except OSError as exc:
-            self._stats.record_error(f"dead-letter write failed: {exc.strerror or exc}")
-            report(f"dead-letter-{self._sink_name}", f"{where}; dead-letter write failed: {exc}")
+            cause = self._cause(exc)
+            self._stats.record_error(f"dead-letter write failed: {cause}")
+            report(
+                f"dead-letter-{self._sink_name}",
+                f"{where}; dead-letter write failed ({cause}): kept, will try again",
+            )
             return False
+        self._stats.count_dropped(reason, len(lines))
         self._stats.count_dead_lettered(len(lines))
         report(f"dead-letter-{self._sink_name}", f"{where}; written to {self.path}")
         return True
+
+    def refuse(
+        self,
+        lines: Sequence[bytes],
+        *,
+        status: int | None,
+        response: str,
+        reason: str | None = None,
+    ) -> RetryableError | None:
+        """Dead-letter lines the collector refused (`reason` from `status` unless given).
+
+        None when they are settled: written, or dropped (counted) for want of a path. Else
+        the error to retry them with: the file could not be written, so the caller keeps them.
+        """
+        reason = reason or refusal_reason(status)
+        if self.put(lines, reason=reason, status=status, response=response) or self.path is None:
+            return None
+        return RetryableError(
+            f"{len(lines)} events refused ({reason}, status {status}) and kept: "
+            "the dead-letter file could not be written",
+            status=status,
+        )
+
+    def _cause(self, exc: OSError) -> str:
+        if exc.errno == errno.ELOOP:
+            return f"{self.path} is a symbolic link: refused, never followed"
+        return f"{exc.strerror or exc}: {self.path}"
 
     @staticmethod
     def _records(
         lines: Sequence[bytes], *, reason: str, status: int | None, response: str
     ) -> bytes:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        excerpt = response[:EXCERPT_CHARS]
+        excerpt = scrub_known(response)[:EXCERPT_CHARS]
         out = []
         for line in lines:
             record = {
@@ -77,11 +133,13 @@ class DeadLetter:
 
     def _append(self, data: bytes) -> None:
         assert self.path is not None
-        if not self.path.parent.is_dir():
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        fd = os.open(self.path, flags, FILE_MODE)
+        make_dirs(self.path.parent, DIR_MODE)
+        # O_NONBLOCK: a FIFO planted at the path fails (ENXIO) instead of hanging the worker.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK
+        fd = open_nofollow(self.path, flags, FILE_MODE)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

@@ -31,6 +31,7 @@ from bridge.delivery.spoolfeed import SpoolFeed
 from bridge.delivery.transport import Outcome, Transport
 from bridge.diagnostics import report
 from bridge.errors import FatalError, RetryableError
+from bridge.redaction import scrub_known
 from bridge.sinks.base import SinkStats
 
 __all__ = ["ABORT_GRACE", "DeliveryEngine"]
@@ -286,7 +287,9 @@ class DeliveryEngine:
     def _failed(self, feed: Feed, batch: Batch, exc: RetryableError) -> None:
         """Retryable: back off, then resend (memory) or re-read it from the spool."""
         self._retry = self._retry.increment(exc.retry_after)
-        message = f"{exc} (attempt {self._retry.attempt}, next in {self._retry.delay:.2f} s)"
+        message = scrub_known(
+            f"{exc} (attempt {self._retry.attempt}, next in {self._retry.delay:.2f} s)"
+        )
         self._stats.record_error(message)
         report(f"retry-{self.name}", f"sink {self.name}: delivery failed, will retry: {message}")
         if self._spool is not None:
@@ -310,26 +313,24 @@ class DeliveryEngine:
         feed.sleep(self._retry.delay)
 
     def _refused(self, feed: Feed, batch: Batch, exc: FatalError) -> None:
-        """Fatal: split on 413, else dead-letter; retrying the same request cannot help."""
-        self._retry = self._retry.reset()
-        self._stats.record_error(str(exc))
+        """Fatal: split on 413, else dead-letter; retrying the same request cannot help.
+
+        Unless the dead-letter file cannot be written: then the batch is kept (in the spool,
+        or in memory within `retry_max_duration`) and sent again after a backoff, and only
+        acknowledged once its dead letters are on disk."""
+        self._stats.record_error(scrub_known(str(exc)))
         if exc.status == 413 and len(batch) > 1:
+            self._retry = self._retry.reset()
             first, second = batch.split()
             self._work.appendleft(second)
             self._work.appendleft(first)
             feed.settle()
             return
-        if exc.status == 413:
-            reason = "too_large"
-        elif exc.status is not None and 300 <= exc.status < 400:
-            reason = "rejected_redirect"
-        elif exc.status is not None and 400 <= exc.status < 500:
-            reason = "rejected_4xx"
-        elif exc.status is None:
-            reason = "internal_error"
-        else:
-            reason = "rejected"
-        self._dead_letter.put(batch.lines, reason=reason, status=exc.status, response=exc.body)
+        kept = self._dead_letter.refuse(batch.lines, status=exc.status, response=exc.body)
+        if kept is not None:
+            self._failed(feed, batch, kept)
+            return
+        self._retry = self._retry.reset()
         self._acknowledge(batch)
         feed.settle(len(batch))
 
@@ -338,18 +339,22 @@ class DeliveryEngine:
         failed = set(outcome.retry) | set(outcome.reject)
         done = [i for i in range(len(batch)) if i not in failed]
         rejected = batch.subset(sorted(set(outcome.reject)))
-        retry = batch.subset(sorted(set(outcome.retry) - set(outcome.reject)))
+        retry_items = set(outcome.retry) - set(outcome.reject)
         self._acknowledge(batch.subset(done))
         self._stats.count_delivered(len(done))
+        error = RetryableError(f"{len(retry_items)} items to retry", status=outcome.status)
         if rejected.lines:
-            self._dead_letter.put(
+            kept = self._dead_letter.refuse(
                 rejected.lines,
-                reason="rejected_item",
                 status=outcome.status,
                 response=outcome.detail,
+                reason="rejected_item",
             )
-            self._acknowledge(rejected)
+            if kept is None:
+                self._acknowledge(rejected)
+            else:  # sent again with the items to retry
+                retry_items |= set(outcome.reject)
+                rejected, error = batch.subset(()), kept
         feed.settle(len(done) + len(rejected))
-        if retry.lines:
-            error = RetryableError(f"{len(retry)} items to retry", status=outcome.status)
-            self._failed(feed, retry, error)
+        if retry_items:
+            self._failed(feed, batch.subset(sorted(retry_items)), error)
