@@ -3,7 +3,9 @@
 Part of the on-disk layout (`bridge.delivery.segments`); `bridge.delivery.spool` registers
 an owner at start and calls `claim_orphans` when it rescans the directory.
 
-Files in the spool directory (directory 0700, files 0600):
+Files in the spool directory (directory 0700, files 0600, every one opened with O_NOFOLLOW:
+a symlink planted in the directory is never followed, and a name that is not a regular file
+is never adopted):
 
     {owner}.lock              held with flock(LOCK_EX) by its owner for the owner's lifetime
     {owner}.{seq:010d}.seg    a segment: records appended by the owner (O_APPEND), or adopted
@@ -20,16 +22,29 @@ name, so nothing is lost or claimed twice.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["FILE_MODE", "claim_orphans", "register_owner", "segment_name"]
+from bridge.diagnostics import report
+from bridge.safefs import open_nofollow
 
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "claim_orphans",
+    "open_segment",
+    "register_owner",
+    "segment_name",
+]
+
+DIR_MODE = 0o700
 FILE_MODE = 0o600
 STALE_TMP_SECONDS = 60.0
 
@@ -42,6 +57,11 @@ def segment_name(owner: str, seq: int) -> str:
     return f"{owner}.{seq:010d}.seg"
 
 
+def open_segment(path: Path) -> int:
+    """A read/write fd of the segment at `path`; OSError (ELOOP) if it is a symlink."""
+    return open_nofollow(path, os.O_RDWR)
+
+
 def register_owner(directory: Path) -> tuple[str, int]:
     """Create and lock a fresh lock file for a new owner; return (owner, locked fd).
 
@@ -52,7 +72,7 @@ def register_owner(directory: Path) -> tuple[str, int]:
         owner = f"{os.getpid()}-{secrets.token_hex(4)}"
         tmp = directory / f".{owner}.lock.tmp"
         try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            fd = open_nofollow(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
         except FileExistsError:
             continue
         try:
@@ -71,8 +91,10 @@ def _lock_if_dead(path: Path) -> int | None:
     unlinks its lock file, and a lock taken on an unlinked file protects nothing.
     """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-    except OSError:
+        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            report("spool_symlink", f"spool: {path} is a symbolic link: left alone, not followed")
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -96,6 +118,8 @@ def claim_orphans(directory: Path, me: str, next_seq: Callable[[], int]) -> list
     stale_tmp: list[str] = []
     for name in os.listdir(directory):
         if match := _SEGMENT_RE.match(name):
+            if not _regular(directory / name):
+                continue
             segments.setdefault(match[1], []).append(name)
         elif match := _LOCK_RE.match(name):
             owners.add(match[1])
@@ -106,7 +130,7 @@ def claim_orphans(directory: Path, me: str, next_seq: Callable[[], int]) -> list
 
     def age(owner: str) -> float:
         try:
-            return min(os.stat(directory / name).st_mtime for name in segments[owner])
+            return min(os.lstat(directory / name).st_mtime for name in segments[owner])
         except (KeyError, ValueError, OSError):
             return 0.0
 
@@ -121,7 +145,7 @@ def claim_orphans(directory: Path, me: str, next_seq: Callable[[], int]) -> list
                 new = segment_name(me, next_seq())
                 try:
                     os.rename(directory / old, directory / new)
-                    claimed.append((new, os.stat(directory / new).st_size))
+                    claimed.append((new, os.lstat(directory / new).st_size))
                 except FileNotFoundError:
                     continue
             lock_path.unlink(missing_ok=True)
@@ -131,7 +155,7 @@ def claim_orphans(directory: Path, me: str, next_seq: Callable[[], int]) -> list
     for name in stale_tmp:
         path = directory / name
         try:
-            if now - os.stat(path).st_mtime < STALE_TMP_SECONDS:
+            if now - os.lstat(path).st_mtime < STALE_TMP_SECONDS:
                 continue
         except OSError:
             continue
@@ -140,3 +164,16 @@ def claim_orphans(directory: Path, me: str, next_seq: Callable[[], int]) -> list
             path.unlink(missing_ok=True)
             os.close(fd)
     return claimed
+
+
+def _regular(path: Path) -> bool:
+    """Is `path` itself a regular file? A symlink or anything else named like a segment is
+    reported and left alone: adopting it would read, and write the header of, its target."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False
+    if stat.S_ISREG(mode):
+        return True
+    report("spool_not_a_file", f"spool: {path} is not a regular file: left alone, not adopted")
+    return False

@@ -11,7 +11,14 @@ records.py    the record frame: encoding, parsing (one CRC per run), counting
 
 from __future__ import annotations
 
-from bridge.delivery.owners import FILE_MODE, claim_orphans, register_owner, segment_name
+from bridge.delivery.owners import (
+    DIR_MODE,
+    FILE_MODE,
+    claim_orphans,
+    open_segment,
+    register_owner,
+    segment_name,
+)
 from bridge.delivery.records import (
     HEADER_SIZE,
     NO_CUTOFF,
@@ -25,6 +32,7 @@ from bridge.delivery.records import (
 from bridge.delivery.segheader import SEGMENT_HEADER, ack_slot, new_segment_header, read_acked
 
 __all__ = [
+    "DIR_MODE",
     "FILE_MODE",
     "HEADER_SIZE",
     "NO_CUTOFF",
@@ -36,6 +44,7 @@ __all__ = [
     "count_records",
     "encode_record",
     "new_segment_header",
+    "open_segment",
     "parse",
     "read_acked",
     "record_time",

@@ -50,6 +50,7 @@ from bridge.delivery.spoolread import _SpoolReader
 from bridge.delivery.spooltable import _fsync
 from bridge.delivery.spooltypes import SpoolRead, SpoolRecord, _drop_tail, _Run, _Segment
 from bridge.diagnostics import report
+from bridge.safefs import make_dirs, open_nofollow
 from bridge.sinks.base import SinkStats
 
 __all__ = ["Spool", "SpoolRead", "SpoolRecord"]
@@ -57,7 +58,7 @@ __all__ = ["Spool", "SpoolRead", "SpoolRecord"]
 SEGMENT_BYTES = 4 * 1024 * 1024
 TAIL_BYTES = 4 * 1024 * 1024  # lines kept in memory for the reader, behind the current segment
 RESCAN_INTERVAL = 5.0
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
 
 _live_spools: weakref.WeakSet[Spool] = weakref.WeakSet()
 
@@ -103,9 +104,7 @@ class Spool(_SpoolReader, _SpoolAcks):
         self._wall_clock = clock is time.time  # then time_ns() gives µs without a float
         self._segment_bytes = segment_bytes or min(SEGMENT_BYTES, max(64 * 1024, max_bytes // 8))
         self._rescan_interval = rescan_interval
-        if not self._dir.is_dir():
-            self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self._dir, 0o700)
+        make_dirs(self._dir, segments.DIR_MODE)
         self._reset()
         _live_spools.add(self)
         self._rescan()
@@ -205,7 +204,7 @@ class Spool(_SpoolReader, _SpoolAcks):
         self._seal_current()
         name = segments.segment_name(self._owner, self._next_seq())
         path = self._dir / name
-        fd = os.open(path, _WRITE_FLAGS, segments.FILE_MODE)
+        fd = open_nofollow(path, _WRITE_FLAGS, segments.FILE_MODE)
         header = segments.new_segment_header()
         try:
             if os.write(fd, header) != len(header):

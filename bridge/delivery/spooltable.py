@@ -115,7 +115,7 @@ class _SpoolTable:
         """The segment's read/ack fd, opened on first use (lock held); -1 if it cannot be."""
         if seg.fd < 0 and not seg.deleted:
             try:
-                seg.fd = os.open(self._dir / seg.name, os.O_RDWR | os.O_CLOEXEC)
+                seg.fd = segments.open_segment(self._dir / seg.name)
             except OSError as exc:
                 report("spool_read_failed", f"spool could not open {seg.name}: {exc}")
         return seg.fd
@@ -174,7 +174,7 @@ class _SpoolTable:
         for name, size in claimed:
             seg = self._new_segment(name, adopted=True, size=size)
             try:
-                seg.fd = os.open(self._dir / name, os.O_RDWR | os.O_CLOEXEC)
+                seg.fd = segments.open_segment(self._dir / name)
                 seg.acked, seg.ack_seq = segments.read_acked(seg.fd, size)
                 seg.read_pos = seg.done_bytes = seg.acked
                 seg.records = segments.count_records(seg.fd, seg.acked, size)
