@@ -1,4 +1,4 @@
-"""SignalBridge through real Flask apps and the test client (DESIGN.md section 2)."""
+"""SignalBridge through real Flask apps and the test client."""
 
 from __future__ import annotations
 
@@ -439,7 +439,7 @@ class TestFlaskLogin:
 
 class TestStatsAndFlush:
     def test_stats_shape(self, make_bridged: Make) -> None:
-        """stats() has every counter DESIGN.md names, per sink name."""
+        """stats() has every counter the README names, per sink name."""
         bridged = make_bridged()
         bridged.client.get("/")
         assert bridged.bridge.flush()
