@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -148,7 +149,7 @@ class _AppBinding:
         self.connections: list[tuple[blinker.Signal, weakref.ref[Receiver]]] = []
         self.detach_loggers: Callable[[], None] = lambda: None
         self.released = False
-        self.finalizer = weakref.finalize(app, self.release)
+        self.finalizer = weakref.finalize(app, self.release_collected)
         self.finalizer.atexit = False  # at exit, _close_all_at_exit closes every pipeline
 
     def connect(self, signal: blinker.Signal, receiver: Receiver, app: Flask) -> None:
@@ -158,8 +159,29 @@ class _AppBinding:
     def release(self, timeout: float | None = None) -> bool:
         """Disconnect receivers and log handlers, then flush within `timeout` (default:
         `shutdown_timeout`) and close the sinks. Once; later calls return True."""
-        if self.released:
+        if not self._disconnect():
             return True
+        emitter = self.emitter
+        return emitter.close(emitter.settings.shutdown_timeout if timeout is None else timeout)
+
+    def release_collected(self) -> None:
+        """The app was garbage collected, on whatever thread dropped it (a request thread,
+        maybe): disconnect at once, and flush and close on a thread of its own, so no request
+        waits up to `shutdown_timeout` for a collector. Not a daemon: the interpreter waits for
+        it at exit, within that same bound."""
+        if not self._disconnect():
+            return
+        emitter = self.emitter
+        threading.Thread(
+            target=emitter.close,
+            args=(emitter.settings.shutdown_timeout,),
+            name=f"bridge-release-{emitter.service}",
+        ).start()
+
+    def _disconnect(self) -> bool:
+        """Undo `init_app`'s connections; False when that was done already."""
+        if self.released:
+            return False
         self.released = True
         self.finalizer.detach()
         for signal, receiver_ref in self.connections:
@@ -168,9 +190,8 @@ class _AppBinding:
                 signal.disconnect(receiver)
         CustomRoute.remove(self.emitter)
         self.detach_loggers()
-        emitter = self.emitter
-        _open_emitters.discard(emitter)
-        return emitter.close(emitter.settings.shutdown_timeout if timeout is None else timeout)
+        _open_emitters.discard(self.emitter)
+        return True
 
 
 class SignalBridge:

@@ -87,6 +87,12 @@ class TestDroppedApp:
             del app
 
             assert freed() is None
+            assert receivers_before == receiver_counts()  # at once, on the dropping thread
+            assert [] == open_emitters()
+            releasing = [t for t in threading.enumerate() if t.name.startswith("bridge-release")]
+            assert 1 == len(releasing), "flush and close run on a thread of their own"
+            releasing[0].join(timeout=30.0)
+            assert not releasing[0].is_alive()
             assert [] == open_fds_to(path)
             assert set() == bridge_threads() - threads_before
             assert receivers_before == receiver_counts()
