@@ -1,9 +1,10 @@
 """Which signals the bridge can capture: Flask's ten built-ins, and custom ones found by name.
 
-The catalogue gives each built-in its event name and the fields it contributes (DESIGN.md
-section 4). Custom signals are resolved from blinker's default namespace by name
-(`"user-login"`), or from an import path (`"flask_login.signals:user_logged_in"`); Flask-Login's
-signals get catalogue event names (`user.logged_in`, ...).
+The catalogue gives each built-in its event name and the fields it contributes (the README's
+event table); exception fields come from `Emitter.exception_fields`, secrets scrubbed. Custom
+signals are resolved from blinker's default namespace by name (`"user-login"`), or from an
+import path (`"flask_login.signals:user_logged_in"`); Flask-Login's signals get catalogue
+event names (`user.logged_in`, ...).
 """
 
 from __future__ import annotations
