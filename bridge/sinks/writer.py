@@ -26,6 +26,11 @@ lines behind it queue under the overflow policy, which never drops that rest. An
 can no longer finish a line (its file was replaced) raises `LineAbandoned`; that line, like a
 rest still unwritten at `close()`, is dropped and counted. `delivered` counts whole lines only.
 
+When `close()` returns, every line accepted is counted, once: delivered, or dropped. The lines
+the thread has taken from the queue stay visible to `close()` under the queue lock until each
+is finished with; `close()` takes those the thread has not finished and counts them, waiting
+(within its timeout) only for a `write()` call under way, never for a full pipe.
+
 The bridge's reports (`diagnostics.report`) are never made under the write lock: a message is
 noted under it and reported once it is released.
 """
@@ -111,6 +116,8 @@ class LineWriter:
         "_drained",
         "_failing",
         "_head_started",
+        "_held",
+        "_in_write",
         "_lost_counted",
         "_notes",
         "_queue",
@@ -172,6 +179,10 @@ class LineWriter:
         self._drained = threading.Condition(self._queue_lock)
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
+        # Under _queue_lock: the lines the thread took from the queue and has not finished
+        # with, first the one it writes; close() counts those it never will.
+        self._held: deque[bytes] = deque()
+        self._in_write = False  # under _queue_lock: the thread is inside `output.write`
         self._head_started = False  # the queue's first entry is the rest of a started line
         self._retry_at = 0.0  # the thread leaves a started rest alone until then
         self._busy = False
@@ -226,7 +237,7 @@ class LineWriter:
                             return True
                         self._defer(started, 0.0)
                         if written:  # partial: the rest must go out next, whatever the policy
-                            self._put_back([line[written:]], started=True, new=True)
+                            self._put_back(line[written:], started=True)
                             return True
             finally:
                 self._write_lock.release()
@@ -270,7 +281,7 @@ class LineWriter:
                     accepted = self._written != before
                     self._accepted_direct += accepted
                 else:  # part of it is out: the thread finishes it
-                    self._put_back([line[done:]], started=bool(done), new=True)
+                    self._put_back(line[done:], started=bool(done))
                     accepted = True
                 if accepted and self.fsync_each and not self._queue:
                     self._fsync()
@@ -283,6 +294,9 @@ class LineWriter:
     def _enqueue(self, line: bytes) -> bool:
         with self._queue_lock:
             if not self._make_room(len(line)):
+                return False
+            if self._lost_counted:  # close() is done (it woke a `block` wait): none will write it
+                self.stats.count_dropped("closed")
                 return False
             self._queue.append(line)
             self._queued_bytes += len(line)
@@ -315,21 +329,19 @@ class LineWriter:
             return False
         return True
 
-    def _put_back(self, lines: list[bytes], *, started: bool, new: bool) -> None:
-        """Queue `lines` ahead of everything queued: the first may be a started line's rest.
+    def _put_back(self, rest: bytes, *, started: bool) -> None:
+        """Queue the rest of the calling thread's own line ahead of everything queued.
 
-        `new`: they were never counted as accepted (the caller's own line). The caller holds
-        the write lock, so no batch is being written: that of a failed drain ends here.
+        The caller holds the write lock, so the background thread is not writing: the rest
+        is the next thing written.
         """
         with self._queue_lock:
-            self._busy = False
-            if new:
-                self._accepted_queued += len(lines)
-            if self._lost_counted:  # close() gave up on the thread: count them lost here
-                self.stats.count_dropped(self._loss_reason(), len(lines))
+            self._accepted_queued += 1
+            if self._lost_counted:  # close() is done: count it lost here
+                self.stats.count_dropped(self._loss_reason())
                 return
-            self._queue.extendleft(reversed(lines))
-            self._queued_bytes += sum(map(len, lines))
+            self._queue.appendleft(rest)
+            self._queued_bytes += len(rest)
             self._head_started = started
             self._ensure_thread()
             self._wakeup.notify()
@@ -385,27 +397,83 @@ class LineWriter:
                     self._busy = False
                     self._drained.notify_all()
                     return True
-                batch = list(self._queue)
+                self._held.extend(self._queue)
                 started = self._head_started
                 self._queue.clear()
                 self._queued_bytes = 0
                 self._head_started = False
                 self._busy = True
                 self._drained.notify_all()
-            for index, line in enumerate(batch):
-                if self.output.maintenance_due(_monotonic()):
-                    self._maintain()
-                done = self._write_line(line, started=started)
-                if done is not None:
-                    rest = [line[done:], *batch[index + 1 :]]
-                    self._put_back(rest, started=started or bool(done), new=False)
-                    return False
+            while finished := self._write_held(started=started):
                 started = False
+            if finished is not None:
+                return False
             if self.fsync_each:
                 self._fsync()
 
+    def _write_held(self, *, started: bool) -> bool | None:
+        """Under the write lock, on the thread: `_write_line` for the first line held.
+
+        True when it is finished with (written, or dropped and counted); False when its rest
+        failed and went back to the queue with the lines behind it; None when nothing is
+        held (all done, or close() took them). Each `write()` starts only while close() has
+        not taken the line, and the line leaves `_held` in the same step, under the queue
+        lock, as its outcome is counted: close() and the thread never both count a line.
+        close() waits (bounded) for a `write()` under way.
+        """
+        done = 0
+        while True:
+            if not done and self.output.maintenance_due(_monotonic()):
+                self._maintain()
+            with self._queue_lock:
+                if not self._held:
+                    return None
+                line = self._held[0]
+                self._in_write = True
+            failure: OSError | None = None
+            written = 0
+            try:
+                written = self.output.write(memoryview(line)[done:])  # type: ignore[arg-type]
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                failure = exc
+            with self._queue_lock:
+                self._in_write = False
+                if self._stopping:
+                    self._drained.notify_all()  # close() may be waiting for this write
+                if not self._held:  # close() waited no longer, and counted the line lost
+                    return None
+                done += written
+                if failure is not None:
+                    if self._count_failure(failure, rest=bool(done or started)):
+                        self._requeue_held(line[done:], started=True)
+                        return False
+                    self._held.popleft()
+                    return True
+                if done == len(line):
+                    self._held.popleft()
+                    self._failing = False
+                    self._written += 1
+                    return True
+                if not written and self._stopping:  # the reader is gone: close() counts them
+                    self._requeue_held(line[done:], started=started or bool(done))
+                    return False
+            if not written:
+                self.output.wait_writable(0.1)
+
+    def _requeue_held(self, rest: bytes, *, started: bool) -> None:
+        """Under the queue lock: the held lines go back to the head of the queue, `rest` first."""
+        held = self._held
+        held[0] = rest
+        self._queue.extendleft(reversed(held))
+        self._queued_bytes += sum(map(len, held))
+        held.clear()
+        self._head_started = started
+        self._busy = False
+
     def _write_line(self, line: bytes, *, started: bool) -> int | None:
-        """Under the write lock: write all of `line`, or of a started line's rest.
+        """Under the write lock (`sync`, calling thread): write all of `line`, or of a rest.
 
         None when the line is finished with: written, or dropped and counted (nothing of it
         went out, or the output abandoned it). Otherwise how much of it was written before
@@ -421,30 +489,36 @@ class LineWriter:
                     return done
                 self.output.wait_writable(0.1)
                 continue
-            except LineAbandoned as exc:
-                self._failing = False
-                self._notes.append(self._count_write_error(exc))
-                return None
             except OSError as exc:
-                if done or started:
-                    self._failing = True
-                    self.stats.record_error(f"write failed: {exc}")
-                    self._notes.append(
-                        (
-                            f"write-{self.name}",
-                            f"sink {self.name}: write failed: {exc}; the rest of the line "
-                            "is written as soon as the output takes it",
-                        )
-                    )
-                    return done
-                self._notes.append(self._count_write_error(exc))
-                return None
+                return done if self._count_failure(exc, rest=bool(done or started)) else None
             if not written:
                 self.output.wait_writable(0.1)
             done += written
         self._failing = False
         self._written += 1
         return None
+
+    def _count_failure(self, exc: OSError, *, rest: bool) -> bool:
+        """Under the write lock: count a failed write; True when the line's rest is kept.
+
+        `rest`: part of the line is out, so the rest must follow, unless the output
+        abandoned the line; else the line is dropped.
+        """
+        if rest and not isinstance(exc, LineAbandoned):
+            self._failing = True
+            self.stats.record_error(f"write failed: {exc}")
+            self._notes.append(
+                (
+                    f"write-{self.name}",
+                    f"sink {self.name}: write failed: {exc}; the rest of the line "
+                    "is written as soon as the output takes it",
+                )
+            )
+            return True
+        if isinstance(exc, LineAbandoned):
+            self._failing = False
+        self._notes.append(self._count_write_error(exc))
+        return False
 
     def _maintain(self) -> bool:
         """Under the write lock: let the output reopen or rotate; False (noted) on failure."""
@@ -513,15 +587,25 @@ class LineWriter:
         with self._queue_lock:
             self._stopping = True
             self._wakeup.notify_all()
+        # The thread's chance to finish or give back its lines; close() need not wait longer.
+        until = max(deadline, time.monotonic() + 0.1)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(max(0.1, deadline - time.monotonic()))
-        with self._queue_lock:  # what the thread never wrote: lost, and counted once here
-            lost = len(self._queue)
+            thread.join(max(0.0, until - time.monotonic()))
+        with self._queue_lock:
+            # A write() under way decides its line: wait for it, within the same bound. One
+            # stuck past it (a hung disk) is counted lost, whether or not it lands later.
+            while self._in_write and (remaining := until - time.monotonic()) > 0:
+                self._drained.wait(remaining)
+            # What the thread never wrote, queued or taken: lost, and counted once, here.
+            lost = len(self._queue) + len(self._held)
             self._queue.clear()
+            self._held.clear()
             self._queued_bytes = 0
             self._head_started = False
+            self._busy = False
             self._lost_counted = True
+            self._drained.notify_all()  # a submit waiting for room (`block`) gives up
             if lost:
                 self.stats.count_dropped(self._loss_reason(), lost)
         if lost:
@@ -539,7 +623,7 @@ class LineWriter:
         return {
             "enqueued": self._accepted_direct + self._accepted_queued,
             "delivered": self._written,
-            "queue_depth": len(self._queue),
+            "queue_depth": len(self._queue) + len(self._held),
         }
 
 

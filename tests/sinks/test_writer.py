@@ -206,25 +206,57 @@ class TestLineCutShort:
         writer.close(1.0)
 
 
+class Stuck(Disk):
+    """A pipe nobody reads: every write finds it full; the wait for room blocks until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, data: bytes) -> int:
+        raise BlockingIOError(errno.EAGAIN, "full")
+
+    def wait_writable(self, timeout: float) -> None:
+        self.waiting.set()
+        self.release.wait(10)
+
+
+class Hung(Disk):
+    """A write that blocks inside the kernel (a hung network disk) until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, data: bytes) -> int:
+        self.writing.set()
+        self.release.wait(10)
+        return super().write(data)
+
+
+class Watched(threading.Condition):
+    """A condition that tells when someone waits on it."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        super().__init__(lock)
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+def join(thread: threading.Thread | None) -> None:
+    assert thread is not None
+    thread.join(10)
+    assert not thread.is_alive()
+
+
 class TestClose:
     def test_lines_a_thread_holds_past_close_are_counted_once(self) -> None:
         """A thread still writing when close() stops waiting: its lines are counted lost once."""
-
-        class Stuck(Disk):
-            """A pipe nobody reads, whose wait for room blocks until released."""
-
-            def __init__(self) -> None:
-                super().__init__()
-                self.waiting = threading.Event()
-                self.release = threading.Event()
-
-            def write(self, data: bytes) -> int:
-                raise BlockingIOError(errno.EAGAIN, "full")
-
-            def wait_writable(self, timeout: float) -> None:
-                self.waiting.set()
-                self.release.wait(10)
-
         output = Stuck()
         writer = make_writer(output)
         for n in range(5):
@@ -232,10 +264,60 @@ class TestClose:
         assert output.waiting.wait(10)
         assert not writer.close(0.1)
         output.release.set()
-        thread = writer._thread
-        assert thread is not None
-        thread.join(10)
+        join(writer._thread)
         assert (5, 0, {"shutdown": 5}) == counts(writer)
+
+    def test_counts_are_complete_when_close_returns(self) -> None:
+        """Lines the thread took but could not write are counted by close(), not after it."""
+        output = Stuck()
+        writer = make_writer(output)
+        for n in range(5):
+            writer.submit(line(n))
+        assert output.waiting.wait(10)  # the thread holds all five, waiting for room
+        assert not writer.close(0.1)
+        assert (5, 0, {"shutdown": 5}) == counts(writer)
+        assert 0 == writer.counters()["queue_depth"]
+        output.release.set()
+        join(writer._thread)
+
+    def test_a_write_stuck_past_close_is_counted_lost_once(self) -> None:
+        """A write() that outlasts close(): its line is lost, and the lines behind it never go."""
+        output = Hung()
+        writer = make_writer(output, fsync=True)  # every line goes through the thread
+        for n in range(3):
+            writer.submit(line(n))
+        assert output.writing.wait(10)
+        assert not writer.close(0.1)
+        assert (3, 0, {"shutdown": 3}) == counts(writer)
+        output.release.set()
+        join(writer._thread)
+        assert (3, 0, {"shutdown": 3}) == counts(writer)
+        assert line(0) == bytes(output.data), "the lines close() counted were not written"
+
+    def test_a_submit_blocked_on_a_full_queue_is_refused_by_close(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """overflow = block: a submit waiting for room when close() runs is dropped, not kept."""
+        monkeypatch.setattr(LineWriter, "block_seconds", 30.0)
+        output = Stuck()
+        writer = make_writer(output, overflow="block", max_events=1)
+        watched = writer._drained = Watched(writer._queue_lock)
+        writer.submit(line(0))
+        assert output.waiting.wait(10)  # the thread holds line 0
+        writer.submit(line(1))  # the queue is full now
+        results: list[bool] = []
+        blocked = threading.Thread(
+            target=lambda: results.append(writer.submit(line(2))), daemon=True
+        )
+        blocked.start()
+        assert watched.waiting.wait(10)
+        assert not writer.close(0.1)
+        join(blocked)
+        assert [False] == results
+        assert (2, 0, {"shutdown": 2, "closed": 1}) == counts(writer)
+        assert 0 == writer.counters()["queue_depth"]
+        output.release.set()
+        join(writer._thread)
 
 
 Scenario = Callable[[LineWriter, Any], None]
