@@ -72,6 +72,11 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# A tail left unfinished this long ago is nobody's append in progress (file times are coarse,
+# a few ms; a restarted process takes far longer than this to write its first line).
+STALE_TAIL_NS = 50_000_000
+
+
 class FileOutput:
     """An O_APPEND descriptor on `path` that follows external rotation and rotates by size.
 
@@ -90,6 +95,7 @@ class FileOutput:
         "_lock_busy_since",
         "_maintenance_pending",
         "_next_check",
+        "_tail_size",
         "_target",
         "_torn",
         "_unusable",
@@ -119,6 +125,7 @@ class FileOutput:
         self._torn = 0  # bytes of a line still to write, after a partial write into _fd
         self._abandon = False  # that line began in a file no longer written: give it up
         self._fresh_line = False  # the file ends without a newline: start on a new line
+        self._tail_size = 0  # the file's size when _fresh_line was decided
         self._unusable: tuple[int, str] | None = None  # why _fd is -1 (errno, message)
         self._careful = False  # any of the four above: write() takes the slow path
         self._lock_busy_since: float | None = None
@@ -147,6 +154,7 @@ class FileOutput:
             if st.st_size:
                 with contextlib.suppress(OSError):  # write-only: nothing to check with
                     self._fresh_line = os.pread(fd, 1, st.st_size - 1) != b"\n"
+            self._tail_size = st.st_size
         except BaseException:
             os.close(fd)
             raise
@@ -167,6 +175,23 @@ class FileOutput:
         if written != len(data):
             self._wrote_part(written, len(data))
         return written
+
+    def _tail_is_stale(self) -> bool:
+        """Was the unfinished last line seen at open left by a writer that is gone?
+
+        Another worker may have been in the middle of appending a long line when we looked:
+        then the file has grown since, its line ends whole (an O_APPEND `write()` to a regular
+        file is not interleaved), and a newline of ours would only add an empty line. A tail
+        that has not moved since open, and was last written a while ago, is a line cut short
+        for good (a full disk, a SIGKILL). A long append may still be under way while the size
+        stands still (it grows a page at a time), but it set the file's mtime when it began.
+        """
+        try:
+            st = os.fstat(self._fd)
+        except OSError:
+            return False
+        idle_ns = time.time_ns() - st.st_mtime_ns
+        return st.st_size == self._tail_size and idle_ns > STALE_TAIL_NS
 
     def _wrote_part(self, written: int, size: int) -> None:
         if written:  # the rest is the next write (LineWriter's promise)
@@ -189,12 +214,13 @@ class FileOutput:
             return written
         if self._unusable is not None:
             raise OSError(*self._unusable)
-        if self._fresh_line:
+        if self._fresh_line and self._tail_is_stale():
             written = os.write(self._fd, b"\n" + bytes(data)) - 1
-            self._fresh_line = False
-            self._update_careful()
         else:
             written = os.write(self._fd, data)
+        if self._fresh_line:
+            self._fresh_line = False
+            self._update_careful()
         self._bytes_since_check += written
         self._wrote_part(written, len(data))
         return written

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.sinks.disk_full_child import ROOM, first_line, line
+from tests.sinks.disk_full_child import ROOM, first_line, line, restarted_later
 from tests.sinks.test_file import make_sink
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,6 +124,7 @@ class TestFreshLine:
         """A file a crash left without its last newline: the sink's first line is its own."""
         path = tmp_path / "events.jsonl"
         path.write_bytes(line(0) + line(1)[:30])
+        restarted_later(path)
         sink = make_sink(path)
         sink.submit(line(2))
         sink.submit(line(3))
@@ -131,6 +132,20 @@ class TestFreshLine:
         assert [line(0), line(1)[:30] + b"\n", line(2), line(3)] == path.read_bytes().splitlines(
             keepends=True
         )
+
+    def test_a_line_another_worker_was_still_writing_gets_no_blank_line(
+        self, tmp_path: Path
+    ) -> None:
+        """The unfinished tail seen at open was a sibling's append in progress: it ends whole,
+        and the sink's first line follows it without an empty line between."""
+        path = tmp_path / "events.jsonl"
+        path.write_bytes(line(0) + line(1)[:30])
+        sink = make_sink(path)
+        with path.open("ab") as sibling:  # the sibling's write() completes
+            sibling.write(line(1)[30:])
+        sink.submit(line(2))
+        assert sink.close(5.0)
+        assert [line(0), line(1), line(2)] == path.read_bytes().splitlines(keepends=True)
 
     def test_a_complete_file_gets_no_blank_line(self, tmp_path: Path) -> None:
         """A file ending with a newline is appended to as it is."""
