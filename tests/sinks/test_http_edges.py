@@ -5,9 +5,11 @@ certificate nobody trusts and a host name that does not resolve (`bridge.sinks.h
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import ssl
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,23 @@ class TestReplyBound:
         assert first.sent < HUGE // 8
         assert first.client_port != second.client_port  # never reused with bytes unread
         assert sorted(ids) == sorted(set(collector.event_ids()))
+
+    def test_a_gzip_bomb_is_decoded_only_up_to_the_bound(
+        self, collector: Collector, make_sink: MakeSink
+    ) -> None:
+        """512 KiB of gzip that inflates to 512 MiB: the process's peak memory barely moves
+        (reading it whole would raise the peak by 512 MiB at least)."""
+        packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+        zeros = bytes(1 << 20)
+        bomb = b"".join(packer.compress(zeros) for _ in range(512)) + packer.flush()
+        collector.plan(Reply(200, headers={"Content-Encoding": "gzip"}, body=bomb))
+        sink = make_sink(collector.url)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, never decreases
+        ids = submit_all(sink, 1)
+        assert sink.flush(30.0)
+        grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) // 1024
+        assert grown_mib < 64
+        assert ids == collector.event_ids()
 
     def test_a_reply_within_the_bound_keeps_the_connection(
         self, collector: Collector, make_sink: MakeSink
