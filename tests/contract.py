@@ -1,4 +1,4 @@
-"""DESIGN.md's contracts as data, written out independently of the package's own constants.
+"""The documented contracts (docs/architecture.md) as data, apart from the package's constants.
 
 Tests check the package against these, so a key the package forgot fails a test instead of
 vanishing from both sides at once.

@@ -65,7 +65,7 @@ def builtin(tmp_path: Path) -> Iterator[BridgedExample]:
 
 
 def assert_schema(event: dict[str, Any]) -> None:
-    """DESIGN.md section 4: the envelope, and the request keys of an event inside a request."""
+    """The envelope, and the request keys of an event inside a request (docs/architecture.md)."""
     assert set() == (ENVELOPE | REQUEST_KEYS) - set(event)
     assert RFC3339.match(event["timestamp"])
     assert UUID7.match(event["event_id"])

@@ -343,7 +343,7 @@ class TestConstruction:
         assert "spool_dir" == caught.value.key
 
     def test_stats_has_every_documented_counter(self, sinks: list[HttpSink]) -> None:
-        """stats() carries the DESIGN.md counters plus the sink type."""
+        """stats() carries the documented counters plus the sink type."""
         sink = HttpSink(fast_settings(URL))
         sinks.append(sink)
         snapshot = sink.stats()
