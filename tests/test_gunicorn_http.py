@@ -1,6 +1,6 @@
 """Four real gunicorn workers ship events to a real HTTP collector that is down, then up.
 
-Delivery (docs/architecture.md): each worker has its own delivery thread, started lazily in the process
+Each worker has its own delivery thread (docs/architecture.md), started lazily in the process
 that emits (with `--preload` too, where the app and its sinks are built in the master before
 the fork). Traffic runs while the collector refuses connections, then after it comes back;
 then SIGTERM to the master: every worker flushes on exit, and every request's event must have
