@@ -24,9 +24,9 @@ from flask import Flask, request
 from benchmarks.apps import LOGIN
 from benchmarks.common import markdown_table, time_calls
 from bridge import SignalBridge
+from bridge.customroute import CustomRoute
 from bridge.emitter import Emitter
 from bridge.events import request_fields, timestamp_and_id
-from bridge.extension import _CustomRoute
 
 __all__ = ["BREAKDOWN_ROWS", "profile_capture", "run"]
 
@@ -37,7 +37,7 @@ CALL = "empty function call (loop floor)"
 SEND_NONE = "blinker send, no receiver"
 SEND_FUNCTION = "blinker send to one no-op function"
 SEND_OBJECT = "blinker send to one no-op callable object"
-SELECT = "_CustomRoute._select (routing)"
+SELECT = "CustomRoute._select (routing)"
 GUARD = "guard: `with emitter.guard: pass`"
 STAMP = "timestamp_and_id (timestamp and event id, one clock read)"
 FIELDS_CACHED = "request_fields, cached (2nd+ event of a request)"
@@ -117,7 +117,7 @@ def pieces(app: Flask, emitter: Emitter, floor_fd: int) -> dict[str, Callable[[]
     make_safe: Any = getattr(emitter, "make_safe", None) or emitter.processors[-1]
     sink = emitter.sinks[0]
     environ = request.environ
-    route = _CustomRoute.routes[id(LOGIN)]
+    route = CustomRoute.routes[id(LOGIN)]
     guard = emitter.guard
     is_sensitive = emitter.is_sensitive
     quiet, to_function, to_object = blinker.Signal(), blinker.Signal(), blinker.Signal()

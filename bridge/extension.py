@@ -49,7 +49,6 @@ from bridge.streaming import EventName, RequestClock, StreamedRequest, defer, st
 
 __all__ = ["SignalBridge"]
 
-_CustomRoute = CustomRoute  # the name benchmarks/bench_breakdown.py imports
 
 Receiver = Callable[..., None]
 
