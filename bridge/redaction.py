@@ -249,8 +249,10 @@ _QUOTED = r"""'(?:[^'\\\n]|\\.){0,4096}'|"(?:[^"\\\n]|\\.){0,4096}\""""
 _BARE = r"""[^&\s'"<>#;,(){}\[\]]{1,4096}"""
 _NAME_CHARS = r"A-Za-z0-9_.\-\[\]%"
 
-# scheme://user:password@host -> scheme://[REDACTED]@host (a raw `@` in a password included)
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<value>[^/\s'\"<>]+)@")
+# scheme://user:password@host -> scheme://[REDACTED]@host (a raw `@` in a password included).
+# Anchored on `://` alone: matching the scheme too made each start in a long run of scheme
+# characters (`a.a.a...`) rescan the run, quadratic on hostile exception text.
+_URL_USERINFO = re.compile(r"://(?P<value>[^/\s'\"<>]+)@")
 _PARAMETER_FORMS = (
     # name=value (query strings, form bodies, keyword reprs); `name = "x"` only when quoted
     re.compile(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -262,6 +264,31 @@ class TestScrubber:
         """Long runs without separators do not make the patterns backtrack for ever."""
         text = "a" * 200_000 + "=" + "b" * 200_000 + "'" * 50_000
         assert text == Scrubber()(text)
+
+    @pytest.mark.parametrize(
+        "hostile",
+        ["a." * 300_000 + "://x", "+a" * 300_000 + "://x\n", ("x-" * 30_000 + "://y ") * 10],
+    )
+    def test_scheme_like_runs_stay_linear(self, hostile: str) -> None:
+        """Runs of URL-scheme characters before a `://` cost linear time (a CPU limit ends a
+        quadratic scan: 600 KB took minutes), and the credential after them is still hidden."""
+        program = (
+            "import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_CPU, (20, 30))\n"
+            "from bridge.redaction import Scrubber\n"
+            "text = sys.stdin.read()\n"
+            "sys.stdout.write(Scrubber()(text))\n"
+        )
+        text = hostile + " https://ada:pw-9f8e7d@db.example/"
+        done = subprocess.run(
+            [sys.executable, "-c", program],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert (0, hostile + f" https://{REDACTED}@db.example/") == (done.returncode, done.stdout)
 
     @settings(max_examples=200, deadline=None)
     @given(st.text(max_size=40), st.text(max_size=40))
