@@ -117,7 +117,8 @@ class MakeJsonSafe:
             return known
         text = raw_key if type(raw_key) is str else self._key_text(raw_key)
         known = (_clean_text(text, 256), self.is_sensitive(text))
-        if type(raw_key) is str and len(self._keys) < 4096:
+        # Only short keys are kept: a client's unique long keys must not pin megabytes.
+        if type(raw_key) is str and len(raw_key) <= 256 and len(self._keys) < 4096:
             self._keys[raw_key] = known
         return known
 

@@ -8,6 +8,7 @@ import decimal
 import json
 import math
 import re
+import tracemalloc
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -280,6 +281,19 @@ class TestHostilePayloads:
     def test_any_payload_is_one_valid_line(self, fields: dict[str, Any]) -> None:
         """Whatever the arguments, the encoder yields one valid JSON line within the limit."""
         encode(fields, max_line=2048)
+
+    def test_unique_long_keys_are_not_kept(self) -> None:
+        """A stream of unique long keys (a client's JSON keys) leaves no memory behind."""
+        safe, encoder = make_encoder()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for n in range(200):
+                encoder(safe(None, "info", {**ENVELOPE, "body": {f"{n:06d}" + "k" * 65536: 1}}))
+            kept = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert kept < 2 * 1024 * 1024, f"{kept} bytes kept after 13 MB of keys"
 
     @settings(max_examples=100, deadline=None)
     @given(st.text(min_size=1, max_size=30), st.text(max_size=50))
