@@ -93,7 +93,7 @@ class Emitter:
         # Exception text never quotes a configured secret (header values, URL credentials).
         self.scrubber = Scrubber(configured_secrets(settings), self.is_sensitive)
         self.make_safe = MakeJsonSafe(
-            self.is_sensitive, max(256, settings.max_line_bytes // 4), self.scrubber
+            self.is_sensitive, max(256, settings.max_line_bytes // 4), self._scrub_in_request
         )
         self.user_processors = tuple(processors)
         # The user's processors see the real objects; making them safe always comes last.
@@ -196,6 +196,11 @@ class Emitter:
         if secrets is None:
             secrets = self.request_secrets()
         return exception_fields(exc, self.scrubber.with_secrets(secrets))
+
+    def _scrub_in_request(self, text: str) -> str:
+        """An exception passed as a signal argument: its text is scrubbed of the current
+        request's sensitive values too, as a request's own exception is."""
+        return self.scrubber.with_secrets(self.request_secrets())(text)
 
     def request_secrets(self) -> list[str]:
         """The current request's sensitive values, kept for an exception raised after it is

@@ -205,7 +205,8 @@ class MakeJsonSafe:
         if isinstance(value, _STR_TYPES):
             return _clean_text(str(value), self.max_string_chars)
         if isinstance(value, BaseException):
-            text = self.scrub(f"{_type_tag(value)}: {value}")
+            # Cut before scrubbing (far from the final cut): a 10 MB message costs no more.
+            text = self.scrub(f"{_type_tag(value)}: {value}"[: 4 * self.max_string_chars])
             return _clean_text(text, self.max_string_chars)
         user_id = self._user_id(value)
         if user_id is not None:

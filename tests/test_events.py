@@ -11,8 +11,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import blinker
 import pytest
-from flask import request
+from flask import current_app, request
 
 from bridge import SignalBridge
 from bridge.events import exception_fields, redact_query, request_fields, timestamp_and_id
@@ -154,7 +155,17 @@ class TestExceptionFields:
 
 
 TOKEN = "tok-Zq9x81-secret"
-SECRETS = ("hunter2", "s3cretpw", "k3yk3yk3y", TOKEN, "pin-4321-x", "sess-cookie-val", "bpw-7777")
+SECRETS = (
+    "hunter2",
+    "s3cretpw",
+    "k3yk3yk3y",
+    TOKEN,
+    "pin-4321-x",
+    "sess-cookie-val",
+    "bpw-7777",
+    "card-4111-2222",
+)
+PAYMENT_FAILED = blinker.signal("payment-failed")
 
 
 class Leaky:
@@ -164,7 +175,12 @@ class Leaky:
         self.path = path
         self.collector = collector
         self.app = app = build_app(
-            BRIDGE_SIGNALS=["default", "request_tearing_down", "appcontext_tearing_down"],
+            BRIDGE_SIGNALS=[
+                "default",
+                "request_tearing_down",
+                "appcontext_tearing_down",
+                "payment-failed",
+            ],
             BRIDGE_LOGGERS=["shop.views"],
             BRIDGE_SINKS=[
                 {"type": "file", "path": str(path)},
@@ -208,6 +224,15 @@ class Leaky:
                 logging.getLogger("shop.views").exception("basic auth failed")
             return "ok"
 
+        @app.post("/pay")
+        def pay() -> str:
+            try:
+                return str(int(request.form["card_number"]))
+            except ValueError as exc:  # handled: the exception travels as a signal argument
+                sender = current_app._get_current_object()  # type: ignore[attr-defined]
+                PAYMENT_FAILED.send(sender, error=exc, detail={"causes": [exc]})
+                return "declined"
+
         self.bridge = SignalBridge(app)
         self.client = app.test_client()
 
@@ -237,6 +262,7 @@ class TestExceptionSecretsInAnApp:
         assert 500 == client.post("/chained", json={"pin": "pin-4321-x"}).status_code
         assert 500 == client.get("/cookie").status_code
         assert 200 == client.get("/logged", auth=("ada", "bpw-7777")).status_code
+        assert 200 == client.post("/pay", data={"card_number": "card-4111-2222"}).status_code
         raw = leaky.written()
         assert [] == [secret for secret in SECRETS if secret.encode() in raw]
         events = read_events(leaky.path)
