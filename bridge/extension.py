@@ -36,6 +36,7 @@ from bridge.config import (
     load_settings,
 )
 from bridge.customroute import CustomRoute
+from bridge.delivery.engine import ABORT_GRACE
 from bridge.emitter import Emitter
 from bridge.errors import ConfigError
 from bridge.events import request_duration_ms
@@ -126,9 +127,31 @@ def _finished_receiver(
 _open_emitters: weakref.WeakSet[Emitter] = weakref.WeakSet()
 
 
+# Pipelines of collected apps being closed on threads of their own (`_release_on_thread`).
+_releasing: dict[threading.Thread, Emitter] = {}
+
+
 def _close_all_at_exit() -> None:
-    for emitter in list(_open_emitters):
+    """Close every open pipeline, and let those being released finish, within one deadline:
+    the longest `shutdown_timeout`. A process with several apps (or a dropped app still
+    flushing) exits as soon as one with a single app would, not after the sum of their
+    timeouts: an orchestrator's grace period is per process."""
+    emitters = list(_open_emitters)
+    releasing = list(_releasing.items())
+    timeouts = [e.settings.shutdown_timeout for e in emitters + [e for _, e in releasing]]
+    deadline = time.monotonic() + max(timeouts, default=0.0)
+    for emitter in emitters:
+        left = max(0.0, deadline - time.monotonic())
+        emitter.close(min(emitter.settings.shutdown_timeout, left))
+    for thread, _ in releasing:  # they started earlier, each with its own deadline
+        thread.join(max(0.0, deadline - time.monotonic()) + ABORT_GRACE)
+
+
+def _release_on_thread(emitter: Emitter) -> None:
+    try:
         emitter.close(emitter.settings.shutdown_timeout)
+    finally:
+        _releasing.pop(threading.current_thread(), None)
 
 
 atexit.register(_close_all_at_exit)
@@ -166,16 +189,20 @@ class _AppBinding:
     def release_collected(self) -> None:
         """The app was garbage collected, on whatever thread dropped it (a request thread,
         maybe): disconnect at once, and flush and close on a thread of its own, so no request
-        waits up to `shutdown_timeout` for a collector. Not a daemon: the interpreter waits for
-        it at exit, within that same bound."""
+        waits up to `shutdown_timeout` for a collector. A daemon that the bridge's exit
+        handler joins within the deadline it gives every pipeline: as a non-daemon thread, the
+        interpreter would wait for it first, and close the other apps only after it."""
         if not self._disconnect():
             return
         emitter = self.emitter
-        threading.Thread(
-            target=emitter.close,
-            args=(emitter.settings.shutdown_timeout,),
+        thread = threading.Thread(
+            target=_release_on_thread,
+            args=(emitter,),
             name=f"bridge-release-{emitter.service}",
-        ).start()
+            daemon=True,
+        )
+        _releasing[thread] = emitter
+        thread.start()
 
     def _disconnect(self) -> bool:
         """Undo `init_app`'s connections; False when that was done already."""
