@@ -85,11 +85,31 @@ class _Server(ThreadingHTTPServer):
     block_on_close = True
     allow_reuse_address = True
 
-    def __init__(self, port: int, collector: Collector) -> None:
+    def __init__(self, port: int, collector: Collector, tls: ssl.SSLContext | None = None) -> None:
         self.collector = collector
+        self.tls = tls
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = self.socket.accept()
+        if self.tls is None:
+            return sock, address
+        try:
+            return self.tls.wrap_socket(sock, server_side=True), address
+        except OSError as exc:
+            # A client that reset the connection before it was accepted (a sink cut short):
+            # CPython's SSLSocket constructor then raises without closing the SSLSocket it
+            # made, and its ResourceWarning would fail whichever test runs when it is freed.
+            tb = exc.__traceback__
+            while tb is not None:
+                made = tb.tb_frame.f_locals.get("self")
+                if isinstance(made, ssl.SSLSocket):
+                    made.close()
+                tb = tb.tb_next
+            sock.close()
+            raise
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.connections_lock:
@@ -264,9 +284,7 @@ class Collector:
             self._placeholder.close()
             self._placeholder = None
         self.stopped.clear()
-        self._server = _Server(self.port, self)
-        if self._tls is not None:
-            self._server.socket = self._tls.wrap_socket(self._server.socket, server_side=True)
+        self._server = _Server(self.port, self, self._tls)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
