@@ -23,7 +23,7 @@ class TestTlsCollector:
         with Collector(start_down=True) as collector:
             server = _Server(0, collector, context)  # not serving: the test accepts
             try:
-                client = socket.create_connection(server.server_address[:2])
+                client = socket.create_connection(("127.0.0.1", server.server_address[1]))
                 client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 client.close()  # a reset, before any accept
                 with warnings.catch_warnings(record=True) as caught:
