@@ -162,6 +162,9 @@ class _Guarded(HTTPConnection):
     def connect(self) -> None:
         try:
             super().connect()
+        except OSError as exc:
+            _close_orphaned_tls(exc)
+            raise
         finally:
             handshake, self._handshake = self._handshake, None
             if handshake is not None:
@@ -174,6 +177,21 @@ class _Guarded(HTTPConnection):
         if self.sock is not None:
             self.deadline.forget(self.sock)
         super().close()
+
+
+def _close_orphaned_tls(exc: BaseException) -> None:
+    """Close the TLS socket a failed wrap made and dropped.
+
+    When the collector resets the connection between connect and handshake (it is restarting,
+    its backlog is dropped), CPython's `SSLSocket` constructor raises without closing the
+    socket it made; freed later, it says so with a ResourceWarning in whatever code runs then.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        made = tb.tb_frame.f_locals.get("self")
+        if isinstance(made, ssl.SSLSocket):
+            made.close()
+        tb = tb.tb_next
 
 
 def _guarded_pools(deadline: Deadline) -> dict[str, type[HTTPConnectionPool]]:

@@ -4,17 +4,21 @@ certificate nobody trusts and a host name that does not resolve (`bridge.sinks.h
 
 from __future__ import annotations
 
+import gc
 import json
 import resource
+import select
 import socket
 import ssl
 import threading
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import trustme
 
 from bridge.errors import RetryableError
@@ -22,6 +26,7 @@ from bridge.formats import get_format
 from bridge.probes import probe_http
 from bridge.redaction import scrub_known
 from bridge.sinks.http import HttpSink, HttpTransport
+from bridge.sinks.httpwire import Deadline, GuardedAdapter
 from tests.collector import Collector, Reply
 from tests.delivery.helpers import event_line, fast_settings, ids_of
 
@@ -226,6 +231,35 @@ class TestEchoedSecrets:
         )
         text = scrub_known(f"echo {TOKEN} {API_KEY} {PASSWORD} acme")
         assert "echo [REDACTED] [REDACTED] [REDACTED] acme" == text
+
+
+class TestResetBeforeHandshake:
+    def test_the_tls_socket_is_closed(self) -> None:
+        """A collector that resets the connection between connect and TLS handshake (its
+        backlog dropped as it restarts): the failed socket is closed, not left to the GC."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        class ResetOnConnect(Deadline):
+            def watch(self, sock: socket.socket) -> None:
+                if listener.fileno() != -1:  # connected, not accepted: closing resets it
+                    listener.close()
+                    select.select([sock], [], [], 10.0)
+                super().watch(sock)
+
+        deadline = ResetOnConnect("reset")
+        with warnings.catch_warnings(record=True) as caught, requests.Session() as session:
+            warnings.simplefilter("always", ResourceWarning)
+            session.mount("https://", GuardedAdapter(deadline, max_retries=0))
+            deadline.start(10.0)
+            with pytest.raises(requests.ConnectionError):
+                session.post(f"https://127.0.0.1:{port}/ingest", data=b"{}", timeout=10.0)
+            deadline.finish()
+            gc.collect()
+        deadline.close()
+        assert [] == [str(w.message) for w in caught]
 
 
 class TestFailureCauses:
