@@ -167,7 +167,9 @@ class Emitter:
             return None
         request = ctx.request
         rule = request.url_rule
-        return request_fields(request.environ, rule.rule if rule else None, self.is_sensitive)
+        return request_fields(
+            request.environ, rule.rule if rule else None, self.is_sensitive, request.view_args
+        )
 
     def ship(self, event_dict: dict[str, Any], level: str) -> None:
         """Run the whole processor chain, encode once, and submit the line to every sink."""

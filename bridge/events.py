@@ -163,20 +163,49 @@ def redact_query(query: str, is_sensitive: Callable[[str], bool]) -> str:
     return "&".join(parts)
 
 
+def redact_path(
+    path: str, view_args: Mapping[str, Any] | None, is_sensitive: Callable[[str], bool]
+) -> str:
+    """The path with the values of sensitive URL variables (`/reset/<token>`) replaced.
+
+    Only whole segments are replaced (a `path` converter's value may span several), so a short
+    value never hides an innocent part of the path.
+    """
+    if not view_args:
+        return path
+    for name, value in view_args.items():
+        if not is_sensitive(name) or not isinstance(value, str | int) or isinstance(value, bool):
+            continue
+        text = str(value).strip("/")
+        if not text:
+            continue
+        segments = path.split("/")
+        wanted = text.split("/")
+        for start in range(len(segments) - len(wanted) + 1):
+            if segments[start : start + len(wanted)] == wanted:
+                segments[start : start + len(wanted)] = ["[REDACTED]"]
+                break
+        path = "/".join(segments)
+    return path
+
+
 def request_fields(
     environ: MutableMapping[str, Any],
     route: str | None,
     is_sensitive: Callable[[str], bool],
+    view_args: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fields describing the current request, computed once and cached in its environ.
 
     Reads the environ when the first event of the request is captured, so middleware that ran
-    before (ProxyFix rewriting REMOTE_ADDR) is already reflected.
+    before (ProxyFix rewriting REMOTE_ADDR) is already reflected. The values of sensitive URL
+    variables (`view_args`, as routing matched them) are redacted in `url.path`.
     """
     cached: dict[str, Any] | None = environ.get(_REQUEST_CACHE_KEY)
     if cached is not None:
         if route is not None and "http.route" not in cached:
             cached["http.route"] = route
+            cached["url.path"] = redact_path(cached["url.path"], view_args, is_sensitive)
         return cached
     request_id = _header(environ, "HTTP_X_REQUEST_ID") or os.urandom(16).hex()
     fields: dict[str, Any] = {
@@ -191,6 +220,7 @@ def request_fields(
         fields["url.query"] = redact_query(_wsgi_text(query[:_MAX_PATH_CHARS]), is_sensitive)
     if route is not None:
         fields["http.route"] = route
+        fields["url.path"] = redact_path(fields["url.path"], view_args, is_sensitive)
     client = environ.get("REMOTE_ADDR")
     if client:
         fields["client.address"] = client

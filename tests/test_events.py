@@ -16,7 +16,13 @@ import pytest
 from flask import current_app, request
 
 from bridge import SignalBridge
-from bridge.events import exception_fields, redact_query, request_fields, timestamp_and_id
+from bridge.events import (
+    exception_fields,
+    redact_path,
+    redact_query,
+    request_fields,
+    timestamp_and_id,
+)
 from bridge.processors import SensitiveKeys
 from bridge.redaction import DEFAULT_REDACT_TERMS, REDACTED, Scrubber
 from tests.collector import Collector
@@ -278,3 +284,36 @@ class TestExceptionSecretsInAnApp:
         )
         messages = {e["exception.message"] for e in events if e["event"] == "request.exception"}
         assert f"invalid literal for int() with base 10: '{REDACTED}'" in messages
+
+
+class TestSensitivePathVariables:
+    def test_a_token_in_the_path_is_never_written(self, tmp_path: Path) -> None:
+        """`/reset/<token>`: url.path carries [REDACTED] for the token in every event."""
+        path = tmp_path / "events.jsonl"
+        app = build_app(
+            BRIDGE_SIGNALS=["builtin"], BRIDGE_SINKS=[{"type": "file", "path": str(path)}]
+        )
+
+        @app.route("/reset/<token>/confirm")
+        def reset(token: str) -> str:
+            return "reset"
+
+        @app.route("/share/<path:api_key>")
+        def share(api_key: str) -> str:
+            return "shared"
+
+        bridge = SignalBridge(app)
+        client = app.test_client()
+        client.get("/reset/tok-PATH-5555/confirm")
+        client.get("/share/abc-KEY-6666/part/two")
+        client.get("/items/5555")
+        assert bridge.close()
+        raw = path.read_bytes()
+        assert b"tok-PATH-5555" not in raw and b"abc-KEY-6666" not in raw
+        paths = {event["url.path"] for event in read_events(path) if "url.path" in event}
+        assert {"/reset/[REDACTED]/confirm", "/share/[REDACTED]", "/items/5555"} == paths
+
+    def test_only_whole_segments_are_replaced(self) -> None:
+        """A short sensitive value hides its own segment, never part of another."""
+        assert "/a7b/[REDACTED]/7" == redact_path("/a7b/7/7", {"token": "7"}, SENSITIVE)
+        assert "/x/1" == redact_path("/x/1", {"item_id": 1}, SENSITIVE)
