@@ -298,6 +298,8 @@ class SignalBridge:
                 app = app_ctx.app
             elif len(self._bindings) == 1:
                 app = next(iter(self._bindings.keys()))
+            elif not self._bindings:
+                raise RuntimeError("this SignalBridge has no open app: closed, or no init_app")
             else:
                 raise RuntimeError("several apps use this SignalBridge: pass app=")
         return self._emitters(app)[0]

@@ -450,6 +450,13 @@ class TestStatsAndFlush:
             assert key in counters
         assert (1, 1, 0) == (counters["enqueued"], counters["delivered"], counters["dropped"])
 
+    def test_stats_after_close_says_so(self, make_bridged: Make) -> None:
+        """stats() on a closed bridge says it has no open app, not that it has several."""
+        bridged = make_bridged()
+        assert bridged.bridge.close()
+        with pytest.raises(RuntimeError, match="no open app"):
+            bridged.bridge.stats()
+
     def test_named_sinks(self, make_bridged: Make, tmp_path: Path) -> None:
         """A sink's `name` is its key in stats()."""
         path = tmp_path / "audit.jsonl"
