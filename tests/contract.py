@@ -30,6 +30,8 @@ REQUEST_KEYS = frozenset(
         "user_agent.original",
     }
 )
+# Request-context keys a signal argument or a log record's `extra` can never overwrite.
+PROTECTED_REQUEST_KEYS = REQUEST_KEYS | {"url.query", "trace_id", "span_id", "user.id"}
 STATS_COUNTERS = (
     "enqueued",
     "delivered",
