@@ -1,7 +1,9 @@
-"""Shared fixtures: real Flask apps with a bridge writing to a real file in tmp_path."""
+"""Shared fixtures: real Flask apps with a bridge writing to a real file in tmp_path, and a
+real collector on 127.0.0.1 with http sinks that are closed at teardown."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +14,9 @@ import pytest
 from flask import Flask
 
 from bridge import SignalBridge
+from bridge.sinks.http import HttpSink
+from tests.collector import Collector
+from tests.delivery.helpers import fast_settings
 
 LOGIN_SIGNAL = blinker.signal("user-login")  # defined before any init_app, as apps do
 
@@ -101,3 +106,30 @@ def _no_bridge_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("BRIDGE_"):
             monkeypatch.delenv(key)
+
+
+MakeSink = Callable[..., HttpSink]
+_sink_names = itertools.count()
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    """A real collector on 127.0.0.1 that tests can tell to fail, stall or reset."""
+    with Collector() as running:
+        yield running
+
+
+@pytest.fixture
+def make_sink() -> Iterator[MakeSink]:
+    """Factory: `make_sink(url, **settings)` builds an http sink; all are closed at teardown."""
+    made: list[HttpSink] = []
+
+    def make(url: str, **overrides: Any) -> HttpSink:
+        overrides.setdefault("name", f"http-{next(_sink_names)}")
+        sink = HttpSink(fast_settings(url, **overrides))
+        made.append(sink)
+        return sink
+
+    yield make
+    for sink in made:
+        sink.close(0.2)  # tests that need delivery flush first

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,34 +19,11 @@ import pytest
 
 from bridge.sinks.http import HttpSink
 from tests.collector import Collector, Reply
-from tests.delivery.helpers import event_line, fast_settings, ids_of
+from tests.conftest import MakeSink
+from tests.delivery.helpers import event_line, ids_of
 
 REPO = Path(__file__).resolve().parents[2]
 _names = itertools.count()
-
-MakeSink = Callable[..., HttpSink]
-
-
-@pytest.fixture
-def collector() -> Iterator[Collector]:
-    with Collector() as running:
-        yield running
-
-
-@pytest.fixture
-def make_sink() -> Iterator[MakeSink]:
-    """Factory: `make_sink(url, **settings)`; every sink is closed at teardown."""
-    made: list[HttpSink] = []
-
-    def make(url: str, **overrides: Any) -> HttpSink:
-        overrides.setdefault("name", f"http-{next(_names)}")
-        sink = HttpSink(fast_settings(url, **overrides))
-        made.append(sink)
-        return sink
-
-    yield make
-    for sink in made:
-        sink.close(0.2)  # tests that need delivery flush first
 
 
 def submit_all(sink: HttpSink, count: int, **fields: Any) -> list[str]:

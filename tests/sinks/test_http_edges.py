@@ -13,7 +13,6 @@ import ssl
 import threading
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,36 +27,13 @@ from bridge.redaction import scrub_known
 from bridge.sinks.http import HttpSink, HttpTransport
 from bridge.sinks.httpwire import Deadline, GuardedAdapter
 from tests.collector import Collector, Reply
+from tests.conftest import MakeSink
 from tests.delivery.helpers import event_line, fast_settings, ids_of
 
 HUGE = 256 * 1024 * 1024  # streamed by the collector, never held in memory by the test
 TOKEN = "tok-9f8e7d6c5b4a"
 API_KEY = "key-0a1b2c3d4e5f"
 PASSWORD = "pw-5e6f7a8b9c"
-
-MakeSink = Callable[..., HttpSink]
-
-
-@pytest.fixture
-def collector() -> Iterator[Collector]:
-    with Collector() as running:
-        yield running
-
-
-@pytest.fixture
-def make_sink() -> Iterator[MakeSink]:
-    """Factory: `make_sink(url, **settings)`; every sink is closed at teardown."""
-    made: list[HttpSink] = []
-
-    def make(url: str, **overrides: Any) -> HttpSink:
-        overrides.setdefault("name", f"edge-{len(made)}")
-        sink = HttpSink(fast_settings(url, **overrides))
-        made.append(sink)
-        return sink
-
-    yield make
-    for sink in made:
-        sink.close(0.2)
 
 
 @pytest.fixture
