@@ -17,6 +17,7 @@ from bridge.config import FileSinkSettings
 from bridge.sinks.file import FileOutput, FileSink
 from bridge.sinks.writer import LineWriter
 from tests.conftest import read_events
+from tests.sinks.fakes import QuietOutput
 
 
 def line(n: int, pad: int = 0) -> bytes:
@@ -175,7 +176,7 @@ def test_processes_share_one_file(tmp_path: Path, rotate_bytes: int) -> None:
     assert expected == sorted(all_numbers(path))
 
 
-class SlowOutput:
+class SlowOutput(QuietOutput):
     """An output whose writes block until released, like a disk that stalls."""
 
     def __init__(self) -> None:
@@ -190,21 +191,6 @@ class SlowOutput:
         self.release.wait(10)
         self.data += bytes(data)
         return len(data)
-
-    def wait_writable(self, timeout: float) -> None:
-        return None
-
-    def maintenance_due(self, now: float) -> bool:
-        return False
-
-    def maintain(self) -> None:
-        return None
-
-    def fsync(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
 
 
 class TestSlowOutput:

@@ -228,15 +228,6 @@ class TestOperatorSymlink:
         assert path.is_symlink() and b"" == target.read_bytes()
 
 
-@pytest.fixture
-def pipe() -> Iterator[tuple[int, int]]:
-    read_fd, write_fd = os.pipe()
-    yield read_fd, write_fd
-    for fd in (read_fd, write_fd):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
 def read_events(fd: int, count: int) -> list[dict[str, Any]]:
     """Read `fd` until `count` event lines arrived (other lines are skipped); fails past
     the deadline or on a torn line."""

@@ -32,15 +32,6 @@ def line(n: int, pad: int = 0) -> bytes:
     return json.dumps({"n": n, "pad": "y" * pad}).encode() + b"\n"
 
 
-@pytest.fixture
-def pipe() -> Iterator[tuple[int, int]]:
-    read_fd, write_fd = os.pipe()
-    yield read_fd, write_fd
-    for fd in (read_fd, write_fd):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
 def drain(fd: int) -> bytes:
     os.set_blocking(fd, False)
     chunks = []

@@ -17,13 +17,14 @@ import pytest
 from bridge.sinks import writer as writer_module
 from bridge.sinks.base import SinkStats
 from bridge.sinks.writer import LineAbandoned, LineWriter
+from tests.sinks.fakes import QuietOutput
 
 
 def line(n: int, pad: int = 60) -> bytes:
     return json.dumps({"n": n, "pad": "x" * pad}).encode() + b"\n"
 
 
-class Disk:
+class Disk(QuietOutput):
     """An output with `free` bytes of room: a write takes what fits, then fails (ENOSPC)."""
 
     def __init__(self, free: int = 1 << 30) -> None:
@@ -43,21 +44,6 @@ class Disk:
     def give(self, room: int) -> None:
         with self.lock:
             self.free += room
-
-    def wait_writable(self, timeout: float) -> None:
-        return None
-
-    def maintenance_due(self, now: float) -> bool:
-        return False
-
-    def maintain(self) -> None:
-        return None
-
-    def fsync(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
 
 
 def make_writer(output: Any, **options: Any) -> LineWriter:
