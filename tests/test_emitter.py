@@ -10,30 +10,9 @@ from typing import Any
 
 from bridge.config import load_settings
 from bridge.emitter import Emitter
+from tests.test_logging import ListSink
 
 CHILD_DEADLINE = 5.0  # seconds the child gives its work before it reports a hang
-
-
-class ListSink:
-    """A sink that keeps every line it is given."""
-
-    name = "list"
-
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-
-    def submit(self, line: bytes) -> bool:
-        self.lines.append(line)
-        return True
-
-    def flush(self, timeout: float) -> bool:
-        return True
-
-    def close(self, timeout: float) -> bool:
-        return True
-
-    def stats(self) -> dict[str, Any]:
-        return {"enqueued": len(self.lines)}
 
 
 def fork_and_run(work: Any) -> int:

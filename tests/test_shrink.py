@@ -12,19 +12,7 @@ from hypothesis import strategies as st
 from bridge.processors import LineEncoder, MakeJsonSafe
 from bridge.redaction import DEFAULT_REDACT_TERMS, SensitiveKeys
 from tests.conftest import LOGIN_SIGNAL, BridgedApp
-from tests.test_processors import hostile
-
-ENVELOPE = {
-    "timestamp": "2026-11-25T08:30:00.123456Z",
-    "level": "info",
-    "event": "user-login",
-    "signal": "user-login",
-    "event_id": "01a21302-61b5-745d-9310-3e50077952f0",
-    "service.name": "shop",
-    "host.name": "h",
-    "process.pid": 1,
-}
-MAX_LINE = 4096
+from tests.test_processors import ENVELOPE, MAX_LINE, hostile
 
 
 def encode(fields: dict[str, Any], max_line: int = MAX_LINE) -> dict[str, Any]:
