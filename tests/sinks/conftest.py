@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+import bridge.sinks.writer as writer_module
+
 
 @pytest.fixture
 def pipe() -> Iterator[tuple[int, int]]:
@@ -17,3 +19,16 @@ def pipe() -> Iterator[tuple[int, int]]:
     for fd in (read_fd, write_fd):
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+@pytest.fixture
+def reports(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the sink reports on stderr, instead of stderr."""
+    made: list[str] = []
+
+    def record(cause: str, message: str) -> bool:
+        made.append(message)
+        return True
+
+    monkeypatch.setattr(writer_module, "report", record)
+    return made

@@ -26,26 +26,12 @@ from bridge import SignalBridge
 from bridge.config import FileSinkSettings
 from bridge.errors import ConfigError
 from bridge.extension import build_sink
-from bridge.sinks import writer as writer_module
 from tests.sinks.test_file import line, make_sink
 
 ROOT = Path(__file__).resolve().parents[2]
 F_SETPIPE_SZ = 1031
 DEADLINE = 20.0  # seconds a step may take before the test fails instead of hanging
 SECRET = b"root:secret\n"
-
-
-@pytest.fixture
-def reports(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """What the sink reports on stderr."""
-    made: list[str] = []
-
-    def record(cause: str, message: str) -> bool:
-        made.append(message)
-        return True
-
-    monkeypatch.setattr(writer_module, "report", record)
-    return made
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import pytest
 
 from bridge.config import FileSinkSettings
 from bridge.errors import ConfigError
-from bridge.sinks import writer as writer_module
 from bridge.sinks.file import FileSink
 from tests.sinks.test_file import line, make_sink
 
@@ -31,19 +30,6 @@ def victim(tmp_path: Path) -> Path:
     target.write_bytes(SECRET)
     target.chmod(0o600)
     return target
-
-
-@pytest.fixture
-def reports(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """What the sink reports on stderr."""
-    made: list[str] = []
-
-    def record(cause: str, message: str) -> bool:
-        made.append(message)
-        return True
-
-    monkeypatch.setattr(writer_module, "report", record)
-    return made
 
 
 def numbers(path: Path) -> list[int]:
