@@ -20,6 +20,7 @@ from typing import Any
 from bridge import configvalues as v
 from bridge.configsources import merge_sources, report_ignored
 from bridge.errors import ConfigError
+from bridge.overflow import POLICIES
 from bridge.redaction import DEFAULT_REDACT_TERMS, normalize_key
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
     "load_settings",
 ]
 
-OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "block", "spool")
+OVERFLOW_POLICIES = POLICIES
 HTTP_FORMATS = (
     "ndjson",
     "json_array",

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 
+from bridge import forking
 from bridge.redaction import scrub_known
 from bridge.streams import PIPE_BUF, StreamOutput
 
@@ -35,6 +36,7 @@ _dropped = 0
 _lock = threading.Lock()
 
 
+@forking.at_fork_in_child
 def _reset_after_fork() -> None:
     """A child forked while another thread held the lock would hang at its first report;
     and a worker's failures are its own to report, whatever its parent reported."""
@@ -42,9 +44,6 @@ def _reset_after_fork() -> None:
     _lock = threading.Lock()
     _last_reported.clear()
     _dropped = 0
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def dropped_reports() -> int:

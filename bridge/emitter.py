@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import structlog
 from flask.globals import _cv_request
 
+from bridge import forking
 from bridge.config import HttpSinkSettings, Settings
 from bridge.diagnostics import report
 from bridge.events import (
@@ -41,18 +41,12 @@ __all__ = ["Emitter"]
 PROTECTED_KEYS = ENVELOPE_KEYS | REQUEST_CONTEXT_KEYS
 
 _pid = os.getpid()
-_live_emitters: weakref.WeakSet[Emitter] = weakref.WeakSet()
 
 
-def _reset_after_fork() -> None:
-    """A child forked while another thread held an emitter's lock would hang on it forever."""
+@forking.at_fork_in_child
+def _note_pid() -> None:
     global _pid
     _pid = os.getpid()
-    for emitter in list(_live_emitters):
-        emitter._errors_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class _Guard:
@@ -104,7 +98,11 @@ class Emitter:
         self._errors_lock = threading.Lock()
         self.service = settings.service
         self.taps: list[list[dict[str, Any]]] = []  # bridge.testing.capture_events
-        _live_emitters.add(self)
+        forking.reset_in_child(self)
+
+    def after_fork_in_child(self) -> None:
+        """A parent's thread may have held the error lock at the fork: the child would hang."""
+        self._errors_lock = threading.Lock()
 
     def emit(
         self,

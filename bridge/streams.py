@@ -32,22 +32,13 @@ import select
 import socket
 import stat
 import time
-import weakref
+
+from bridge import forking
 
 __all__ = ["PIPE_BUF", "StreamOutput"]
 
 PIPE_BUF = select.PIPE_BUF
 _LOCK_POLL_MAX = 0.01  # seconds between two tries for a busy lock, at most
-
-_live_outputs: weakref.WeakSet[StreamOutput] = weakref.WeakSet()
-
-
-def _reopen_after_fork() -> None:
-    for output in list(_live_outputs):
-        output.after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reopen_after_fork)
 
 
 def _open_own(fd: int) -> tuple[int, bool]:
@@ -85,7 +76,7 @@ class StreamOutput:
         else:
             self._fd = os.dup(fd)
             self.nonblocking = False
-        _live_outputs.add(self)
+        forking.reset_in_child(self)
 
     def write(self, data: bytes) -> int:
         if self._socket is not None:

@@ -24,7 +24,7 @@ from bridge.diagnostics import report
 from bridge.errors import RetryableError
 from bridge.redaction import scrub_known
 from bridge.safefs import make_dirs, open_nofollow
-from bridge.sinks.base import SinkStats
+from bridge.stats import SinkStats
 
 __all__ = ["DeadLetter", "refusal_reason"]
 

@@ -14,13 +14,12 @@ spool it is released back to the spool, which keeps it until `event_ttl`.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import traceback
-import weakref
 from collections import deque
 
+from bridge import forking
 from bridge.config import HttpSinkSettings
 from bridge.delivery.deadletter import DeadLetter
 from bridge.delivery.feed import Batch, Batching, Feed
@@ -32,22 +31,11 @@ from bridge.delivery.transport import Outcome, Transport
 from bridge.diagnostics import report
 from bridge.errors import FatalError, RetryableError
 from bridge.redaction import scrub_known
-from bridge.sinks.base import SinkStats
+from bridge.stats import SinkStats
 
 __all__ = ["ABORT_GRACE", "DeliveryEngine"]
 
 ABORT_GRACE = 1.0  # close: how long a worker whose send was cut gets to wind down
-
-
-_live_engines: weakref.WeakSet[DeliveryEngine] = weakref.WeakSet()
-
-
-def _reset_engines_after_fork() -> None:
-    for engine in list(_live_engines):
-        engine.after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reset_engines_after_fork)
 
 
 class DeliveryEngine:
@@ -102,7 +90,7 @@ class DeliveryEngine:
         self._thread: threading.Thread | None = None
         self._close_lock = threading.Lock()
         self._closed_result: bool | None = None
-        _live_engines.add(self)
+        forking.reset_in_child(self)
         if spool is not None and spool.pending_events():
             # Ship what dead processes left behind without waiting for traffic.
             with self._feed.lock:
@@ -119,7 +107,6 @@ class DeliveryEngine:
 
     def after_fork_in_child(self) -> None:
         """The parent's queue and thread stay the parent's; the child starts empty and lazily."""
-        SinkStats.__init__(self._stats)  # a fresh lock (and counters) for this process
         closed = self._feed.closed
         self._feed.reset()
         if closed:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bridge.delivery.spool import SpoolRecord
-from bridge.sinks.base import SinkStats
+from bridge.stats import SinkStats
 
 __all__ = ["BLOCK_SECONDS", "NEVER", "Batch", "Batching", "Feed", "monotonic"]
 

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 
 from bridge.delivery.feed import BLOCK_SECONDS, NEVER, Batch, Batching, Feed, monotonic
-from bridge.sinks.base import SinkStats
+from bridge.stats import SinkStats
 
 __all__ = ["MemoryFeed"]
 

@@ -40,10 +40,10 @@ import itertools
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 
+from bridge import forking
 from bridge.delivery import segments
 from bridge.delivery.spoolack import _SpoolAcks
 from bridge.delivery.spoolread import _SpoolReader
@@ -51,7 +51,7 @@ from bridge.delivery.spooltable import _fsync
 from bridge.delivery.spooltypes import SpoolRead, SpoolRecord, _drop_tail, _Run, _Segment
 from bridge.diagnostics import report
 from bridge.safefs import make_dirs, open_nofollow
-from bridge.sinks.base import SinkStats
+from bridge.stats import SinkStats
 
 __all__ = ["Spool", "SpoolRead", "SpoolRecord"]
 
@@ -59,17 +59,6 @@ SEGMENT_BYTES = 4 * 1024 * 1024
 TAIL_BYTES = 4 * 1024 * 1024  # lines kept in memory for the reader, behind the current segment
 RESCAN_INTERVAL = 5.0
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
-
-_live_spools: weakref.WeakSet[Spool] = weakref.WeakSet()
-
-
-def _reset_spools_after_fork() -> None:
-    """A forked child starts every spool over at once: `append` checks nothing per call."""
-    for spool in list(_live_spools):
-        spool.after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reset_spools_after_fork)
 
 
 class Spool(_SpoolReader, _SpoolAcks):
@@ -106,7 +95,7 @@ class Spool(_SpoolReader, _SpoolAcks):
         self._rescan_interval = rescan_interval
         make_dirs(self._dir, segments.DIR_MODE)
         self._reset()
-        _live_spools.add(self)
+        forking.reset_in_child(self)  # `append` checks nothing per call
         self._rescan()
 
     def _reset(self, *, register: bool = True) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from bridge.delivery.feed import BLOCK_SECONDS, NEVER, Batch, Batching, Feed, monotonic
 from bridge.delivery.segments import RECORD_OVERHEAD
 from bridge.delivery.spool import Spool
-from bridge.sinks.base import SinkStats
+from bridge.stats import SinkStats
 
 __all__ = ["IDLE_RECHECK", "SpoolFeed"]
 

@@ -20,7 +20,7 @@ from bridge.delivery import segments
 from bridge.delivery.segments import SEGMENT_HEADER
 from bridge.delivery.spooltypes import _SHIFT, _drop_tail, _Run, _Segment
 from bridge.diagnostics import report
-from bridge.sinks.base import SinkStats
+from bridge.stats import SinkStats
 
 
 class _SpoolTable:
@@ -124,7 +124,7 @@ class _SpoolTable:
         seg.done_records += records
         seg.done_bytes += size
         self._pending_bytes -= size
-        self._stats.spool_bytes = self._pending_bytes
+        self._publish()
 
     def _maybe_delete(self, seg: _Segment) -> bool:
         """Delete a sealed segment whose every record is done (lock held); True when the
@@ -150,7 +150,7 @@ class _SpoolTable:
         if self._sealed_tail is seg:
             self._sealed_tail = None
         self._pending_bytes -= seg.limit - seg.done_bytes
-        self._stats.spool_bytes = self._pending_bytes
+        self._publish()
         if seg.fd >= 0:
             self._dead_fds.append(seg.fd)
             seg.fd = -1
@@ -187,7 +187,7 @@ class _SpoolTable:
                 self._maybe_delete(seg)
                 if self._pending_bytes > self._max_bytes:
                     self._make_room(0)
-                self._stats.spool_bytes = self._pending_bytes
+                self._publish()
 
     def _locked_next_seq(self) -> int:
         with self._lock:
@@ -212,9 +212,8 @@ class _SpoolTable:
 
     def _publish(self) -> None:
         """Lock held: bring `spooled` and `spool_bytes` up to date (appends leave them)."""
-        stats = self._stats
-        stats.spool_bytes = self._pending_bytes
-        stats.spooled = self._spooled_before + sum(s.records for s in self._own.values())
+        spooled = self._spooled_before + sum(s.records for s in self._own.values())
+        self._stats.publish_spool(spooled=spooled, spool_bytes=self._pending_bytes)
 
 
 def _fsync(fd: int) -> None:

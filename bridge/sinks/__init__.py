@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.sinks.base import Sink, SinkStats
+from bridge.sinks.base import Sink
+from bridge.stats import SinkStats
 
 __all__ = ["Sink", "SinkStats"]

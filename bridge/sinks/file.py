@@ -38,16 +38,16 @@ import fcntl
 import os
 import stat
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
+from bridge import forking
 from bridge.config import FileSinkSettings
 from bridge.errors import ConfigError
 from bridge.safefs import make_dirs, open_nofollow
-from bridge.sinks.base import SinkStats
 from bridge.sinks.filetarget import FileTarget, open_stream, survey
 from bridge.sinks.writer import LineAbandoned, LineWriter, Output, WriterSink
+from bridge.stats import SinkStats
 
 __all__ = ["FileOutput", "FileSink"]
 
@@ -57,19 +57,14 @@ LOCK_BUSY_REPORT_SECONDS = 60.0  # a rotation lock busy this long is held by a s
 # closes its copies at once, or a child forked mid-rotation would hold the flock (it belongs to
 # the open file description, which the copy shares) for as long as it lives.
 _lock_fds: set[int] = set()
-_live_outputs: weakref.WeakSet[FileOutput] = weakref.WeakSet()
 
 
-def _after_fork_in_child() -> None:
+@forking.at_fork_in_child
+def _close_inherited_lock_fds() -> None:
     for fd in list(_lock_fds):
         with contextlib.suppress(OSError):
             os.close(fd)
     _lock_fds.clear()
-    for output in list(_live_outputs):
-        output.after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # A tail left unfinished this long ago is nobody's append in progress (file times are coarse,
@@ -137,7 +132,7 @@ class FileOutput:
         self._next_check = time.monotonic() + self.check_interval
         self._bytes_since_check = 0
         self._maintenance_pending = False
-        _live_outputs.add(self)
+        forking.reset_in_child(self)
 
     def _open(self) -> int:
         """Open what the path leads to (`FileTarget`): a regular file, never a planted link."""

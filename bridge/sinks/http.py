@@ -40,7 +40,6 @@ from bridge.diagnostics import report
 from bridge.errors import ConfigError, FatalError, RetryableError
 from bridge.formats import Format, get_format
 from bridge.redaction import Scrubber, register_secrets
-from bridge.sinks.base import SinkStats
 from bridge.sinks.httpwire import (
     Deadline,
     GuardedAdapter,
@@ -49,6 +48,7 @@ from bridge.sinks.httpwire import (
     read_reply,
     sink_secrets,
 )
+from bridge.stats import SinkStats
 
 __all__ = ["HttpSink", "HttpTransport"]
 
@@ -296,7 +296,7 @@ class HttpSink:
 
     def stats(self) -> dict[str, Any]:
         spool_bytes = self._spool.pending_bytes() if self._spool is not None else 0
-        self._stats.enqueued = self._engine.accepted()  # counted without a lock on the hot path
+        self._stats.publish_progress(enqueued=self._engine.accepted())
         snapshot = self._stats.snapshot(
             queue_depth=self._engine.queue_depth(), spool_bytes=spool_bytes
         )

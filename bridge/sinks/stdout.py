@@ -10,8 +10,8 @@ interleave either: one line at a time, under the writer's lock.
 from __future__ import annotations
 
 from bridge.config import StdoutSinkSettings
-from bridge.sinks.base import SinkStats
 from bridge.sinks.writer import LineWriter, WriterSink
+from bridge.stats import SinkStats
 from bridge.streams import StreamOutput
 
 __all__ = ["StdoutSink", "StreamOutput"]

@@ -37,15 +37,14 @@ noted under it and reported once it is released.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import weakref
 from collections import deque
 from typing import Any, Protocol
 
+from bridge import forking
 from bridge.diagnostics import report
-from bridge.sinks.base import SinkStats
+from bridge.stats import SinkStats
 
 __all__ = ["LineAbandoned", "LineWriter", "Output", "WriterSink"]
 
@@ -82,16 +81,6 @@ class Output(Protocol):
 
     def close(self) -> None: ...
 
-
-_live_writers: weakref.WeakSet[LineWriter] = weakref.WeakSet()
-
-
-def _reset_writers_after_fork() -> None:
-    for writer in list(_live_writers):
-        writer.after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reset_writers_after_fork)
 
 Note = tuple[str, str]  # (cause, message) for `report`, made under the write lock
 
@@ -170,7 +159,7 @@ class LineWriter:
         self.slow_write_seconds = slow_write_seconds
         self._always_background = fsync and not sync
         self._reset_state()
-        _live_writers.add(self)
+        forking.reset_in_child(self)
 
     def _reset_state(self) -> None:
         self._write_lock = threading.Lock()
@@ -203,7 +192,6 @@ class LineWriter:
         """The parent's queued lines and counters stay the parent's; the child starts empty."""
         closed = self._closed
         self._reset_state()
-        SinkStats.__init__(self.stats)
         self._closed = closed
         self._direct = self._direct and not closed
 
@@ -650,8 +638,7 @@ class WriterSink:
 
     def stats(self) -> dict[str, Any]:
         counters = self._writer.counters()
-        self._stats.enqueued = counters["enqueued"]
-        self._stats.delivered = counters["delivered"]
+        self._stats.publish_progress(enqueued=counters["enqueued"], delivered=counters["delivered"])
         snapshot = self._stats.snapshot(queue_depth=counters["queue_depth"])
         snapshot["type"] = self.kind
         snapshot.update(self.describe())

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from bridge.delivery.spool import Spool
-from bridge.sinks.base import SinkStats
+from bridge.stats import SinkStats
 
 
 def main() -> None:

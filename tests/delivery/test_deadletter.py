@@ -13,8 +13,8 @@ import pytest
 from bridge.delivery.deadletter import DeadLetter
 from bridge.delivery.engine import DeliveryEngine
 from bridge.delivery.transport import Outcome
-from bridge.sinks.base import SinkStats
 from bridge.sinks.http import HttpSink
+from bridge.stats import SinkStats
 from tests.collector import Collector, Reply
 from tests.delivery.helpers import ScriptedTransport, event_line, fast_settings, ids_of
 

@@ -18,7 +18,7 @@ from bridge.delivery.engine import DeliveryEngine
 from bridge.delivery.spool import Spool
 from bridge.delivery.transport import Outcome
 from bridge.errors import FatalError, RetryableError
-from bridge.sinks.base import SinkStats
+from bridge.stats import SinkStats
 from tests.delivery.helpers import ScriptedTransport, event_line, fast_settings, ids_of
 
 _names = itertools.count()

@@ -12,7 +12,7 @@ from bridge.delivery.feed import Batch, Batching
 from bridge.delivery.queue import MemoryFeed
 from bridge.delivery.spool import Spool
 from bridge.delivery.spoolfeed import SpoolFeed
-from bridge.sinks.base import SinkStats
+from bridge.stats import SinkStats
 from tests.delivery.helpers import event_line, ids_of
 
 

@@ -28,7 +28,7 @@ from bridge.delivery.segments import (
     read_acked,
 )
 from bridge.delivery.spool import Spool
-from bridge.sinks.base import SinkStats
+from bridge.stats import SinkStats
 
 CHILD = Path(__file__).with_name("spool_crash_child.py")
 DEADLINE = 60.0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.delivery.spool import Spool
-from bridge.sinks.base import SinkStats
+from bridge.stats import SinkStats
 
 DEAD_OWNER = "12345-deadbeef"  # an owner name no live process has
 

@@ -11,7 +11,7 @@ import pytest
 from bridge.delivery.feed import Batching
 from bridge.delivery.spool import Spool
 from bridge.delivery.spoolfeed import SpoolFeed
-from bridge.sinks.base import SinkStats
+from bridge.stats import SinkStats
 from tests.delivery.helpers import event_line, ids_of
 
 

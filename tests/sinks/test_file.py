@@ -196,7 +196,7 @@ class SlowOutput(QuietOutput):
 class TestSlowOutput:
     def test_request_thread_never_waits_on_a_busy_writer(self) -> None:
         """While one write is stuck, other threads queue their lines and return at once."""
-        from bridge.sinks.base import SinkStats
+        from bridge.stats import SinkStats
 
         output = SlowOutput()
         writer = LineWriter(
@@ -223,7 +223,7 @@ class TestSlowOutput:
 
     def test_overflow_drops_newest_and_counts(self) -> None:
         """A full queue drops by policy and counts the reason."""
-        from bridge.sinks.base import SinkStats
+        from bridge.stats import SinkStats
 
         output = SlowOutput()
         stats = SinkStats()
@@ -248,7 +248,7 @@ class TestSlowOutput:
 
     def test_slow_write_moves_writing_to_the_thread(self) -> None:
         """After a slow write, lines are written by the background thread for a while."""
-        from bridge.sinks.base import SinkStats
+        from bridge.stats import SinkStats
 
         output = SlowOutput()
         output.release.set()

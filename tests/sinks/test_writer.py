@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from bridge.sinks import writer as writer_module
-from bridge.sinks.base import SinkStats
 from bridge.sinks.writer import LineAbandoned, LineWriter
+from bridge.stats import SinkStats
 from tests.sinks.fakes import QuietOutput
 
 

@@ -1,4 +1,4 @@
-"""SinkStats: the counters every sink keeps, and their lock across a fork."""
+"""SinkStats (bridge.stats): the counters every sink keeps, and what a forked child gets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import os
 import select
 import signal
 
-from bridge.sinks.base import SinkStats
+import pytest
+
+from bridge.stats import SinkStats
 
 
 def run_in_child(stats: SinkStats, deadline: float = 10.0) -> dict[str, object] | None:
@@ -54,9 +56,27 @@ class TestSinkStats:
         assert (3, 4) == (snapshot["dropped"], snapshot["queue_depth"])
 
     def test_lock_is_new_in_a_forked_child(self) -> None:
-        """A fork while another thread holds the stats lock leaves the child able to count."""
+        """A fork while another thread holds the stats lock leaves the child able to count,
+        from zero: a worker's counters are its own, whatever its parent counted."""
         stats = SinkStats()
         stats.count_dropped("before_fork")
         snapshot = run_in_child(stats)
         assert snapshot is not None, "the child hung on the lock held at fork"
-        assert {"before_fork": 1, "in_child": 1} == snapshot["dropped_by_reason"]
+        assert {"in_child": 1} == snapshot["dropped_by_reason"]
+        assert {"before_fork": 1} == stats.dropped_by_reason  # the parent's stay the parent's
+
+    def test_fields_are_read_only(self) -> None:
+        """Counters change only through the methods that take the lock."""
+        stats = SinkStats()
+        stats.count_delivered(3)
+        stats.publish_spool(spooled=5, spool_bytes=100)
+        with pytest.raises(AttributeError):
+            stats.delivered = 0  # type: ignore[misc]
+        copy = stats.dropped_by_reason
+        copy["forged"] = 1
+        assert (3, 5, 100, {}) == (
+            stats.delivered,
+            stats.spooled,
+            stats.spool_bytes,
+            stats.dropped_by_reason,
+        )
