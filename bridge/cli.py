@@ -137,8 +137,8 @@ def check_command(ctx: click.Context, timeout: float) -> None:
     failed = False
     for sink in settings.sinks:
         ok, message = probe_sink(sink, timeout)
-        failed = failed or ok is False
-        mark = {True: ("ok", "green"), False: ("FAIL", "red"), None: ("skip", "yellow")}[ok]
+        failed = failed or not ok
+        mark = ("ok", "green") if ok else ("FAIL", "red")
         click.echo(f"  {describe_sink(sink)}: " + click.style(mark[0], fg=mark[1]) + f", {message}")
     if failed:
         ctx.exit(EXIT_PROBE)

@@ -1,15 +1,14 @@
 """Probes for `flask bridge check`: can each configured sink actually be written to?
 
 A probe touches the outside world as lightly as it can (one temporary file, one HEAD request)
-and returns `(ok, message)`; `ok` is None when the probe was skipped. Messages never show a
-header value, a URL's credentials or its query string (they end up in CI logs), and name TLS
-and DNS failures as such ("TLS certificate verification failed (...)", "DNS lookup failed for
-host X (...)"), as the http sink's own errors do.
+and returns `(ok, message)`. Messages never show a header value, a URL's credentials or its
+query string (they end up in CI logs), and name TLS and DNS failures as such ("TLS certificate
+verification failed (...)", "DNS lookup failed for host X (...)"), as the http sink's own
+errors do.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 import warnings
@@ -69,15 +68,9 @@ def probe_file(path: Path) -> tuple[bool, str]:
     return True, f"directory {path.parent} is writable{created}"
 
 
-def http_sink_available() -> bool:
-    return importlib.util.find_spec("bridge.sinks.http") is not None
-
-
-def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool | None, str]:
+def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool, str]:
     """A HEAD request with the sink's headers and TLS settings; any reply means reachable,
-    except 401/403 (the credentials were refused). None: skipped."""
-    if not http_sink_available():
-        return None, "skipped: the http sink is not part of this installation yet"
+    except 401/403 (the credentials were refused)."""
     import requests
     from urllib3.exceptions import InsecureRequestWarning
 
@@ -138,7 +131,7 @@ def describe_sink(sink: SinkSettings) -> str:
     return f"{sink.name} ({sink.type}) {getattr(sink, 'stream', '')}".rstrip()
 
 
-def probe_sink(sink: SinkSettings, timeout: float) -> tuple[bool | None, str]:
+def probe_sink(sink: SinkSettings, timeout: float) -> tuple[bool, str]:
     """Probe one sink by its type; stdout is always writable."""
     if isinstance(sink, FileSinkSettings):
         return probe_file(sink.path)

@@ -17,7 +17,6 @@ from flask.cli import FlaskGroup, ScriptInfo
 
 import bridge.cli
 import bridge.diagnostics
-import bridge.probes
 from bridge import SignalBridge
 from bridge.cli import bridge_command
 from tests.collector import Collector, Reply
@@ -201,15 +200,15 @@ class TestCheck:
         assert f"  file-0 (file) {path}: FAIL, {tmp_path / 'plain'} is not a directory" in lines
         assert "  stdout-1 (stdout) stdout: ok, ok" in lines
 
-    def test_http_probe_skipped_without_http_sink(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Until bridge/sinks/http.py exists, an http sink is listed and its probe skipped."""
-        monkeypatch.setattr(bridge.probes, "http_sink_available", lambda: False)
-        sink = {"type": "http", "url": "https://u:pw@logs.example/in?key=s3cret"}
-        result = invoke(build_app(BRIDGE_SINKS=[sink]), "check")
+    def test_http_sink_listed_without_url_secrets(self) -> None:
+        """An http sink is listed and probed by its URL without credentials or query string."""
+        with Collector() as collector:
+            secret_url = collector.url.replace("http://", "http://u:pw@") + "?key=s3cret"
+            sink = {"type": "http", "url": secret_url}
+            result = invoke(build_app(BRIDGE_SINKS=[sink]), "check")
         assert 0 == result.exit_code, result.output
         assert (
-            "  http-0 (http, ndjson) https://logs.example/in: skip, "
-            "skipped: the http sink is not part of this installation yet"
+            f"  http-0 (http, ndjson) {collector.url}: ok, reachable (HTTP 501 to HEAD)"
         ) in result.output.splitlines()
         assert "s3cret" not in result.output and "pw" not in result.output
 

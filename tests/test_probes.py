@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import trustme
 
-import bridge.probes
 from bridge.config import HttpSinkSettings
 from bridge.probes import probe_file, probe_http, shown_url
 
@@ -68,12 +67,6 @@ def tls_collector(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         thread.join(timeout=10.0)
 
 
-@pytest.fixture
-def http_sink_present(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Probe as if bridge/sinks/http.py were installed."""
-    monkeypatch.setattr(bridge.probes, "http_sink_available", lambda: True)
-
-
 def http_settings(url: str, token: str = "good-token") -> HttpSinkSettings:
     return HttpSinkSettings(
         type="http", name="http-0", url=url, headers={"Authorization": f"Bearer {token}"}
@@ -112,7 +105,6 @@ class TestProbeFile:
         assert (False, f"{tmp_path} is a directory") == probe_file(tmp_path)
 
 
-@pytest.mark.usefixtures("http_sink_present")
 class TestProbeHttp:
     def test_reachable(self, collector: str) -> None:
         """A collector that answers HEAD is reachable."""
@@ -155,15 +147,6 @@ class TestProbeHttp:
         url = f"http://127.0.0.1:{closed_port()}/?api_key=query-secret"
         ok, message = probe_http(http_settings(url), 3.0)
         assert (False, "unreachable: Connection refused") == (ok, message)
-
-
-class TestProbeHttpMissing:
-    def test_skipped_without_http_sink(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Without bridge/sinks/http.py the probe is skipped, not failed."""
-        monkeypatch.setattr(bridge.probes, "http_sink_available", lambda: False)
-        ok, message = probe_http(http_settings("http://127.0.0.1:9/"), 3.0)
-        assert ok is None
-        assert message.startswith("skipped")
 
 
 class TestShownUrl:
