@@ -19,18 +19,11 @@ from benchmarks.common import machine_header
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTIONS = ("bench_request", "bench_capture", "bench_sink", "bench_breakdown", "bench_http")
-OPTIONAL = {"bench_http": "HTTP sink"}  # written by someone else; may not exist yet
 
 
-def _runner(module_name: str) -> Callable[[bool], str] | str:
-    """The module's `run(quick)`, or a Markdown note saying why there is none."""
-    try:
-        module = importlib.import_module(f"benchmarks.{module_name}")
-    except ImportError as exc:
-        if module_name in OPTIONAL and exc.name == f"benchmarks.{module_name}":
-            return f"## {OPTIONAL[module_name]}\n\n`benchmarks/{module_name}.py`: not built yet.\n"
-        raise
-    run: Callable[[bool], str] = module.run
+def _runner(module_name: str) -> Callable[[bool], str]:
+    """The section module's `run(quick)`."""
+    run: Callable[[bool], str] = importlib.import_module(f"benchmarks.{module_name}").run
     return run
 
 
@@ -50,8 +43,7 @@ def run_all(quick: bool) -> tuple[str, bool]:
         section_started = time.perf_counter()
         print(f"running {name} ...", file=sys.stderr, flush=True)
         try:
-            runner = _runner(name)
-            text = runner if isinstance(runner, str) else runner(quick)
+            text = _runner(name)(quick)
         except Exception:
             ok = False
             text = f"## {name}\n\nFailed:\n\n```\n{traceback.format_exc()}```\n"

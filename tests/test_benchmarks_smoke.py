@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -157,11 +156,6 @@ class TestBenchBreakdown:
 
 
 class TestMain:
-    def test_missing_http_benchmark_is_announced(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Without bench_http.py the results say so instead of failing."""
-        monkeypatch.setitem(sys.modules, "benchmarks.bench_http", None)  # import fails
-        assert "`benchmarks/bench_http.py`: not built yet.\n" in str(entry._runner("bench_http"))
-
     def test_quick_run_writes_every_section(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
