@@ -317,7 +317,7 @@ def check_outputs(report: Report, outputs: list[Output], wrong: list[str]) -> No
     ]
     report.check(
         not incomplete,
-        "every event carries the envelope and request keys (docs/architecture.md, section 5)",
+        'every event carries the envelope and request keys (docs/architecture.md, "The event")',
         f"incomplete: {incomplete[:5]}",
     )
 
