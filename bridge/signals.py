@@ -51,15 +51,29 @@ def _exception(kwargs: Mapping[str, Any], describe: DescribeFn) -> dict[str, Any
     return describe(exc) if isinstance(exc, BaseException) else {}
 
 
+def _text(value: object) -> str:
+    """`str(value)`, or the value's type tag when that fails: these fields skip the safe walk."""
+    try:
+        return str(value)
+    except Exception:
+        cls = type(value)
+        return f"<{cls.__module__}.{cls.__qualname__}>"
+
+
 def _template(kwargs: Mapping[str, Any], describe: DescribeFn) -> dict[str, Any]:
     template = kwargs.get("template")
     context = kwargs.get("context")
     fields: dict[str, Any] = {}
-    name = getattr(template, "name", None)
+    try:
+        name = getattr(template, "name", None)
+    except Exception:  # a property that raises: the event is still worth having, nameless
+        name = None
     if name is not None:
-        fields["template.name"] = name
+        fields["template.name"] = name if isinstance(name, str) else _text(name)
     if isinstance(context, Mapping):
-        fields["template.context_keys"] = sorted(str(key) for key in context)
+        fields["template.context_keys"] = sorted(
+            key if isinstance(key, str) else _text(key) for key in context
+        )
     return fields
 
 
