@@ -15,7 +15,8 @@ What a child resets:
     stats             fresh lock and zero counters: a worker's `stats()` are its own
     emitters          the error-count lock
     file outputs      rotation lock fds closed (a child would hold the parent's flock)
-    line writers      empty queue, fresh locks, no thread (started again lazily)
+    line queues       emptied, fresh locks: the parent's queued lines stay the parent's
+    line writers      fresh write lock and counters, no thread (started again lazily)
     spools            the parent's fds closed unlocked; a new owner with its own segments
     delivery engines  empty feed, fresh locks, no worker thread, a new HTTP session
 

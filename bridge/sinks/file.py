@@ -46,7 +46,9 @@ from bridge.config import FileSinkSettings
 from bridge.errors import ConfigError
 from bridge.safefs import make_dirs, open_nofollow
 from bridge.sinks.filetarget import FileTarget, open_stream, survey
-from bridge.sinks.writer import LineAbandoned, LineWriter, Output, WriterSink
+from bridge.sinks.output import LineAbandoned, Output
+from bridge.sinks.writer import LineWriter
+from bridge.sinks.writersink import WriterSink
 from bridge.stats import SinkStats
 
 __all__ = ["FileOutput", "FileSink"]
