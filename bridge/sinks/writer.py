@@ -3,12 +3,12 @@
     emitter -> sink.submit -> LineWriter -> Output (file with rotation, pipe, socket)
                                   `-> LineQueue -> background thread -> Output
 
-The file and stdout sinks hand every line to a `LineWriter` (`WriterSink`, below, is their
-shared Sink methods). Measured on a 2-core machine: a background thread that wakes per event
-(or every 20 ms) costs a Flask request about 5% in GIL hand-offs, while one `write()` of a
-small line costs ~2 us. So the calling thread writes the line itself (one `write()`, whole
-line, O_APPEND or a non-blocking pipe) when that cannot stall it, and falls back to the
-background thread, through the bounded `LineQueue` (`bridge.sinks.linequeue`), when it could:
+The file and stdout sinks hand every line to a `LineWriter` (`WriterSink`). Measured on a
+2-core machine: a background thread that wakes per event (or every 20 ms) costs a Flask
+request about 5% in GIL hand-offs, while one `write()` of a small line costs ~2 us. So the
+calling thread writes the line itself (one `write()`, whole line, O_APPEND or a non-blocking
+pipe) when that cannot stall it, and falls back to the background thread, through the bounded
+`LineQueue` (`bridge.sinks.linequeue`), when it could:
 
 - the write lock is held (another thread is writing): queue the line, never wait;
 - the pipe is full (EAGAIN) or took a partial write: queue the rest;
@@ -36,7 +36,8 @@ keeps the lines the thread has taken visible to `close()` until each is finished
 `write()` call under way, never for a full pipe.
 
 The bridge's reports (`diagnostics.report`) are never made under the write lock: a message is
-noted under it and reported once it is released.
+noted under it (`WriteFaults`, which also counts the failures) and reported once it is
+released.
 """
 
 from __future__ import annotations
