@@ -1,15 +1,15 @@
 """The `file` sink: JSON lines appended to a file that several worker processes share.
 
+    emitter -> sink.submit -> LineWriter -> FileOutput (this module) -> the file
+                                                `-> SizeRotation (`rotation`, rotate_bytes)
+
 Every line goes out in one `write()` on a descriptor opened with O_APPEND, so gunicorn workers
 appending to the same file never tear or overwrite each other's lines. The sink notices when
 logrotate renames or removes the file (it compares the path's inode with its own, at most once
 a second or every few KiB it writes, and at every `flush()`) and reopens it; `copytruncate`
 needs nothing, thanks to O_APPEND. With `rotate_bytes` it rotates by itself, safely across
-processes: the rotation runs under an exclusive `flock` on `<path>.lock`, taken without
-waiting (a busy lock means another process is rotating: this one reopens after it), and only
-if the path still names the file this process found too large, so two workers never rotate
-twice. A process forked during a rotation closes its copy of the lock at once, so it never
-holds the lock for its parent.
+processes (`bridge.sinks.rotation`: under a lock no process waits for, never twice, never
+held by a child forked meanwhile).
 
 What the filesystem may do to the file, and what the sink does then:
 
@@ -44,28 +44,15 @@ from typing import Any
 from bridge import forking
 from bridge.config import FileSinkSettings
 from bridge.errors import ConfigError
-from bridge.safefs import make_dirs, open_nofollow
+from bridge.safefs import make_dirs
 from bridge.sinks.filetarget import FileTarget, open_stream, survey
-from bridge.sinks.writer import LineAbandoned, LineWriter, Output, WriterSink
+from bridge.sinks.output import LineAbandoned, Output
+from bridge.sinks.rotation import SizeRotation
+from bridge.sinks.writer import LineWriter
+from bridge.sinks.writersink import WriterSink
 from bridge.stats import SinkStats
 
 __all__ = ["FileOutput", "FileSink"]
-
-LOCK_BUSY_REPORT_SECONDS = 60.0  # a rotation lock busy this long is held by a stuck process
-
-# Lock files this process has open (between open and close). A fork copies them: the child
-# closes its copies at once, or a child forked mid-rotation would hold the flock (it belongs to
-# the open file description, which the copy shares) for as long as it lives.
-_lock_fds: set[int] = set()
-
-
-@forking.at_fork_in_child
-def _close_inherited_lock_fds() -> None:
-    for fd in list(_lock_fds):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _lock_fds.clear()
-
 
 # A tail left unfinished this long ago is nobody's append in progress (file times are coarse,
 # a few ms; a restarted process takes far longer than this to write its first line).
@@ -87,18 +74,16 @@ class FileOutput:
         "_fd",
         "_fresh_line",
         "_identity",
-        "_lock_busy_since",
         "_maintenance_pending",
         "_next_check",
+        "_rotation",
         "_tail_size",
         "_target",
         "_torn",
         "_unusable",
-        "backups",
         "check_interval",
         "mode",
         "path",
-        "rotate_bytes",
     )
 
     def __init__(
@@ -114,8 +99,7 @@ class FileOutput:
         self.path = path
         self.check_interval = check_interval
         self.mode = mode
-        self.rotate_bytes = rotate_bytes
-        self.backups = backups
+        self._rotation = SizeRotation(path, mode=mode, rotate_bytes=rotate_bytes, backups=backups)
         self._check_bytes = max(4096, rotate_bytes // 16) if rotate_bytes else 1 << 62
         self._torn = 0  # bytes of a line still to write, after a partial write into _fd
         self._abandon = False  # that line began in a file no longer written: give it up
@@ -123,7 +107,6 @@ class FileOutput:
         self._tail_size = 0  # the file's size when _fresh_line was decided
         self._unusable: tuple[int, str] | None = None  # why _fd is -1 (errno, message)
         self._careful = False  # any of the four above: write() takes the slow path
-        self._lock_busy_since: float | None = None
         make_dirs(path.parent)
         self._target = target or FileTarget(path)
         self._fd = self._open()
@@ -239,7 +222,7 @@ class FileOutput:
         return self._target.identity() != self._identity
 
     def _too_large(self) -> bool:
-        return bool(self.rotate_bytes) and os.fstat(self._fd).st_size >= self.rotate_bytes
+        return self._rotation.too_large(self._fd)
 
     def maintain(self) -> None:
         """Rotate if too large, reopen if the path leads elsewhere; OSError if that failed."""
@@ -250,62 +233,10 @@ class FileOutput:
             self._abandon = True  # deleted: the line's start is gone with the file
         try:
             if self._fd >= 0 and self._too_large():
-                self._rotate()
+                self._rotation.rotate(self._identity, self._reopen)
         finally:  # a rotation refused must not keep a moved file from being followed
             if self._fd < 0 or self._moved():
                 self._reopen()
-
-    def _rotate(self) -> None:
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        lock_fd = open_nofollow(lock_path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK, self.mode)
-        _lock_fds.add(lock_fd)
-        try:
-            if not stat.S_ISREG(os.fstat(lock_fd).st_mode):
-                raise OSError(errno.EINVAL, "not a regular file", str(lock_path))
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self._lock_busy(lock_path)  # another process rotates: reopen after it
-                return
-            self._lock_busy_since = None
-            try:
-                self._rotate_locked()
-            finally:
-                fcntl.flock(lock_fd, fcntl.LOCK_UN)
-        finally:
-            _lock_fds.discard(lock_fd)  # after the unlock: a fork now only leaks an unlocked fd
-            os.close(lock_fd)
-
-    def _lock_busy(self, lock_path: Path) -> None:
-        now = time.monotonic()
-        if self._lock_busy_since is None:
-            self._lock_busy_since = now
-        elif now - self._lock_busy_since > LOCK_BUSY_REPORT_SECONDS:
-            held = now - self._lock_busy_since
-            raise OSError(
-                errno.EAGAIN,
-                f"locked by another process for {held:.0f} s: not rotating",
-                str(lock_path),
-            )
-
-    def _rotate_locked(self) -> None:
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return
-        if (st.st_dev, st.st_ino) != self._identity or st.st_size < self.rotate_bytes:
-            return  # another process rotated it already
-        # os.replace renames the names themselves: a symlink planted as a backup is replaced
-        # or moved along, never written through.
-        for index in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{index}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-        if self.backups:
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        else:
-            os.unlink(self.path)
-        self._reopen()
 
     def _reopen(self) -> None:
         try:

@@ -10,7 +10,8 @@ interleave either: one line at a time, under the writer's lock.
 from __future__ import annotations
 
 from bridge.config import StdoutSinkSettings
-from bridge.sinks.writer import LineWriter, WriterSink
+from bridge.sinks.writer import LineWriter
+from bridge.sinks.writersink import WriterSink
 from bridge.stats import SinkStats
 from bridge.streams import StreamOutput
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.sinks import file as file_module
+from bridge.sinks import rotation as rotation_module
 from tests.sinks.test_file import line, make_sink
 
 FORKS = 20
@@ -182,7 +182,7 @@ class TestRotationLock:
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A lock that stays busy (a stuck process) is said in stats(), not waited on."""
-        monkeypatch.setattr(file_module, "LOCK_BUSY_REPORT_SECONDS", 0.0)
+        monkeypatch.setattr(rotation_module, "LOCK_BUSY_REPORT_SECONDS", 0.0)
         path = tmp_path / "events.jsonl"
         held = HeldLock(path)
         try:

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from bridge.sinks import writer as writer_module
-from bridge.sinks.writer import LineAbandoned, LineWriter
+from bridge.sinks.linequeue import LineQueue
+from bridge.sinks.output import LineAbandoned
+from bridge.sinks.writer import LineWriter
 from bridge.stats import SinkStats
 from tests.sinks.fakes import QuietOutput
 
@@ -284,10 +286,10 @@ class TestClose:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """overflow = block: a submit waiting for room when close() runs is dropped, not kept."""
-        monkeypatch.setattr(LineWriter, "block_seconds", 30.0)
+        monkeypatch.setattr(LineQueue, "block_seconds", 30.0)
         output = Stuck()
         writer = make_writer(output, overflow="block", max_events=1)
-        watched = writer._drained = Watched(writer._queue_lock)
+        watched = writer._queue.drained = Watched(writer._queue.lock)
         writer.submit(line(0))
         assert output.waiting.wait(10)  # the thread holds line 0
         writer.submit(line(1))  # the queue is full now
