@@ -1,6 +1,8 @@
-"""Stand-ins for a sink's `Output`: the no-op maintenance every fake shares."""
+"""Stand-ins for a sink's `Output` (the no-op maintenance every fake shares) and a watched condition."""
 
 from __future__ import annotations
+
+import threading
 
 
 class QuietOutput:
@@ -20,3 +22,15 @@ class QuietOutput:
 
     def close(self) -> None:
         return None
+
+
+class Watched(threading.Condition):
+    """A condition that tells when someone waits on it."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        super().__init__(lock)
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)

@@ -18,19 +18,7 @@ from bridge.sinks.linequeue import LineQueue
 from bridge.sinks.output import LineAbandoned
 from bridge.sinks.writefaults import WriteFaults
 from bridge.stats import SinkStats
-from tests.sinks.fakes import QuietOutput
-
-
-class Watched(threading.Condition):
-    """A condition that tells when someone waits on it."""
-
-    def __init__(self, lock: threading.Lock) -> None:
-        super().__init__(lock)
-        self.waiting = threading.Event()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waiting.set()
-        return super().wait(timeout)
+from tests.sinks.fakes import QuietOutput, Watched
 
 
 def make_queue(**options: Any) -> LineQueue:

@@ -19,7 +19,7 @@ from bridge.sinks.linequeue import LineQueue
 from bridge.sinks.output import LineAbandoned
 from bridge.sinks.writer import LineWriter
 from bridge.stats import SinkStats
-from tests.sinks.fakes import QuietOutput
+from tests.sinks.fakes import QuietOutput, Watched
 
 
 def line(n: int, pad: int = 60) -> bytes:
@@ -222,18 +222,6 @@ class Hung(Disk):
         self.writing.set()
         self.release.wait(10)
         return super().write(data)
-
-
-class Watched(threading.Condition):
-    """A condition that tells when someone waits on it."""
-
-    def __init__(self, lock: threading.Lock) -> None:
-        super().__init__(lock)
-        self.waiting = threading.Event()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waiting.set()
-        return super().wait(timeout)
 
 
 def join(thread: threading.Thread | None) -> None:
