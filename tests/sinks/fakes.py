@@ -1,4 +1,4 @@
-"""Stand-ins for a sink's `Output` (the no-op maintenance every fake shares) and a watched condition."""
+"""Stand-ins for a sink's `Output` (the no-op maintenance fakes share), and a watched condition."""
 
 from __future__ import annotations
 
