@@ -37,8 +37,8 @@ __all__ = ["SegmentTable"]
 
 class SegmentTable:
     """This spool's segments (its own and adopted ones) and their fds; a `Room` for
-    `bridge.overflow.make_room` under the "drop_oldest" policy. Methods named `*_locked`
-    and most others expect the table lock held; the docstring says when not."""
+    `bridge.overflow.make_room` under the "drop_oldest" policy. Every method expects the
+    table lock held, except where its docstring says otherwise."""
 
     def __init__(
         self, directory: Path, *, max_bytes: int, segment_bytes: int, stats: SinkStats
