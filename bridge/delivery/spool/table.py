@@ -93,8 +93,9 @@ class SegmentTable:
         seg = self.new_segment(name, adopted=False)
         seg.tail = []
         self.own[name] = self.by_key[seg.key] = seg
+        self.base -= seg.done_bytes  # before it counts: an unlocked reader may only lag
         self.writing = seg
-        self._move_base(-seg.done_bytes)
+        self._move_base(0)  # its `end`
         self.dir_dirty = True
         return seg
 
