@@ -18,8 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bridge.delivery.feed import BLOCK_SECONDS, NEVER, Batch, Batching, Feed, monotonic
-from bridge.delivery.segments import RECORD_OVERHEAD
-from bridge.delivery.spool import Spool
+from bridge.delivery.spool import RECORD_OVERHEAD, Spool
 from bridge.stats import SinkStats
 
 __all__ = ["IDLE_RECHECK", "SpoolFeed"]

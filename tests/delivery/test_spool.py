@@ -17,17 +17,10 @@ from typing import Any
 
 import pytest
 
-from bridge.delivery import spool as spool_module
-from bridge.delivery.segments import (
-    HEADER_SIZE,
-    RECORD_OVERHEAD,
-    SEGMENT_HEADER,
-    ack_slot,
-    encode_record,
-    parse,
-    read_acked,
-)
 from bridge.delivery.spool import Spool
+from bridge.delivery.spool import writer as spool_module
+from bridge.delivery.spool.header import SEGMENT_HEADER, ack_slot, read_acked
+from bridge.delivery.spool.records import HEADER_SIZE, RECORD_OVERHEAD, encode_record, parse
 from bridge.stats import SinkStats
 
 CHILD = Path(__file__).with_name("spool_crash_child.py")

@@ -1,5 +1,5 @@
 """The spool's files against a hostile filesystem: any umask, symlinks planted in the spool
-directory (`bridge.delivery.owners`, `bridge.delivery.spool`)."""
+directory (`bridge.delivery.spool.owners`, `bridge.delivery.spool`)."""
 
 from __future__ import annotations
 

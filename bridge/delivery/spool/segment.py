@@ -1,65 +1,52 @@
-"""The spool's bookkeeping records: handles, what a read returns, segments and runs.
+"""One segment's bookkeeping, the runs of records handed out from it, and record handles.
 
-Shared by the parts of `Spool` (`bridge.delivery.spool`): the segment table
-(`spooltable`), the read side (`spoolread`) and acknowledgements (`spoolack`). Plain data:
-every field is guarded by the owning spool's lock.
+Plain data shared by the spool's bookkeeping (`table`), writer and reader: every field is
+guarded by the bookkeeping lock, except the read buffer (`buf`), which belongs to the reader.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple, NewType
+from typing import NewType
 
-from bridge.delivery.segments import SEGMENT_HEADER
+from bridge.delivery.spool.header import SEGMENT_HEADER
 
-__all__ = ["SpoolRead", "SpoolRecord"]
+__all__ = ["OFFSET", "SHIFT", "Run", "Segment", "SpoolRecord"]
 
-_NO_FLOOR = 1 << 62
-_SHIFT = 40  # a handle is (segment id << _SHIFT) | file offset
-_OFFSET = (1 << _SHIFT) - 1
+NO_FLOOR = 1 << 62
+SHIFT = 40  # a handle is (segment key) | file offset; a segment key is its id << SHIFT
+OFFSET = (1 << SHIFT) - 1
 
 SpoolRecord = NewType("SpoolRecord", int)
 """An opaque handle to one record handed out by `Spool.read` (to `ack` or `release` it)."""
 
 
-class SpoolRead(NamedTuple):
-    """What `Spool.read` handed out, and what the caller's append counter cannot know."""
-
-    lines: list[bytes]
-    records: list[SpoolRecord]
-    """One handle per line, to `ack` or `release` it."""
-    fresh: int
-    """How many of the lines this spool appended itself and hands out for the first time."""
-    fresh_bytes: int
-    drained: bool
-    """The read stopped because nothing more was readable (not on its limits)."""
-    hidden: bool
-    """Released or adopted records are still waiting: read again without new appends."""
-
-
 @dataclass(slots=True, eq=False)
-class _Run:
+class Run:
     """Records of one segment handed out together by one `read`. An `ack` of the very list
     `read` returned settles its runs whole; anything else breaks them up into
-    `_Segment.handed` first."""
+    `Segment.handed` first."""
 
-    seg: _Segment
+    seg: Segment
     handles: list[int]
     lines: list[bytes]
     size: int  # bytes on disk
-    batch: int = 0  # the key of its read in `Spool._batches`
+    batch: int = 0  # the key of its read in `SegmentTable.batches`
 
 
 @dataclass(slots=True, eq=False)
-class _Segment:
-    """Bookkeeping for one segment file; guarded by `Spool._lock` (the read buffer belongs
-    to the reader)."""
+class Segment:
+    """Bookkeeping for one segment file."""
 
     name: str
     key: int  # the high bits of this segment's handles
     adopted: bool
     sealed: bool = False  # no more appends: a short record at `limit` is torn, not pending
     limit: int = SEGMENT_HEADER  # bytes known complete (appended, or the size when adopted)
+    # While this is the segment being written: the `limit` an append may not pass (the
+    # segment size, or the room left under the size cap, whichever is less). The bookkeeping
+    # keeps it current, so `append` compares one number; 0 once sealed.
+    end: int = 0
     records: int = 0
     read_pos: int = SEGMENT_HEADER
     fd: int = -1  # O_RDWR: reads and ack slots; closed only by the reader
@@ -72,8 +59,8 @@ class _Segment:
     tail: list[bytes] | None = None
     tail_pos: int = SEGMENT_HEADER
     tail_i: int = 0
-    tail_floor: int = _NO_FLOOR  # the oldest append time in the tail
-    runs: list[_Run] = field(default_factory=list)  # handed out, usually one
+    tail_floor: int = NO_FLOOR  # the oldest append time in the tail
+    runs: list[Run] = field(default_factory=list)  # handed out, usually one
     handed: dict[int, bytes] = field(default_factory=dict)  # handle: line, from broken runs
     released: dict[int, tuple[bytes, int]] = field(default_factory=dict)  # (line, time µs)
     done_records: int = 0  # acked, expired or damaged
@@ -91,6 +78,6 @@ class _Segment:
     def in_flight(self) -> int:
         return len(self.handed) + sum(len(run.handles) for run in self.runs)
 
-
-def _drop_tail(seg: _Segment) -> None:
-    seg.tail, seg.tail_i, seg.tail_floor = None, 0, _NO_FLOOR
+    def drop_tail(self) -> None:
+        """Forget the in-memory tail: the reader reads these lines from the disk."""
+        self.tail, self.tail_i, self.tail_floor = None, 0, NO_FLOOR

@@ -1,8 +1,7 @@
 """The spool's record frame: encoding one line, parsing records back, counting them.
 
-Part of the on-disk layout (`bridge.delivery.segments`); it knows nothing of segments'
-headers, owners or the `Spool` bookkeeping that reads with it.
-Records follow a segment's header (`bridge.delivery.segheader`):
+Pure functions of bytes (and one of a file, `count_records`): they know nothing of segment
+headers, owners or the spool's bookkeeping. Records follow a segment's header (`header`):
 
     header "<4sIQI":  magic b"FSB2", payload length, append time (µs since the epoch),
                       the payload length again with every bit flipped

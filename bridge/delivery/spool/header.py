@@ -1,7 +1,7 @@
 """The segment header: format magic and version, and the two acknowledgement slots.
 
-Part of the on-disk layout (`bridge.delivery.segments`); `bridge.delivery.records` frames
-what follows the header.
+Pure functions of bytes (and one of a file, `read_acked`); `records` frames what follows the
+header.
 
 A segment starts with a 40-byte header, written once when the segment is created:
 

@@ -1,7 +1,7 @@
 """Spool ownership: file names, owners' lock files, and adopting dead owners' segments.
 
-Part of the on-disk layout (`bridge.delivery.segments`); `bridge.delivery.spool` registers
-an owner at start and calls `claim_orphans` when it rescans the directory.
+`Spool` (`facade`) registers an owner at start; the bookkeeping (`table`) calls
+`claim_orphans` when it rescans the directory.
 
 Files in the spool directory (directory 0700, files 0600, every one opened with O_NOFOLLOW:
 a symlink planted in the directory is never followed, and a name that is not a regular file
