@@ -2,6 +2,8 @@
 
 For collectors that want a JSON document rather than NDJSON (generic webhooks, Logstash's
 `http` input with the json codec). All or nothing: a 2xx reply means every event arrived.
+It is the `format` inside the HTTP transport: submit -> feed -> engine -> transport(format)
+-> outcome -> feed.ack.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`ndjson`: the lines as they are, one JSON object per line (`application/x-ndjson`).
 
 What Vector's `http_server` source, Fluent Bit's `http` input and Logstash's `http` input take.
-All or nothing: a 2xx reply means every line arrived.
+All or nothing: a 2xx reply means every line arrived. It is the `format` inside the HTTP
+transport: submit -> feed -> engine -> transport(format) -> outcome -> feed.ack.
 """
 
 from __future__ import annotations
