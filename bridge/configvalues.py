@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +34,7 @@ __all__ = [
     "file_path",
     "headers",
     "interpolate",
+    "literal",
     "nonempty_string",
     "optional",
     "path",
@@ -93,11 +96,23 @@ def _is_number(value: object) -> bool:
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_interpolating: ContextVar[bool] = ContextVar("interpolating", default=True)
+
+
+@contextmanager
+def literal() -> Iterator[None]:
+    """Check values that are final already (settings built in code, or interpolated once):
+    `${NAME}` in them is text, not a reference."""
+    token = _interpolating.set(False)
+    try:
+        yield
+    finally:
+        _interpolating.reset(token)
 
 
 def interpolate(key: str, text: str) -> str:
     """Replace `${NAME}` with the environment variable NAME; a missing one is a ConfigError."""
-    if "${" not in text:
+    if "${" not in text or not _interpolating.get():
         return text
 
     def lookup(match: re.Match[str]) -> str:

@@ -1,4 +1,4 @@
-"""The bridge's exception hierarchy; sinks raise these and the engine branches on the type.
+"""The bridge's exception hierarchy; a transport may raise the delivery errors.
 
 BridgeError
 ├── ConfigError          bad configuration, raised by init_app: every problem (key, value,
@@ -6,6 +6,10 @@ BridgeError
 └── DeliveryError        a sink could not deliver a batch
     ├── RetryableError   try again later (timeouts, 408/429/5xx, connection errors)
     └── FatalError       retrying cannot help (other 4xx, a malformed batch)
+
+The HTTP transport returns typed outcomes (`bridge.outcome`) rather than raising; a transport
+that raises these gets them read as outcomes by the delivery engine (`RetryableError` as
+`RetryLater`, `FatalError` by its status: `Split` for 413, else `Rejected`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ be a regular file: a symlink (or a FIFO) planted at the path is refused and repo
 followed, and the target of a dangling symlink is never created. Reply excerpts are scrubbed
 of every registered secret (`bridge.redaction.scrub_known`) on top of the transport's own.
 When the file cannot be written, nothing is lost: `refuse` tells the engine to keep the events.
+
+    submit -> feed -> engine -> transport(format) -> outcome -> feed.ack
+    (a `Rejected` outcome, or rejected items, come here before `feed.ack`)
 """
 
 from __future__ import annotations
@@ -21,29 +24,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bridge.diagnostics import report
-from bridge.errors import RetryableError
+from bridge.outcome import RetryLater
 from bridge.redaction import scrub_known
 from bridge.safefs import make_dirs, open_nofollow
 from bridge.stats import SinkStats
 
-__all__ = ["DeadLetter", "refusal_reason"]
+__all__ = ["DeadLetter"]
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 EXCERPT_CHARS = 512
-
-
-def refusal_reason(status: int | None) -> str:
-    """The `dropped_by_reason` key of a batch refused with `status` (None: a bug of ours)."""
-    if status is None:
-        return "internal_error"
-    if status == 413:
-        return "too_large"
-    if 300 <= status < 400:
-        return "rejected_redirect"
-    if 400 <= status < 500:
-        return "rejected_4xx"
-    return "rejected"
 
 
 class DeadLetter:
@@ -87,25 +77,19 @@ class DeadLetter:
         return True
 
     def refuse(
-        self,
-        lines: Sequence[bytes],
-        *,
-        status: int | None,
-        response: str,
-        reason: str | None = None,
-    ) -> RetryableError | None:
-        """Dead-letter lines the collector refused (`reason` from `status` unless given).
+        self, lines: Sequence[bytes], *, reason: str, status: int | None, response: str
+    ) -> RetryLater | None:
+        """Dead-letter lines the collector refused, counted as dropped `reason`.
 
         None when they are settled: written, or dropped (counted) for want of a path. Else
-        the error to retry them with: the file could not be written, so the caller keeps them.
+        the outcome to retry them with: the file could not be written, so the caller keeps them.
         """
-        reason = reason or refusal_reason(status)
         if self.put(lines, reason=reason, status=status, response=response) or self.path is None:
             return None
-        return RetryableError(
+        return RetryLater(
             f"{len(lines)} events refused ({reason}, status {status}) and kept: "
             "the dead-letter file could not be written",
-            status=status,
+            status,
         )
 
     def _cause(self, exc: OSError) -> str:

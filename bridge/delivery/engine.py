@@ -1,15 +1,20 @@
-"""The delivery engine: one background worker per sink that batches, sends, retries, spools.
+"""The delivery engine: one background worker per sink, one loop over a feed and a transport.
 
-    submit ─> feed ─> worker: take a batch ─> transport.send ─┬─ 2xx: acknowledge
-    (request   (memory queue                                   ├─ retryable: back off, resend
-     thread)    or spool)                                      ├─ 413: split, resend halves
-                                                               └─ other 4xx: dead-letter
+    submit -> feed -> engine -> transport(format) -> outcome -> feed.ack
 
-`submit` never waits on the network: it appends to the feed (memory, or one spool write) and
-returns. The worker starts lazily in the process that emits and is reset after `fork()`.
-Failures are branched on by exception type (`RetryableError`, `FatalError`). Without a spool
-a failing batch is kept in memory and retried with `Retry` until `retry_max_duration`; with a
-spool it is released back to the spool, which keeps it until `event_ttl`.
+    (request    (memory      take a batch ─> send ─┬─ Delivered        feed.ack
+     thread)     queue or                          ├─ RetryLater       back off, feed.give_back
+                 spool)                            ├─ Split            send the halves first
+                                                   ├─ Rejected         dead-letter, feed.ack
+                                                   └─ PartlyDelivered  some of each
+
+`submit` is the feed's `put`: it never waits on the network. The worker starts lazily in the
+process that emits and is reset after `fork()`. The engine knows neither HTTP nor storage: the
+transport says how a send went (`bridge.outcome`), the feed (`bridge.delivery.feed`) keeps,
+acknowledges and gives back the lines, and the `Retry` it is given says how long to back off
+and when to give up (the sink gives up never with a spool, whose `event_ttl` bounds retries,
+and after `retry_max_duration` without). A transport may also raise the public
+`RetryableError` / `FatalError`; `_send` reads them as outcomes, in one place.
 """
 
 from __future__ import annotations
@@ -20,16 +25,21 @@ import traceback
 from collections import deque
 
 from bridge import forking
-from bridge.config import HttpSinkSettings
 from bridge.delivery.deadletter import DeadLetter
-from bridge.delivery.feed import Batch, Batching, Feed
-from bridge.delivery.queue import MemoryFeed
+from bridge.delivery.feed import Batch, Feed
 from bridge.delivery.retry import Retry
-from bridge.delivery.spool import Spool
-from bridge.delivery.spoolfeed import SpoolFeed
-from bridge.delivery.transport import Outcome, Transport
+from bridge.delivery.transport import Transport
 from bridge.diagnostics import report
 from bridge.errors import FatalError, RetryableError
+from bridge.outcome import (
+    DEFAULT_POLICY,
+    Delivered,
+    Outcome,
+    PartlyDelivered,
+    Rejected,
+    RetryLater,
+    Split,
+)
 from bridge.redaction import scrub_known
 from bridge.stats import SinkStats
 
@@ -39,62 +49,31 @@ ABORT_GRACE = 1.0  # close: how long a worker whose send was cut gets to wind do
 
 
 class DeliveryEngine:
-    """The queue, worker thread, retry loop and dead-letter handling of one sink."""
+    """The worker thread, retry loop and dead-letter handling of one sink, over a feed."""
 
     def __init__(
         self,
-        settings: HttpSinkSettings,
+        name: str,
+        feed: Feed,
         transport: Transport,
         *,
-        stats: SinkStats,
         dead_letter: DeadLetter,
-        spool: Spool | None = None,
-        retry: Retry | None = None,
+        stats: SinkStats,
+        retry: Retry,
     ) -> None:
-        self.name = settings.name
-        self._settings = settings
+        self.name = name
+        self._feed = feed
         self._transport = transport
-        self._stats = stats
         self._dead_letter = dead_letter
-        self._spool = spool
-        self._retry_template = retry or Retry(
-            initial_backoff=settings.retry_initial_backoff,
-            max_backoff=settings.retry_max_backoff,
-            max_duration=None if spool is not None else settings.retry_max_duration,
-        )
-        self._retry = self._retry_template
-        batching = Batching(
-            settings.batch_max_events, settings.batch_max_bytes, settings.batch_timeout
-        )
-        self._feed: MemoryFeed | SpoolFeed
-        if spool is not None:
-            self._feed = SpoolFeed(
-                batching,
-                spool=spool,
-                max_bytes=settings.spool_max_bytes,
-                stats=stats,
-                overflow=settings.overflow,
-                start_worker=self._start_worker,
-            )
-        else:
-            self._feed = MemoryFeed(
-                batching,
-                max_events=settings.queue_max_events,
-                max_bytes=settings.queue_max_bytes,
-                stats=stats,
-                overflow=settings.overflow,
-                start_worker=self._start_worker,
-            )
-        self.submit = self._feed.put
-        self._work: deque[Batch] = deque()
+        self._stats = stats
+        self._retry_template = self._retry = retry
+        self.submit = feed.put
+        self._halves: deque[Batch] = deque()  # split batches: sent before the feed's next
         self._thread: threading.Thread | None = None
         self._close_lock = threading.Lock()
         self._closed_result: bool | None = None
         forking.reset_in_child(self)
-        if spool is not None and spool.pending_events():
-            # Ship what dead processes left behind without waiting for traffic.
-            with self._feed.lock:
-                self._feed.ensure_worker()
+        feed.attach(self._start_worker)  # may start it now: a spool with a dead owner's lines
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -106,17 +85,13 @@ class DeliveryEngine:
         self._thread.start()
 
     def after_fork_in_child(self) -> None:
-        """The parent's queue and thread stay the parent's; the child starts empty and lazily."""
-        closed = self._feed.closed
-        self._feed.reset()
-        if closed:
-            self._feed.close()
-        self._work.clear()
+        """The parent's lines and thread stay the parent's; the child starts empty and lazily,
+        on a connection of its own."""
+        self._feed.after_fork_in_child()
+        self._halves.clear()
         self._thread = None
         self._retry = self._retry_template
         self._close_lock = threading.Lock()
-        if self._spool is not None:
-            self._spool.after_fork_in_child()
         self._transport.after_fork_in_child()
 
     def flush(self, timeout: float) -> bool:
@@ -148,7 +123,8 @@ class DeliveryEngine:
         return int(snapshot["dropped"]) - self._feed.rejected - int(snapshot["dead_lettered"])
 
     def close(self, timeout: float) -> bool:
-        """Flush within `timeout`, stop the worker, release the spool and the connection pool.
+        """Flush within `timeout`, stop the worker, let the feed deal with what is left, close
+        the transport.
 
         A request still in flight at the deadline is cut (`Transport.abort`), so this returns
         within `timeout` plus `ABORT_GRACE` and the worker is gone. What is left stays in the
@@ -170,32 +146,11 @@ class DeliveryEngine:
                 if thread.is_alive():  # inside a send: cut it, its batch stays pending
                     self._transport.abort()
                     thread.join(ABORT_GRACE)
-            left = self._leftovers()
+            left = feed.shutdown(self.name)
+            self._halves.clear()
             self._transport.close()
             self._closed_result = flushed and not left
             return self._closed_result
-
-    def _leftovers(self) -> int:
-        if isinstance(self._feed, MemoryFeed):
-            lost = self._feed.discard()
-            self._work.clear()
-            if lost:
-                self._stats.count_dropped("shutdown", lost)
-                report(
-                    f"shutdown-{self.name}",
-                    f"sink {self.name}: {lost} events not delivered at shutdown "
-                    "(no spool): dropped",
-                )
-            return lost
-        assert self._spool is not None
-        left = self._spool.pending_events()
-        self._spool.close()
-        if left:
-            report(
-                f"shutdown-{self.name}",
-                f"sink {self.name}: {left} events not delivered yet; they stay in the spool",
-            )
-        return left
 
     def queue_depth(self) -> int:
         return self._feed.depth()
@@ -210,18 +165,17 @@ class DeliveryEngine:
     def _run(self, feed: Feed) -> None:
         while not feed.stopping:
             try:
-                if self._work:
-                    batch: Batch | None = self._work.popleft()
+                if self._halves:
+                    batch: Batch | None = self._halves.popleft()
+                elif feed.wait_for_batch():
+                    batch = feed.take(feed.batch_events, feed.batch_bytes)
                 else:
-                    if not feed.wait_for_batch():
-                        return
-                    batch = self._take()
+                    return
                 if batch is not None:
                     self._deliver(feed, batch)
                 else:
                     feed.settle()
-                if self._spool is not None:
-                    self._spool.maybe_sync()
+                feed.after_round()
             except Exception as exc:  # a bug: keep the worker alive, say where, slow down
                 where = traceback.extract_tb(exc.__traceback__)[-1]
                 message = (
@@ -231,117 +185,103 @@ class DeliveryEngine:
                 report(f"worker-{self.name}", f"sink {self.name}: {message}")
                 feed.sleep(1.0)
 
-    def _take(self) -> Batch | None:
-        s = self._settings
-        return self._feed.take(s.batch_max_events, s.batch_max_bytes)
-
     def _deliver(self, feed: Feed, batch: Batch) -> None:
-        if self._spool is not None and self._spool_fsync_each_batch():
-            self._spool.sync()
-        try:
-            outcome = self._transport.send(batch.lines)
-        except RetryableError as exc:
-            if not feed.abandoned:
-                self._failed(feed, batch, exc)
-            return
-        except FatalError as exc:
-            if not feed.abandoned:
-                self._refused(feed, batch, exc)
-            return
-        except Exception as exc:  # a bug in a format or transport: keep the events, replayable
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            error = FatalError(f"{type(exc).__name__} at {where.name}:{where.lineno} while sending")
-            if not feed.abandoned:
-                self._refused(feed, batch, error)
-            return
+        """Send one batch and settle it by what the transport said."""
+        feed.before_send(batch)
+        outcome = self._send(batch)
         if feed.abandoned:  # close gave up waiting and counted these as lost already
             return
-        self._retry = self._retry.reset()
-        if outcome.retry or outcome.reject:
-            self._partly_delivered(feed, batch, outcome)
-            return
-        self._acknowledge(batch)
-        self._stats.count_delivered(len(batch))
-        feed.settle(len(batch))
+        match outcome:
+            case Delivered():
+                self._retry = self._retry.reset()
+                self._stats.count_delivered(len(batch))
+                feed.ack(batch)
+            case RetryLater():
+                self._retry_later(feed, batch, outcome)
+            case Split(reason=reason, status=status, body=body):
+                self._stats.record_error(scrub_known(reason))
+                if len(batch) > 1:
+                    self._retry = self._retry.reset()
+                    self._halves.extendleft(reversed(batch.split()))
+                    feed.settle()
+                else:
+                    self._reject(feed, batch, Rejected(reason, status, body, "too_large"))
+            case Rejected(reason=reason):
+                self._stats.record_error(scrub_known(reason))
+                self._reject(feed, batch, outcome)
+            case PartlyDelivered():
+                self._retry = self._retry.reset()
+                self._partly_delivered(feed, batch, outcome)
 
-    def _spool_fsync_each_batch(self) -> bool:
-        return self._settings.spool_fsync == "batch"
+    def _send(self, batch: Batch) -> Outcome:
+        """The transport's outcome; the public errors it may raise read as outcomes here."""
+        try:
+            return self._transport.send(batch.lines)
+        except RetryableError as exc:
+            return RetryLater(str(exc), exc.status, exc.retry_after, exc.body)
+        except FatalError as exc:  # its status means what it means to an HTTP collector
+            return DEFAULT_POLICY.refusal(str(exc), exc.status, exc.body)
+        except Exception as exc:  # a bug in a format or transport: keep the events, replayable
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            reason = f"{type(exc).__name__} at {where.name}:{where.lineno} while sending"
+            return Rejected(reason, drop_reason="internal_error")
 
-    def _acknowledge(self, batch: Batch) -> None:
-        if self._spool is not None and batch.records:
-            self._spool.ack(batch.records)
-
-    def _failed(self, feed: Feed, batch: Batch, exc: RetryableError) -> None:
-        """Retryable: back off, then resend (memory) or re-read it from the spool."""
-        self._retry = self._retry.increment(exc.retry_after)
+    def _retry_later(self, feed: Feed, batch: Batch, outcome: RetryLater) -> None:
+        """Back off, then send it again (the feed keeps it), unless retries ran out."""
+        self._retry = self._retry.increment(outcome.retry_after)
         message = scrub_known(
-            f"{exc} (attempt {self._retry.attempt}, next in {self._retry.delay:.2f} s)"
+            f"{outcome.reason} (attempt {self._retry.attempt}, next in {self._retry.delay:.2f} s)"
         )
         self._stats.record_error(message)
         report(f"retry-{self.name}", f"sink {self.name}: delivery failed, will retry: {message}")
-        if self._spool is not None:
-            assert batch.records is not None
-            self._spool.release(batch.records)
-            self._stats.count_retried(len(batch))
-            feed.recheck()
-            feed.settle()
-        elif self._retry.is_exhausted():
+        if self._retry.is_exhausted():
             self._stats.count_dropped("retry_exhausted", len(batch))
             report(
                 f"exhausted-{self.name}",
                 f"sink {self.name}: gave up on {len(batch)} events after "
-                f"{self._retry.elapsed():.0f} s of failures ({exc})",
+                f"{self._retry.elapsed():.0f} s of failures ({outcome.reason})",
             )
-            feed.settle(len(batch))
+            feed.ack(batch)
         else:
             self._stats.count_retried(len(batch))
-            self._work.appendleft(batch)
-            feed.settle()
+            feed.give_back(batch)
         feed.sleep(self._retry.delay)
 
-    def _refused(self, feed: Feed, batch: Batch, exc: FatalError) -> None:
-        """Fatal: split on 413, else dead-letter; retrying the same request cannot help.
+    def _reject(self, feed: Feed, batch: Batch, outcome: Rejected) -> None:
+        """Dead-letter the batch; retrying the same request cannot help.
 
         Unless the dead-letter file cannot be written: then the batch is kept (in the spool,
-        or in memory within `retry_max_duration`) and sent again after a backoff, and only
+        or in memory within the retry budget) and sent again after a backoff, and only
         acknowledged once its dead letters are on disk."""
-        self._stats.record_error(scrub_known(str(exc)))
-        if exc.status == 413 and len(batch) > 1:
-            self._retry = self._retry.reset()
-            first, second = batch.split()
-            self._work.appendleft(second)
-            self._work.appendleft(first)
-            feed.settle()
-            return
-        kept = self._dead_letter.refuse(batch.lines, status=exc.status, response=exc.body)
+        kept = self._dead_letter.refuse(
+            batch.lines, reason=outcome.drop_reason, status=outcome.status, response=outcome.body
+        )
         if kept is not None:
-            self._failed(feed, batch, kept)
+            self._retry_later(feed, batch, kept)
             return
         self._retry = self._retry.reset()
-        self._acknowledge(batch)
-        feed.settle(len(batch))
+        feed.ack(batch)
 
-    def _partly_delivered(self, feed: Feed, batch: Batch, outcome: Outcome) -> None:
+    def _partly_delivered(self, feed: Feed, batch: Batch, outcome: PartlyDelivered) -> None:
         """Some items failed inside a 2xx reply: dead-letter the rejected, retry the rest."""
         failed = set(outcome.retry) | set(outcome.reject)
-        done = [i for i in range(len(batch)) if i not in failed]
+        done = batch.subset([i for i in range(len(batch)) if i not in failed])
         rejected = batch.subset(sorted(set(outcome.reject)))
         retry_items = set(outcome.retry) - set(outcome.reject)
-        self._acknowledge(batch.subset(done))
         self._stats.count_delivered(len(done))
-        error = RetryableError(f"{len(retry_items)} items to retry", status=outcome.status)
+        feed.ack(done)
+        later = RetryLater(f"{len(retry_items)} items to retry", outcome.status)
         if rejected.lines:
             kept = self._dead_letter.refuse(
                 rejected.lines,
+                reason="rejected_item",
                 status=outcome.status,
                 response=outcome.detail,
-                reason="rejected_item",
             )
             if kept is None:
-                self._acknowledge(rejected)
+                feed.ack(rejected)
             else:  # sent again with the items to retry
                 retry_items |= set(outcome.reject)
-                rejected, error = batch.subset(()), kept
-        feed.settle(len(done) + len(rejected))
+                later = kept
         if retry_items:
-            self._failed(feed, batch.subset(sorted(retry_items)), error)
+            self._retry_later(feed, batch.subset(sorted(retry_items)), later)

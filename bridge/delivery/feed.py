@@ -1,11 +1,18 @@
-"""What the delivery worker reads from: the `Feed` interface and its wake-up rule.
+"""What the delivery engine reads from: the `Feed` interface, its wake-up rule and `Batch`.
 
-Two feeds implement it: the bounded memory queue (`bridge.delivery.queue`) and the disk spool
-(`bridge.delivery.spoolfeed`). The request thread must stay cheap (a worker woken per event
-costs a Flask request ~5% in GIL hand-offs), so `put` wakes the worker only when the first
-line arrives while it idles and when a batch is full; otherwise the worker sleeps until the
-batch timeout of the oldest line. Flush and close wake it explicitly; a flush is woken back
-only once its target is reached, not after every batch.
+    submit -> feed -> engine -> transport(format) -> outcome -> feed.ack
+
+A feed is where accepted lines wait, and it settles what the engine is done with: `put` (the
+request thread), `take` a batch, `ack` it (delivered, dead-lettered or dropped), `give_back`
+one to send again, `shutdown` (what is left). Two feeds implement it: the bounded memory
+queue (`bridge.delivery.memoryfeed`) and the disk spool (`bridge.delivery.spoolfeed`); the
+engine never asks which one it has.
+
+The request thread must stay cheap (a worker woken per event costs a Flask request ~5% in GIL
+hand-offs), so `put` wakes the worker only when the first line arrives while it idles and
+when a batch is full; otherwise the worker sleeps until the batch timeout of the oldest line.
+Flush and close wake it explicitly; a flush is woken back only once its target is reached,
+not after every batch.
 """
 
 from __future__ import annotations
@@ -15,13 +22,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bridge.delivery.spool import SpoolRecord
+from bridge.overflow import BLOCK_SECONDS
 from bridge.stats import SinkStats
 
-__all__ = ["BLOCK_SECONDS", "NEVER", "Batch", "Batching", "Feed", "monotonic"]
+__all__ = ["NEVER", "Batch", "Batching", "Feed", "monotonic"]
 
 NEVER = 1 << 62
-BLOCK_SECONDS = 1.0
 monotonic = time.monotonic
 
 
@@ -36,11 +42,12 @@ class Batching:
 
 
 class Batch:
-    """Lines on their way to the collector, with the spool records they came from (if any)."""
+    """Lines on their way to the collector, with the feed's handles for them (the spool's
+    records; None for the memory feed). Only the feed that made a batch reads its handles."""
 
     __slots__ = ("lines", "records")
 
-    def __init__(self, lines: list[bytes], records: list[SpoolRecord] | None = None) -> None:
+    def __init__(self, lines: list[bytes], records: Sequence[object] | None = None) -> None:
         self.lines = lines
         self.records = records
 
@@ -48,7 +55,7 @@ class Batch:
         return len(self.lines)
 
     def split(self) -> tuple[Batch, Batch]:
-        """Two halves, in order (a 413 reply: the collector wants smaller requests)."""
+        """Two halves, in order (the collector wants smaller requests)."""
         half = len(self.lines) // 2
         return self.subset(range(half)), self.subset(range(half, len(self.lines)))
 
@@ -72,7 +79,7 @@ class Feed:
         *,
         stats: SinkStats,
         overflow: str,
-        start_worker: Callable[[], None],
+        start_worker: Callable[[], None] | None = None,
         block_seconds: float = BLOCK_SECONDS,
     ) -> None:
         self.stats = stats
@@ -81,7 +88,7 @@ class Feed:
         self.batch_bytes = batching.max_bytes
         self.batch_timeout = batching.timeout
         self.block_seconds = block_seconds
-        self._start_worker = start_worker
+        self._start_worker = start_worker or _no_worker
         self.reset()
 
     def reset(self) -> None:
@@ -105,7 +112,48 @@ class Feed:
         self.abandoned = False  # close counted what was left: the worker must not count it
         self.worker_started = False
 
+    def attach(self, start_worker: Callable[[], None]) -> None:
+        """The engine's hook that starts its worker thread (called with the lock held)."""
+        self._start_worker = start_worker
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child (the engine calls it): the parent's lines stay the parent's; a
+        closed feed stays closed."""
+        closed = self.closed
+        self.reset()
+        if closed:
+            self.close()
+
     # -- what each feed provides (lock held unless said otherwise) ----------------------------
+
+    def put(self, line: bytes) -> bool:
+        """Accept one line (the request thread); False when refused, counted by reason."""
+        raise NotImplementedError
+
+    def take(self, max_events: int, max_bytes: int) -> Batch | None:
+        """The next batch to send (worker thread): at most `max_events` lines and `max_bytes`
+        (unless one line is larger); None when nothing waits. Takes the lock itself."""
+        raise NotImplementedError
+
+    def before_send(self, batch: Batch) -> None:
+        """Just before `batch` is sent (worker thread, lock not held)."""
+
+    def ack(self, batch: Batch) -> None:
+        """`batch` is done: delivered, dead-lettered or dropped (counted by the caller).
+        Lock not held."""
+        raise NotImplementedError
+
+    def give_back(self, batch: Batch) -> None:
+        """`batch` failed for now: keep it and hand it out again (lock not held)."""
+        raise NotImplementedError
+
+    def after_round(self) -> None:
+        """The worker finished one round of its loop (lock not held)."""
+
+    def shutdown(self, sink_name: str) -> int:
+        """Close, after the flush deadline: deal with what is left (and say it on stderr);
+        returns how many lines were not delivered. Lock not held."""
+        raise NotImplementedError
 
     def unread(self) -> int:
         """Lines accepted and not taken yet (for the spool: a hint)."""
@@ -144,9 +192,9 @@ class Feed:
         self.stats.count_dropped(reason)
         return False
 
-    def _wait_for_room(self, deadline: float) -> bool:
-        """`block` policy: wait for the worker to make progress; False at the deadline."""
-        remaining = deadline - monotonic()
+    def wait_for_room(self, remaining: float) -> bool:
+        """`block` policy (`bridge.overflow.make_room`): wake the worker and wait up to
+        `remaining` seconds for it to make progress; False when the feed is closed."""
         if remaining <= 0 or self.closed:
             return False
         self.ensure_worker()
@@ -253,7 +301,12 @@ class Feed:
             self._ready.notify()
 
     def stop(self) -> None:
+        """The worker must end (close, after the flush); wakes everyone waiting."""
         with self.lock:
             self.stopping = True
             self._ready.notify_all()
             self.progress.notify_all()
+
+
+def _no_worker() -> None:
+    """The start hook of a feed no engine is attached to (tests drive the feed by hand)."""

@@ -1,4 +1,10 @@
-"""The retry policy of the delivery engine, as an immutable value (like urllib3's `Retry`).
+"""How long the delivery engine backs off, as an immutable value (like urllib3's `Retry`).
+
+    submit -> feed -> engine -> transport(format) -> outcome -> feed.ack
+                        └ RetryLater: Retry.increment, wait `delay`, send again
+
+Which replies are worth retrying is not decided here but by the format's status policy
+(`bridge.outcome.StatusPolicy`); this is only the timing, and when to give up.
 
 `increment()` returns a new policy one failure further on, with the delay to wait before the
 next attempt already computed: the collector's `Retry-After` when it sent one (capped at
@@ -15,10 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
-__all__ = ["RETRY_STATUSES", "Retry", "parse_retry_after"]
-
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-"""Statuses worth retrying. Other 4xx mean the batch itself is wrong: it is dead-lettered."""
+__all__ = ["Retry", "parse_retry_after"]
 
 _MAX_EXPONENT = 64  # 2**64 * any sane base is far above any cap; avoids float overflow
 

@@ -1,11 +1,15 @@
-"""The disk spool as the delivery worker's queue: `put` appends, `take` reads a batch.
+"""The disk spool as the delivery engine's feed: `put` appends, `take` reads a batch.
+
+    submit -> feed -> engine -> transport(format) -> outcome -> feed.ack
 
 With a spool an event is accepted once it is on disk (`Spool.append`: one write on the request
 thread), and the spool is the queue: the worker reads batches from it and acknowledges them
-after the collector did. Its size cap bounds it: `drop_newest` and `block` refuse new lines at
-the cap (counted `spool_full`) instead of letting the spool evict its oldest records, which is
-what `spool` and `drop_oldest` do. An idle spool feed wakes every `IDLE_RECHECK` seconds to
-adopt what dead sibling processes left behind.
+after the collector did (`ack`); a batch that failed for now is released back to it
+(`give_back`) and read again, until the spool's `event_ttl`. What close leaves stays on disk
+for the next process. Its size cap bounds it: `drop_newest` and `block` refuse new lines at
+the cap (through `bridge.overflow.make_room`, counted `spool_full`) instead of letting the
+spool evict its oldest records, which is what `spool` and `drop_oldest` do. An idle spool feed
+wakes every `IDLE_RECHECK` seconds to adopt what dead sibling processes left behind.
 
 The unread counters count this process's own lines; a read that stops on its limits leaves
 the rest to them, so batches stay full as without a spool. Only records the counters cannot
@@ -16,9 +20,12 @@ once (`SpoolRead.hidden`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
-from bridge.delivery.feed import BLOCK_SECONDS, NEVER, Batch, Batching, Feed, monotonic
-from bridge.delivery.spool import RECORD_OVERHEAD, Spool
+from bridge.delivery.feed import NEVER, Batch, Batching, Feed, monotonic
+from bridge.delivery.spool import RECORD_OVERHEAD, Spool, SpoolRecord
+from bridge.diagnostics import report
+from bridge.overflow import BLOCK_SECONDS, make_room
 from bridge.stats import SinkStats
 
 __all__ = ["IDLE_RECHECK", "SpoolFeed"]
@@ -29,7 +36,11 @@ IDLE_RECHECK = 30.0
 class SpoolFeed(Feed):
     """The unread counters are a hint for the wake-up rule (lines this process appended and
     has not read yet). Records the hint cannot see (released after a failure, adopted from
-    dead processes) are found by reading again while the spool says some wait."""
+    dead processes) are found by reading again while the spool says some wait.
+
+    `sync_each_batch` (`spool_fsync = "batch"`): fsync the spool before every send, so no
+    event reaches a collector that a crash could still take off the disk.
+    """
 
     idle_recheck = IDLE_RECHECK
 
@@ -41,13 +52,15 @@ class SpoolFeed(Feed):
         max_bytes: int,
         stats: SinkStats,
         overflow: str,
-        start_worker: Callable[[], None],
+        start_worker: Callable[[], None] | None = None,
         block_seconds: float = BLOCK_SECONDS,
+        sync_each_batch: bool = False,
     ) -> None:
         self.spool = spool
         self._append = spool.append
         self.max_bytes = max_bytes
         self._refuse_at_cap = overflow in ("drop_newest", "block")
+        self._sync_each_batch = sync_each_batch
         super().__init__(
             batching,
             stats=stats,
@@ -61,6 +74,13 @@ class SpoolFeed(Feed):
         self._unread_events = 0
         self._quiet_events = self._quiet_bytes = 0
         self._recheck = self.spool.pending_events() > 0  # adopted records are waiting
+
+    def attach(self, start_worker: Callable[[], None]) -> None:
+        super().attach(start_worker)
+        if self.spool.pending_events():
+            # Ship what dead processes left behind without waiting for traffic.
+            with self.lock:
+                self.ensure_worker()
 
     def _wake_changed(self) -> None:
         # Below these, a put only bumps the counters (no first line, no wake, worker running).
@@ -102,17 +122,23 @@ class SpoolFeed(Feed):
         self.ensure_worker()
 
     def _has_room(self, size: int) -> bool:
+        """`drop_newest` / `block`: does one more record fit under the cap (waiting for the
+        worker to acknowledge some, for `block`)?"""
         need = size + RECORD_OVERHEAD
         if self.spool.pending_bytes() + need <= self.max_bytes:
             return True
-        if self.overflow != "block":
-            return False
-        deadline = monotonic() + self.block_seconds
         with self.lock:
-            while self.spool.pending_bytes() + need > self.max_bytes:
-                if not self._wait_for_room(deadline):
-                    return False
-        return True
+            return make_room(self, need, self.overflow, block_seconds=self.block_seconds)
+
+    # -- bridge.overflow.Room (lock held) -----------------------------------------------------
+
+    def fits(self, size: int) -> bool:
+        return self.spool.pending_bytes() + size <= self.max_bytes
+
+    def evict_oldest(self) -> bool:
+        return False  # for `spool` and `drop_oldest` the spool evicts by itself, in `append`
+
+    # -- worker thread ------------------------------------------------------------------------
 
     def take(self, max_events: int, max_bytes: int) -> Batch | None:
         with self.lock:
@@ -136,7 +162,39 @@ class SpoolFeed(Feed):
                 self.progress.notify_all()
         if not got.lines:
             return None
-        return Batch(got.lines, got.records)
+        return Batch(got.lines, got.records)  # the very list: the spool acks it fastest
+
+    def before_send(self, batch: Batch) -> None:
+        if self._sync_each_batch:
+            self.spool.sync()
+
+    def ack(self, batch: Batch) -> None:
+        """Acknowledge the records: the spool deletes a segment once all of its are."""
+        if batch.records:
+            self.spool.ack(_records(batch))
+        self.settle(len(batch))
+
+    def give_back(self, batch: Batch) -> None:
+        """Release the records: the spool hands them out again (until `event_ttl`)."""
+        self.spool.release(_records(batch))
+        self.recheck()
+        self.settle()
+
+    def after_round(self) -> None:
+        self.spool.maybe_sync()
+
+    def shutdown(self, sink_name: str) -> int:
+        """Close the spool: what is left stays on disk for the next process."""
+        left = self.spool.pending_events()
+        self.spool.close()
+        if left:
+            report(
+                f"shutdown-{sink_name}",
+                f"sink {sink_name}: {left} events not delivered yet; they stay in the spool",
+            )
+        return left
+
+    # -- counts -------------------------------------------------------------------------------
 
     def unread(self) -> int:
         return self._unread_events
@@ -149,3 +207,9 @@ class SpoolFeed(Feed):
 
     def depth(self) -> int:
         return self.spool.pending_events()
+
+
+def _records(batch: Batch) -> list[SpoolRecord]:
+    """The spool records of a batch this feed made (its handles are the spool's)."""
+    assert batch.records is not None
+    return cast("list[SpoolRecord]", batch.records)

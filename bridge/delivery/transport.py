@@ -1,38 +1,33 @@
-"""What the delivery engine needs from a transport, and what a transport tells it back.
+"""What the delivery engine needs from a transport: send one batch, say how it went.
 
-A transport sends one batch of encoded lines and either returns an `Outcome` (the collector
-accepted the request; some items may still have failed) or raises `RetryableError` /
-`FatalError` (`bridge.errors`), whose messages never hold secrets. `bridge.sinks.http` has the
-HTTP one; tests use scripted ones.
+    submit -> feed -> engine -> transport(format) -> outcome -> feed.ack
+
+A transport sends one batch of encoded lines and returns a `bridge.outcome.Outcome`
+(delivered, retry later, split, rejected, partly delivered); every status policy is the
+transport's (the HTTP one reads replies through its format's `StatusPolicy`). It may also raise
+the public `RetryableError` / `FatalError` (`bridge.errors`): the engine reads those as
+`RetryLater` / `Rejected` (or `Split`, for a status asking for smaller requests). Messages
+never hold secrets. `bridge.sinks.httptransport` has the HTTP transport; tests use scripted
+ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["ALL_DELIVERED", "Outcome", "Transport"]
+from bridge.outcome import Outcome
 
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a successful (2xx) reply said about single items, by index into the batch."""
-
-    retry: tuple[int, ...] = ()
-    reject: tuple[int, ...] = ()
-    status: int = 200
-    detail: str = ""
-
-
-ALL_DELIVERED = Outcome()
+__all__ = ["Transport"]
 
 
 class Transport(Protocol):
-    """Sends one batch. Raises `RetryableError` or `FatalError`; messages hold no secrets.
+    """Sends one batch and says how it went; messages hold no secrets.
 
     `abort` may be called from another thread while `send` runs (close gave up waiting): the
-    send must then end promptly with `RetryableError`, and later sends must fail at once.
+    send must then end promptly with `RetryLater`, and later sends must fail at once.
+    `after_fork_in_child` runs in a forked child (the engine calls it): drop the parent's
+    connections without closing them.
     """
 
     def send(self, lines: Sequence[bytes]) -> Outcome: ...

@@ -1,8 +1,11 @@
-"""Wire formats of the `http` sink, by name: `get_format("ndjson")`.
+"""Wire formats of the `http` sink, by name: `get_format("ndjson")`; the one list of names.
 
-Each format is one small module implementing `bridge.formats.base.Format`. Names the config
-accepts but that are not written yet (see `PLANNED`) fail when the sink is built, with a
-`ConfigError` naming the implemented ones, never when a batch is sent.
+    submit -> feed -> engine -> transport(format) -> outcome -> feed.ack
+
+Each format is one small module implementing `bridge.formats.base.Format`. `NAMES` is every
+name the configuration accepts (`bridge.config` checks `format` against it): the implemented
+ones and those planned but not written yet (`PLANNED`), which fail when the sink is built,
+with a `ConfigError` naming the implemented ones, never when a batch is sent.
 """
 
 from __future__ import annotations
@@ -10,26 +13,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bridge.errors import ConfigError
-from bridge.formats.base import NO_FAILURES, Format, ItemFailures, Payload
+from bridge.formats.base import Format, Payload
 from bridge.formats.json_array import JsonArrayFormat
 from bridge.formats.ndjson import NdjsonFormat
 
-__all__ = [
-    "IMPLEMENTED",
-    "NO_FAILURES",
-    "PLANNED",
-    "Format",
-    "ItemFailures",
-    "Payload",
-    "get_format",
-]
+__all__ = ["IMPLEMENTED", "NAMES", "PLANNED", "Format", "Payload", "get_format"]
 
 _REGISTRY: dict[str, Callable[[], Format]] = {
     "ndjson": NdjsonFormat,
     "json_array": JsonArrayFormat,
 }
 IMPLEMENTED = tuple(sorted(_REGISTRY))
-PLANNED = ("datadog", "elasticsearch", "loki", "otlp", "sls", "splunk_hec")
+PLANNED = ("loki", "elasticsearch", "splunk_hec", "otlp", "sls", "datadog")
+NAMES = (*_REGISTRY, *PLANNED)
 
 
 def get_format(name: str) -> Format:

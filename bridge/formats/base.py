@@ -1,10 +1,14 @@
-"""What a wire format is: lines in, one request body out, and (optionally) a reading of the reply.
+"""What a wire format is: lines in, one request body out, and a reading of the reply.
 
-A format sits between the delivery engine and the HTTP transport: it gets the encoded event
-lines of one batch (UTF-8 JSON, each ending in b"\\n") and the sink's settings, and returns the
-body, its content type and any extra headers. A collector that reports per-item results
-(Elasticsearch bulk, for one) also reads the 2xx reply and says which items to retry and which
-were rejected for good. Formats know events and settings, never the engine or the transport.
+    submit -> feed -> engine -> transport(format) -> outcome -> feed.ack
+
+A format sits inside the HTTP transport (`bridge.sinks.httptransport`): it gets the encoded
+event lines of one batch (UTF-8 JSON, each ending in b"\\n") and returns the body, its content
+type and any extra headers. It also says what the collector's replies mean: `policy` (a
+`bridge.outcome.StatusPolicy`) for non-2xx statuses, `interpret` for a 2xx reply, which a
+collector reporting per-item results (Elasticsearch bulk, for one) turns into a
+`PartlyDelivered`. Formats know events and outcomes, never the configuration, the engine or
+the transport.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bridge.config import HttpSinkSettings
+from bridge.outcome import Outcome, StatusPolicy
 
-__all__ = ["Format", "ItemFailures", "Payload"]
+__all__ = ["Format", "Payload"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,31 +33,19 @@ class Payload:
     compressible: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class ItemFailures:
-    """Items of a batch that a collector refused inside a 2xx reply, by index into the lines.
-
-    `retry`: worth sending again (the collector was busy); `reject`: refused for good (they go
-    to the dead-letter file with `detail`).
-    """
-
-    retry: tuple[int, ...] = ()
-    reject: tuple[int, ...] = ()
-    detail: str = ""
-
-
-NO_FAILURES = ItemFailures()
-
-
 class Format(Protocol):
     """A wire format. Implementations are small, stateless and safe to share between threads."""
 
     name: str
+    content_type: str
+    policy: StatusPolicy
+    """What non-2xx statuses mean to this format's collectors."""
 
-    def encode(self, lines: Sequence[bytes], settings: HttpSinkSettings) -> Payload:
+    def encode(self, lines: Sequence[bytes]) -> Payload:
         """The body for these lines (at least one)."""
         ...
 
-    def interpret(self, status: int, body: bytes) -> ItemFailures:
-        """Per-item failures reported in a 2xx reply; `NO_FAILURES` for all-or-nothing formats."""
+    def interpret(self, status: int, body: bytes) -> Outcome:
+        """What a 2xx reply says: `DELIVERED` for all-or-nothing formats, else a
+        `PartlyDelivered` naming the failed items."""
         ...

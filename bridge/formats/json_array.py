@@ -1,15 +1,17 @@
 """`json_array`: the batch as one JSON array of event objects (`application/json`).
 
 For collectors that want a JSON document rather than NDJSON (generic webhooks, Logstash's
-`http` input with the json codec).
+`http` input with the json codec). All or nothing: a 2xx reply means every event arrived.
+It is the `format` inside the HTTP transport: submit -> feed -> engine -> transport(format)
+-> outcome -> feed.ack.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bridge.config import HttpSinkSettings
-from bridge.formats.base import NO_FAILURES, ItemFailures, Payload
+from bridge.formats.base import Payload
+from bridge.outcome import DEFAULT_POLICY, DELIVERED, Outcome
 
 __all__ = ["JsonArrayFormat"]
 
@@ -19,10 +21,11 @@ class JsonArrayFormat:
 
     name = "json_array"
     content_type = "application/json"
+    policy = DEFAULT_POLICY
 
-    def encode(self, lines: Sequence[bytes], settings: HttpSinkSettings) -> Payload:
+    def encode(self, lines: Sequence[bytes]) -> Payload:
         items = [line[:-1] if line.endswith(b"\n") else line for line in lines]
         return Payload(b"[" + b",".join(items) + b"]", self.content_type)
 
-    def interpret(self, status: int, body: bytes) -> ItemFailures:
-        return NO_FAILURES
+    def interpret(self, status: int, body: bytes) -> Outcome:
+        return DELIVERED

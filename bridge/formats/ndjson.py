@@ -1,14 +1,16 @@
 """`ndjson`: the lines as they are, one JSON object per line (`application/x-ndjson`).
 
 What Vector's `http_server` source, Fluent Bit's `http` input and Logstash's `http` input take.
+All or nothing: a 2xx reply means every line arrived. It is the `format` inside the HTTP
+transport: submit -> feed -> engine -> transport(format) -> outcome -> feed.ack.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bridge.config import HttpSinkSettings
-from bridge.formats.base import NO_FAILURES, ItemFailures, Payload
+from bridge.formats.base import Payload
+from bridge.outcome import DEFAULT_POLICY, DELIVERED, Outcome
 
 __all__ = ["NdjsonFormat"]
 
@@ -18,9 +20,10 @@ class NdjsonFormat:
 
     name = "ndjson"
     content_type = "application/x-ndjson"
+    policy = DEFAULT_POLICY
 
-    def encode(self, lines: Sequence[bytes], settings: HttpSinkSettings) -> Payload:
+    def encode(self, lines: Sequence[bytes]) -> Payload:
         return Payload(b"".join(lines), self.content_type)
 
-    def interpret(self, status: int, body: bytes) -> ItemFailures:
-        return NO_FAILURES
+    def interpret(self, status: int, body: bytes) -> Outcome:
+        return DELIVERED

@@ -1,7 +1,7 @@
 """The http sink's connection to a collector: a total deadline, bounded replies, plain causes.
 
-Three things `requests` does not do by itself, shared by `HttpTransport` (`bridge.sinks.http`)
-and the `flask bridge check` probe (`bridge.probes`):
+Three things `requests` does not do by itself, shared by `HttpTransport`
+(`bridge.sinks.httptransport`) and the `flask bridge check` probe (`bridge.probes`):
 
 - **A total deadline per request.** requests' timeouts bound each `recv`, so a collector
   trickling one byte per read timeout holds the delivery thread forever. `Deadline` watches

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bridge.config import HttpSinkSettings
-from bridge.delivery.transport import ALL_DELIVERED, Outcome
+from bridge.outcome import DELIVERED, Outcome
 
 __all__ = ["ScriptedTransport", "event_line", "fast_settings", "ids_of"]
 
@@ -49,7 +49,7 @@ def fast_settings(url: str = "http://127.0.0.1:9/ingest", **overrides: Any) -> H
 
 class ScriptedTransport:
     """A transport that answers from a script (an Outcome, or an exception to raise) and
-    records every batch it was given; answers ALL_DELIVERED once the script runs out."""
+    records every batch it was given; answers DELIVERED once the script runs out."""
 
     def __init__(self, *script: Outcome | Exception) -> None:
         self._script: deque[Outcome | Exception] = deque(script)
@@ -78,7 +78,7 @@ class ScriptedTransport:
         with self._lock:
             self.calls.append(list(lines))
             self._called.notify_all()
-            step = self._script.popleft() if self._script else ALL_DELIVERED
+            step = self._script.popleft() if self._script else DELIVERED
         if isinstance(step, Exception):
             raise step
         return step

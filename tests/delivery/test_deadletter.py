@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from bridge.delivery.deadletter import DeadLetter
-from bridge.delivery.engine import DeliveryEngine
-from bridge.delivery.transport import Outcome
-from bridge.sinks.http import HttpSink
+from bridge.outcome import PartlyDelivered
+from bridge.sinks.http import HttpSink, delivery_engine
 from bridge.stats import SinkStats
 from tests.collector import Collector, Reply
 from tests.delivery.helpers import ScriptedTransport, event_line, fast_settings, ids_of
@@ -165,9 +164,11 @@ class TestDeadLetterWriteFailure:
         dead = blocker / "dead.jsonl"
         settings = fast_settings(name="dl-items")
         stats = SinkStats()
-        transport = ScriptedTransport(Outcome(reject=(1,)), *[Outcome(reject=(0,))] * 10_000)
+        transport = ScriptedTransport(
+            PartlyDelivered(reject=(1,)), *[PartlyDelivered(reject=(0,))] * 10_000
+        )
         letters = DeadLetter(dead, stats=stats, sink_name=settings.name)
-        engine = DeliveryEngine(settings, transport, stats=stats, dead_letter=letters)
+        engine = delivery_engine(settings, transport, stats=stats, dead_letter=letters)
         try:
             lines = [event_line() for _ in range(3)]
             assert all(engine.submit(line) for line in lines)

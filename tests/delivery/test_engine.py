@@ -16,8 +16,9 @@ import pytest
 from bridge.delivery.deadletter import DeadLetter
 from bridge.delivery.engine import DeliveryEngine
 from bridge.delivery.spool import Spool
-from bridge.delivery.transport import Outcome
 from bridge.errors import FatalError, RetryableError
+from bridge.outcome import Outcome, PartlyDelivered
+from bridge.sinks.http import delivery_engine
 from bridge.stats import SinkStats
 from tests.delivery.helpers import ScriptedTransport, event_line, fast_settings, ids_of
 
@@ -54,7 +55,7 @@ def make_engine(tmp_path: Path) -> Iterator[MakeEngine]:
         letters = DeadLetter(
             tmp_path / "dead.jsonl" if dead_letter else None, stats=stats, sink_name=name
         )
-        engine = DeliveryEngine(
+        engine = delivery_engine(
             settings, transport, stats=stats, dead_letter=letters, spool=spool_obj
         )
         made.append(engine)
@@ -210,7 +211,7 @@ class TestRefusals:
     ) -> None:
         """A 2xx reply naming failed items: rejected ones dead-lettered, retried ones resent."""
         engine, transport, stats = make_engine(
-            Outcome(retry=(1, 3), reject=(2,), status=200, detail="mapping error")
+            PartlyDelivered(retry=(1, 3), reject=(2,), status=200, detail="mapping error")
         )
         lines = submit_all(engine, 5)
         assert engine.flush(10.0)

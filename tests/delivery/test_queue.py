@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bridge.delivery.feed import Batch, Batching
-from bridge.delivery.queue import MemoryFeed
+from bridge.delivery.memoryfeed import MemoryFeed
 from bridge.delivery.spool import Spool
 from bridge.delivery.spoolfeed import SpoolFeed
 from bridge.stats import SinkStats

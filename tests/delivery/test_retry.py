@@ -7,7 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from bridge.delivery.retry import RETRY_STATUSES, Retry, parse_retry_after
+from bridge.delivery.retry import Retry, parse_retry_after
 
 
 class FakeClock:
@@ -97,10 +97,6 @@ class TestRetry:
     def test_huge_attempt_counts_do_not_overflow(self) -> None:
         """Thousands of failures (a collector down for days) still give the cap."""
         assert 30.0 == policy(FakeClock()).ceiling(5000)
-
-    def test_retried_statuses(self) -> None:
-        """408, 429 and the usual 5xx are retried; other 4xx are not in the set."""
-        assert {408, 429, 500, 502, 503, 504} == set(RETRY_STATUSES)
 
 
 class TestParseRetryAfter:

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from bridge.config import HTTP_FORMATS
+from bridge.config import load_settings
 from bridge.errors import ConfigError
-from bridge.formats import IMPLEMENTED, NO_FAILURES, PLANNED, get_format
-from tests.delivery.helpers import fast_settings
+from bridge.formats import IMPLEMENTED, NAMES, PLANNED, get_format
+from bridge.outcome import DELIVERED
 
 LINES = [b'{"event_id":"a","n":1}\n', b'{"event_id":"b","msg":"x\\ny"}\n']
 
@@ -17,7 +17,14 @@ LINES = [b'{"event_id":"a","n":1}\n', b'{"event_id":"b","msg":"x\\ny"}\n']
 class TestRegistry:
     def test_every_configurable_name_is_implemented_or_planned(self) -> None:
         """The config's format choices are exactly the implemented plus the planned ones."""
-        assert set(HTTP_FORMATS) == set(IMPLEMENTED) | set(PLANNED)
+        assert set(NAMES) == set(IMPLEMENTED) | set(PLANNED)
+        for name in NAMES:
+            sink = {"type": "http", "url": "http://127.0.0.1:9/in", "format": name}
+            assert name == load_settings({"BRIDGE_SINKS": [sink]}, {}).sinks[0].format
+        with pytest.raises(ConfigError) as caught:
+            sink = {"type": "http", "url": "http://127.0.0.1:9/in", "format": "gelf"}
+            load_settings({"BRIDGE_SINKS": [sink]}, {})
+        assert "one of " + ", ".join(repr(n) for n in NAMES) == caught.value.expected
 
     @pytest.mark.parametrize("name", IMPLEMENTED)
     def test_implemented_formats_are_found_by_name(self, name: str) -> None:
@@ -44,20 +51,20 @@ class TestRegistry:
 class TestNdjson:
     def test_body_is_the_lines_concatenated(self) -> None:
         """NDJSON: the lines as they are, newline-terminated, in order."""
-        payload = get_format("ndjson").encode(LINES, fast_settings())
+        payload = get_format("ndjson").encode(LINES)
         assert b"".join(LINES) == payload.body
         assert "application/x-ndjson" == payload.content_type
         assert payload.compressible
 
     def test_all_or_nothing_replies(self) -> None:
         """NDJSON collectors report no per-item failures."""
-        assert NO_FAILURES == get_format("ndjson").interpret(200, b"{}")
+        assert DELIVERED == get_format("ndjson").interpret(200, b"{}")
 
 
 class TestJsonArray:
     def test_body_is_one_json_array_of_the_events(self) -> None:
         """json_array: `[` + lines without newlines joined by `,` + `]`, valid JSON."""
-        payload = get_format("json_array").encode(LINES, fast_settings())
+        payload = get_format("json_array").encode(LINES)
         expected = b'[{"event_id":"a","n":1},{"event_id":"b","msg":"x\\ny"}]'
         assert expected == payload.body
         assert [{"event_id": "a", "n": 1}, {"event_id": "b", "msg": "x\ny"}] == json.loads(
@@ -67,5 +74,5 @@ class TestJsonArray:
 
     def test_a_single_event_is_a_one_element_array(self) -> None:
         """One line still makes an array."""
-        payload = get_format("json_array").encode(LINES[:1], fast_settings())
+        payload = get_format("json_array").encode(LINES[:1])
         assert b'[{"event_id":"a","n":1}]' == payload.body

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,11 @@ import pytest
 import requests
 import responses
 
-from bridge.errors import ConfigError, FatalError, RetryableError
+from bridge.errors import ConfigError
 from bridge.formats import get_format
-from bridge.sinks.http import HttpSink, HttpTransport
+from bridge.outcome import Rejected, RetryLater, Split
+from bridge.sinks.http import HttpSink
+from bridge.sinks.httptransport import HttpTransport
 from tests.contract import STATS_COUNTERS
 from tests.delivery.helpers import event_line, fast_settings
 
@@ -79,7 +82,7 @@ class TestWireFormat:
         assert sink.flush(10.0)
         assert 1 == len(mock.calls)
         request = mock.calls[0].request
-        expected = get_format(fmt).encode(lines, sink.settings).body
+        expected = get_format(fmt).encode(lines).body
         if use_gzip:
             assert request.body[:2] == b"\x1f\x8b"
             assert "gzip" == request.headers["Content-Encoding"]
@@ -193,21 +196,21 @@ class TestStatuses:
     def test_retryable_statuses(
         self, mock: responses.RequestsMock, sender: HttpTransport, status: int
     ) -> None:
-        """408, 429 and 5xx raise RetryableError with the status."""
+        """408, 429 and 5xx are retried later, with the status."""
         mock.add(responses.POST, URL, status=status)
-        with pytest.raises(RetryableError) as caught:
-            sender.send([event_line()])
-        assert status == caught.value.status
+        outcome = sender.send([event_line()])
+        assert isinstance(outcome, RetryLater)
+        assert status == outcome.status
 
     @pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
     def test_other_4xx_are_fatal(
         self, mock: responses.RequestsMock, sender: HttpTransport, status: int
     ) -> None:
-        """Other 4xx raise FatalError (413 too: the engine splits on it)."""
+        """Other 4xx are refused for good (413: split, the collector wants smaller requests)."""
         mock.add(responses.POST, URL, status=status, body="nope")
-        with pytest.raises(FatalError) as caught:
-            sender.send([event_line()])
-        assert (status, "nope") == (caught.value.status, caught.value.body)
+        outcome = sender.send([event_line()])
+        assert isinstance(outcome, Split if status == 413 else Rejected)
+        assert (status, "nope") == (outcome.status, outcome.body)
 
     @pytest.mark.parametrize(
         ("header", "expected"), [("3", 3.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)]
@@ -217,9 +220,9 @@ class TestStatuses:
     ) -> None:
         """Retry-After in seconds or as an HTTP-date (here in the past: retry now)."""
         mock.add(responses.POST, URL, status=429, headers={"Retry-After": header})
-        with pytest.raises(RetryableError) as caught:
-            sender.send([event_line()])
-        assert expected == caught.value.retry_after
+        outcome = sender.send([event_line()])
+        assert isinstance(outcome, RetryLater)
+        assert expected == outcome.retry_after
 
     def test_redirects_are_not_followed(
         self, mock: responses.RequestsMock, sender: HttpTransport
@@ -227,8 +230,9 @@ class TestStatuses:
         """A 3xx is refused with a clear message; the other host is never contacted."""
         mock.add(responses.POST, URL, status=307, headers={"Location": "https://evil.test/x"})
         mock.add(responses.POST, "https://evil.test/x", status=200)
-        with pytest.raises(FatalError, match=r"redirect to https://evil\.test not followed"):
-            sender.send([event_line()])
+        outcome = sender.send([event_line()])
+        assert isinstance(outcome, Rejected)
+        assert re.search(r"redirect to https://evil\.test not followed", outcome.reason)
         assert [URL] == [call.request.url for call in mock.calls]
 
     def test_connection_errors_are_retryable_and_name_only_the_origin(
@@ -243,11 +247,11 @@ class TestStatuses:
         )
         sender = HttpTransport(fast_settings(url), get_format("ndjson"))
         try:
-            with pytest.raises(RetryableError) as caught:
-                sender.send([event_line()])
+            outcome = sender.send([event_line()])
         finally:
             sender.close()
-        message = str(caught.value)
+        assert isinstance(outcome, RetryLater)
+        message = outcome.reason
         assert message.startswith("http://collector.test:8686: connection failed")
         for secret in ("pa55w0rd", "T0KEN", "abcdef", "user"):
             assert secret not in message

@@ -20,11 +20,12 @@ import pytest
 import requests
 import trustme
 
-from bridge.errors import RetryableError
 from bridge.formats import get_format
+from bridge.outcome import RetryLater
 from bridge.probes import probe_http
 from bridge.redaction import scrub_known
-from bridge.sinks.http import HttpSink, HttpTransport
+from bridge.sinks.http import HttpSink
+from bridge.sinks.httptransport import HttpTransport
 from bridge.sinks.httpwire import Deadline, GuardedAdapter
 from tests.collector import Collector, Reply
 from tests.conftest import MakeSink
@@ -263,14 +264,14 @@ class TestFailureCauses:
             settings = fast_settings(collector.url, ca_bundle=str(ca))
             transport = HttpTransport(settings, get_format("ndjson"))
             try:
-                with pytest.raises(RetryableError) as caught:
-                    transport.send([event_line()])
+                outcome = transport.send([event_line()])
             finally:
                 transport.close()
+        assert isinstance(outcome, RetryLater)
         assert (
             f"https://127.0.0.1:{collector.port}: TLS certificate verification failed "
             "(IP address mismatch, certificate is not valid for '127.0.0.1'.)"
-        ) == str(caught.value)
+        ) == outcome.reason
 
     def test_a_name_that_does_not_resolve_is_a_dns_failure(
         self, monkeypatch: pytest.MonkeyPatch
@@ -281,14 +282,14 @@ class TestFailureCauses:
         settings = fast_settings("http://nonexistent.invalid:8686/in?api_key=" + API_KEY)
         transport = HttpTransport(settings, get_format("ndjson"))
         try:
-            with pytest.raises(RetryableError) as caught:
-                transport.send([event_line()])
+            outcome = transport.send([event_line()])
         finally:
             transport.close()
+        assert isinstance(outcome, RetryLater)
         assert (
             "http://nonexistent.invalid:8686: DNS lookup failed for host nonexistent.invalid "
             "(Name or service not known, EAI_NONAME)"
-        ) == str(caught.value)
+        ) == outcome.reason
 
     def test_the_check_probe_names_tls_and_dns_failures(
         self, authority: trustme.CA, monkeypatch: pytest.MonkeyPatch

@@ -1,8 +1,13 @@
-"""The bounded memory queue: the delivery worker's feed when the sink has no spool.
+"""The bounded memory queue: the delivery engine's feed when the sink has no spool.
 
-Memory stays bounded: `queue_max_events` / `queue_max_bytes` with an overflow policy
-(`drop_newest`, `drop_oldest`, or `block` for at most `block_seconds`, then drop). Every refusal
-is counted in `SinkStats` by reason. The wake-up rule is `bridge.delivery.feed.Feed`'s.
+    submit -> feed -> engine -> transport(format) -> outcome -> feed.ack
+
+Memory stays bounded: `queue_max_events` / `queue_max_bytes` with an overflow policy applied
+by `bridge.overflow.make_room` (`drop_newest`, `drop_oldest`, or `block` for at most
+`block_seconds`, then drop). Every refusal is counted in `SinkStats` by reason. Delivery is
+best effort: a batch given back after a failure waits at the head of the queue (still counted
+as pending, outside the bounds) until the engine's retries run out, and what is left at close
+is dropped, counted "shutdown". The wake-up rule is `bridge.delivery.feed.Feed`'s.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from bridge.delivery.feed import BLOCK_SECONDS, NEVER, Batch, Batching, Feed, monotonic
+from bridge.delivery.feed import NEVER, Batch, Batching, Feed, monotonic
+from bridge.diagnostics import report
+from bridge.overflow import BLOCK_SECONDS, make_room
 from bridge.stats import SinkStats
 
 __all__ = ["MemoryFeed"]
@@ -32,7 +39,7 @@ class MemoryFeed(Feed):
         max_bytes: int,
         stats: SinkStats,
         overflow: str,
-        start_worker: Callable[[], None],
+        start_worker: Callable[[], None] | None = None,
         block_seconds: float = BLOCK_SECONDS,
     ) -> None:
         self.max_events = max_events
@@ -47,6 +54,7 @@ class MemoryFeed(Feed):
 
     def reset(self) -> None:
         self._lines: deque[bytes] = deque()
+        self._given_back: deque[Batch] = deque()  # failed batches, sent again first, in order
         self._removed = 0  # lines taken, evicted or discarded, ever
         self._limit_events = 0
         self._limit_bytes = 0
@@ -78,7 +86,10 @@ class MemoryFeed(Feed):
         lines = self._lines
         if (
             len(lines) >= self.max_events or self._unread_bytes + size > self.max_bytes
-        ) and not self._make_room(size):
+        ) and (  # a line larger than the whole queue is refused without evicting anything
+            size > self.max_bytes
+            or not make_room(self, size, self.overflow, block_seconds=self.block_seconds)
+        ):
             return self._refuse("queue_overflow")
         lines.append(line)
         self._unread_bytes += size
@@ -91,26 +102,30 @@ class MemoryFeed(Feed):
         self._wake_changed()
         return True
 
-    def _make_room(self, size: int) -> bool:
-        if size > self.max_bytes:
+    # -- bridge.overflow.Room (lock held) -----------------------------------------------------
+
+    def fits(self, size: int) -> bool:
+        return len(self._lines) < self.max_events and self._unread_bytes + size <= self.max_bytes
+
+    def evict_oldest(self) -> bool:
+        if not self._lines:
             return False
-        deadline = monotonic() + self.block_seconds
-        lines = self._lines
-        while len(lines) >= self.max_events or self._unread_bytes + size > self.max_bytes:
-            if self.closed:
-                return False
-            if self.overflow == "drop_oldest" and lines:
-                self._unread_bytes -= len(lines.popleft())
-                self._removed += 1
-                self.stats.count_dropped("queue_overflow")
-                self.settle_gen += 1
-            elif self.overflow != "block" or not self._wait_for_room(deadline):
-                return False
+        self._unread_bytes -= len(self._lines.popleft())
+        self._removed += 1
+        self.stats.count_dropped("queue_overflow")
+        self.settle_gen += 1
         return True
 
+    # -- worker thread ------------------------------------------------------------------------
+
     def take(self, max_events: int, max_bytes: int) -> Batch | None:
-        """The oldest lines: at most `max_events`, at most `max_bytes` unless one line is larger."""
+        """A batch given back first; else the oldest lines: at most `max_events`, at most
+        `max_bytes` unless one line is larger."""
         with self.lock:
+            if self._given_back:
+                batch = self._given_back.popleft()
+                self._recheck = bool(self._given_back)
+                return batch
             lines = self._lines
             self._recheck = False
             if not lines:
@@ -135,6 +150,36 @@ class MemoryFeed(Feed):
                 self.progress.notify_all()
             return Batch(out)
 
+    def ack(self, batch: Batch) -> None:
+        self.settle(len(batch))
+
+    def give_back(self, batch: Batch) -> None:
+        """Send it again before anything newer; its lines stay in flight (pending, not queued:
+        the queue's bounds are for lines not taken yet)."""
+        with self.lock:
+            self._given_back.append(batch)
+            self._recheck = True
+        self.settle()
+
+    def shutdown(self, sink_name: str) -> int:
+        """Forget every line still here, counted as dropped "shutdown"; returns how many."""
+        with self.lock:
+            lost = len(self._lines) + self.inflight
+            self.abandoned = True
+            self._removed += len(self._lines)
+            self._lines.clear()
+            self._given_back.clear()
+            self._unread_bytes = self.inflight = 0
+        if lost:
+            self.stats.count_dropped("shutdown", lost)
+            report(
+                f"shutdown-{sink_name}",
+                f"sink {sink_name}: {lost} events not delivered at shutdown (no spool): dropped",
+            )
+        return lost
+
+    # -- counts -------------------------------------------------------------------------------
+
     def unread(self) -> int:
         return len(self._lines)
 
@@ -147,13 +192,3 @@ class MemoryFeed(Feed):
 
     def depth(self) -> int:
         return len(self._lines) + self.inflight
-
-    def discard(self) -> int:
-        """Forget every queued line (close, after the flush deadline); returns how many."""
-        with self.lock:
-            lost = len(self._lines) + self.inflight
-            self.abandoned = True
-            self._removed += len(self._lines)
-            self._lines.clear()
-            self._unread_bytes = self.inflight = 0
-            return lost
