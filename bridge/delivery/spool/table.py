@@ -347,4 +347,3 @@ class SegmentTable:
         for fd in dead:
             with contextlib.suppress(OSError):
                 os.close(fd)
-
