@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.outcome import DEFAULT_POLICY, Outcome, RetryLater
+
 
 class BridgeError(Exception):
     """Base class of every error the bridge raises on purpose."""
@@ -94,6 +96,11 @@ class DeliveryError(BridgeError):
         self.status = status
         self.body = body
 
+    def outcome(self) -> Outcome:
+        """What this failure means for the batch, as the engine settles it: refused, by its
+        status under the default policy (`Split` for 413, else `Rejected`)."""
+        return DEFAULT_POLICY.refusal(str(self), self.status, self.body)
+
 
 class RetryableError(DeliveryError):
     """Delivery failed for a reason that may pass: the batch is retried.
@@ -112,6 +119,10 @@ class RetryableError(DeliveryError):
         super().__init__(message, status=status, body=body)
         self.retry_after = retry_after
 
+    def outcome(self) -> RetryLater:
+        return RetryLater(str(self), self.status, self.retry_after, self.body)
+
 
 class FatalError(DeliveryError):
-    """Delivery failed for a reason retrying cannot fix: the batch is dead-lettered."""
+    """Delivery failed for a reason retrying cannot fix: the batch is dead-lettered (or, with
+    a status that asks for smaller requests, such as 413, sent again in halves)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bridge.errors import DeliveryError, FatalError, RetryableError
 from bridge.outcome import DEFAULT_POLICY, Rejected, RetryLater, Split, StatusPolicy
 
 WHERE = "http://collector.test:8686"
@@ -68,3 +69,25 @@ class TestStatusPolicy:
         assert [False, True, True, False] == [
             DEFAULT_POLICY.accepted(s) for s in (199, 200, 299, 300)
         ]
+
+
+class TestDeliveryErrors:
+    """A transport may raise the public errors instead of returning an outcome."""
+
+    def test_a_retryable_error_is_retried_with_its_wait(self) -> None:
+        """RetryableError: retry later, with its status, excerpt and Retry-After."""
+        error = RetryableError("timed out", status=503, body="busy", retry_after=2.0)
+        assert RetryLater("timed out", 503, 2.0, "busy") == error.outcome()
+
+    def test_a_fatal_413_asks_for_a_split(self) -> None:
+        """FatalError with 413: the collector wants smaller requests."""
+        assert Split("too big", 413, "x") == FatalError("too big", status=413, body="x").outcome()
+
+    def test_a_fatal_4xx_is_rejected(self) -> None:
+        """FatalError with another 4xx: dead-lettered, counted rejected_4xx."""
+        outcome = FatalError("bad", status=400, body="no").outcome()
+        assert Rejected("bad", 400, "no", "rejected_4xx") == outcome
+
+    def test_a_bare_delivery_error_is_refused_not_lost(self) -> None:
+        """A DeliveryError of no subclass is refused (dead-lettered), never left unsettled."""
+        assert Rejected("odd", None, "", "internal_error") == DeliveryError("odd").outcome()

@@ -14,7 +14,7 @@ transport says how a send went (`bridge.outcome`), the feed (`bridge.delivery.fe
 acknowledges and gives back the lines, and the `Retry` it is given says how long to back off
 and when to give up (the sink gives up never with a spool, whose `event_ttl` bounds retries,
 and after `retry_max_duration` without). A transport may also raise the public
-`RetryableError` / `FatalError`; `_send` reads them as outcomes, in one place.
+`RetryableError` / `FatalError`; each says which outcome it stands for.
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ from bridge.delivery.feed import Batch, Feed
 from bridge.delivery.retry import Retry
 from bridge.delivery.transport import Transport
 from bridge.diagnostics import report
-from bridge.errors import FatalError, RetryableError
+from bridge.errors import DeliveryError
 from bridge.outcome import (
-    DEFAULT_POLICY,
     Delivered,
     Outcome,
     PartlyDelivered,
@@ -217,10 +216,8 @@ class DeliveryEngine:
         """The transport's outcome; the public errors it may raise read as outcomes here."""
         try:
             return self._transport.send(batch.lines)
-        except RetryableError as exc:
-            return RetryLater(str(exc), exc.status, exc.retry_after, exc.body)
-        except FatalError as exc:  # its status means what it means to an HTTP collector
-            return DEFAULT_POLICY.refusal(str(exc), exc.status, exc.body)
+        except DeliveryError as exc:
+            return exc.outcome()
         except Exception as exc:  # a bug in a format or transport: keep the events, replayable
             where = traceback.extract_tb(exc.__traceback__)[-1]
             reason = f"{type(exc).__name__} at {where.name}:{where.lineno} while sending"
