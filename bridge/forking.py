@@ -15,6 +15,7 @@ What a child resets:
     stats             fresh lock and zero counters: a worker's `stats()` are its own
     emitters          the error-count lock
     size rotation     its lock fds closed (a child would hold the parent's flock)
+    file outputs      a line the parent left half-written is the parent's to finish
     line queues       emptied, fresh locks: the parent's queued lines stay the parent's
     line writers      fresh write lock and counters, no thread (started again lazily)
     spools            the parent's fds closed unlocked; a new owner with its own segments

@@ -463,6 +463,25 @@ class TestSpoolDamage:
         assert [f"e{i}" for i in range(1000) if i != 777] == got
         assert {"spool_corrupt": 1} == stats.dropped_by_reason
 
+    def test_release_after_the_file_was_cut_under_handed_out_records(
+        self, make_spool: MakeSpool, spool_dir: Path
+    ) -> None:
+        """Records handed out and then truncated off the disk can still be released (a send
+        failed): they come back from memory, nothing raises and nothing is left pending."""
+        stats = SinkStats()
+        spool = make_spool(stats=stats)
+        for i in range(3):
+            spool.append(line(i))
+        got = spool.read(100, 1 << 20)
+        (segment,) = segment_files(spool_dir)
+        os.truncate(segment, SEGMENT_HEADER)
+        spool.release(got.records)
+        again = spool.read(100, 1 << 20)
+        assert ["e0", "e1", "e2"] == ids(again.lines)
+        spool.ack(again.records)
+        assert (0, 0) == (spool.pending_events(), spool.pending_bytes())
+        assert {} == stats.dropped_by_reason
+
     def test_failed_write_is_counted(
         self, make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import struct
 import threading
 import time
 from bisect import bisect_right
@@ -360,6 +361,6 @@ class SpoolReader:
             else:
                 span, base = os.pread(self._table.open(seg), high - low, low), low
             return [records.record_time(span, offset - base) for offset in offsets]
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, struct.error) as exc:  # struct.error: the file was cut
             report("spool_read_failed", f"spool read failed: {exc}")
             return [int(self._clock() * 1_000_000)] * len(handles)
