@@ -48,7 +48,12 @@ ABORT_GRACE = 1.0  # close: how long a worker whose send was cut gets to wind do
 
 
 class DeliveryEngine:
-    """The worker thread, retry loop and dead-letter handling of one sink, over a feed."""
+    """The worker thread, retry loop and dead-letter handling of one sink, over a feed.
+
+    `retry` is the backoff and the budget: once `retry.max_duration` of failures has passed,
+    a batch is dropped (counted `retry_exhausted`) and acknowledged, whatever the feed; the
+    http sink passes `max_duration=None` with a spool, whose `event_ttl` bounds retries.
+    """
 
     def __init__(
         self,

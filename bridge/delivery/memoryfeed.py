@@ -54,7 +54,7 @@ class MemoryFeed(Feed):
 
     def reset(self) -> None:
         self._lines: deque[bytes] = deque()
-        self._given_back: deque[Batch] = deque()  # failed batches, sent again first, in order
+        self._given_back: deque[Batch] = deque()  # failed batches, resent before newer lines
         self._removed = 0  # lines taken, evicted or discarded, ever
         self._limit_events = 0
         self._limit_bytes = 0
@@ -154,8 +154,9 @@ class MemoryFeed(Feed):
         self.settle(len(batch))
 
     def give_back(self, batch: Batch) -> None:
-        """Send it again before anything newer; its lines stay in flight (pending, not queued:
-        the queue's bounds are for lines not taken yet)."""
+        """Send it again before any line not taken yet (the engine's split halves still go
+        first, as with a spool); its lines stay in flight (pending, not queued: the queue's
+        bounds are for lines not taken yet)."""
         with self.lock:
             self._given_back.append(batch)
             self._recheck = True
