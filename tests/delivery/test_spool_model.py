@@ -73,6 +73,7 @@ SETTINGS = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+CAP_SETTINGS = settings(SETTINGS, max_examples=40)
 
 
 class Status(enum.Enum):
@@ -228,6 +229,16 @@ class SpoolHarness(RuleBasedStateMachine):
             live.stream.lines.append(line)
             self.lines[number] = line
         return ok, line
+
+    def identify(self, data: bytes) -> Line:
+        """The appended line `data` is, byte for byte."""
+        try:
+            number = line_number(data)
+        except ValueError as exc:
+            raise AssertionError(f"a corrupt line was handed out: {data[:80]!r}") from exc
+        assert number in self.lines, f"a line never appended: {data[:80]!r}"
+        assert self.lines[number].data == data, f"m{number} handed out changed"
+        return self.lines[number]
 
     def forget(self, live: Live) -> None:
         """The instance is gone (closed or crashed): what it held is orphaned."""
@@ -431,16 +442,6 @@ class SpoolModel(SpoolHarness):
             live.reads = [*live.reads[1 - READS_KEPT :], got.records]
         return got
 
-    def identify(self, data: bytes) -> Line:
-        """The appended line `data` is, byte for byte."""
-        try:
-            number = line_number(data)
-        except ValueError as exc:
-            raise AssertionError(f"a corrupt line was handed out: {data[:80]!r}") from exc
-        assert number in self.lines, f"a line never appended: {data[:80]!r}"
-        assert self.lines[number].data == data, f"m{number} handed out changed"
-        return self.lines[number]
-
     def ack(self, live: Live, handles: list[SpoolRecord]) -> None:
         self.call(live, lambda spool: spool.ack(handles))
         for handle in handles:
@@ -491,3 +492,134 @@ class TestSpoolModel:
         """Appends, reads, acks, releases, closes and crashes deliver every line at least once,
         in order per stream, never an acked-and-saved one again, never an invented one."""
         run_state_machine_as_test(SpoolModel, settings=SETTINGS)
+
+
+class SpoolCapModel(SpoolHarness):
+    """One spool under a small size cap: every appended line is acked, pending, or counted in
+    `spool_full`, never silently lost; what is handed out is byte-equal and in order."""
+
+    @initialize(
+        max_bytes=st.sampled_from([6000, 20_000]), segment_bytes=st.sampled_from([1024, 4096])
+    )
+    def start(self, max_bytes: int, segment_bytes: int) -> None:
+        self.max_bytes, self.segment_bytes = max_bytes, segment_bytes
+        self.spool = self.open_spool()
+        self.refused = 0  # appends that returned False: each is counted in spool_full
+        self.acked: set[int] = set()
+        self.newest_first_time = -1  # the index of the newest line handed out so far
+
+    @rule(data=st.data())
+    def append_lines(self, data: st.DataObject) -> None:
+        """Some lines larger than the whole cap: refused and counted."""
+        big = st.integers(self.max_bytes // 4, self.max_bytes * 5 // 4)
+        for size in data.draw(st.lists(st.one_of(sizes(1024), big), min_size=1, max_size=8)):
+            ok, _ = self.append(self.spool, size)
+            self.refused += not ok
+            assert self.spool.stats.dropped_by_reason.keys() <= {"spool_full"}
+
+    @rule(
+        max_events=st.integers(1, 40),
+        max_bytes=st.sampled_from([1, 300, 5000, 1 << 22]),
+    )
+    def read(self, max_events: int, max_bytes: int) -> None:
+        self.read_and_check(max_events, max_bytes)
+
+    @precondition(lambda self: bool(self.spool.reads))
+    @rule(back=st.integers(0, READS_KEPT - 1))
+    def ack_a_whole_read(self, back: int) -> None:
+        self.ack(self.spool.reads[-1 - back % len(self.spool.reads)])
+
+    @precondition(lambda self: bool(self.spool.outstanding))
+    @rule(data=st.data())
+    def ack_some(self, data: st.DataObject) -> None:
+        self.ack(self.choose_handles(data))
+
+    @precondition(lambda self: bool(self.spool.outstanding))
+    @rule(data=st.data())
+    def release_some(self, data: st.DataObject) -> None:
+        """Released records of an evicted segment are lost then, and counted."""
+        handles = self.choose_handles(data)
+        self.call(self.spool, lambda spool: spool.release(handles))
+        for handle in handles:
+            line = self.spool.outstanding.pop(handle, None)
+            if line is not None:
+                line.holder = None
+
+    @rule()
+    def drain(self) -> None:
+        """Ack what is in flight, then read and ack until empty: the rest was counted."""
+        self.ack([SpoolRecord(handle) for handle in self.spool.outstanding])
+        while (got := self.read_and_check(200, 1 << 22)).lines:
+            self.ack(got.records)
+        lost = [n for n in self.lines if n not in self.acked]
+        assert (len(lost), 0) == (self.evicted(), self.pending())
+
+    @precondition(lambda self: bool(self.live))
+    @invariant()
+    def nothing_lost_silently(self) -> None:
+        """appended = acked + pending + evicted, whenever no record is in flight (records in
+        flight from an evicted segment are counted only when released)."""
+        assert self.call(self.spool, lambda spool: spool.pending_bytes()) <= self.max_bytes
+        if not self.spool.outstanding:
+            assert len(self.lines) == len(self.acked) + self.pending() + self.evicted()
+
+    def evicted(self) -> int:
+        dropped = self.spool.stats.dropped_by_reason.get("spool_full", 0)
+        assert dropped >= self.refused
+        return dropped - self.refused
+
+    def pending(self) -> int:
+        return self.call(self.spool, lambda spool: spool.pending_events())
+
+    def choose_handles(self, data: st.DataObject) -> list[SpoolRecord]:
+        pool = sorted(self.spool.outstanding)
+        picked = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=12))
+        return [SpoolRecord(handle) for handle in picked]
+
+    def read_and_check(self, max_events: int, max_bytes: int) -> SpoolRead:
+        live = self.spool
+        got = self.call(live, lambda spool: spool.read(max_events, max_bytes))
+        assert len(got.lines) == len(got.records) <= max_events
+        if len(got.lines) > 1:
+            assert sum(map(len, got.lines)) <= max_bytes
+        lines = [self.identify(data) for data in got.lines]
+        indices = [line.index for line in lines]
+        assert sorted(set(indices)) == indices, "out of append order, or twice in one read"
+        for line, handle in zip(lines, got.records, strict=True):
+            assert line.number not in self.acked, f"m{line.number} handed out after its ack"
+            assert line.holder is None, f"m{line.number} handed out while still in flight"
+            assert live.seen.setdefault(handle, line) is line, "one handle, two lines"
+        first_time = [line.index for line in lines if not line.delivered]
+        assert sorted(first_time) == first_time
+        # Evicted lines are the oldest: a line skipped once is never handed out later.
+        assert all(index > self.newest_first_time for index in first_time)
+        if first_time:
+            self.newest_first_time = first_time[-1]
+        assert len(first_time) == got.fresh
+        for line, handle in zip(lines, got.records, strict=True):
+            line.holder, line.delivered = live, True
+            live.outstanding[handle] = line
+        if got.records:
+            live.reads = [*live.reads[1 - READS_KEPT :], got.records]
+        return got
+
+    def ack(self, handles: list[SpoolRecord]) -> None:
+        self.call(self.spool, lambda spool: spool.ack(handles))
+        for handle in handles:
+            line = self.spool.outstanding.pop(handle, None)
+            if line is not None:
+                line.holder = None
+                self.acked.add(line.number)
+
+    def teardown(self) -> None:
+        try:
+            if sys.exception() is None and self.live:
+                self.drain()
+        finally:
+            super().teardown()
+
+
+class TestSpoolSizeCap:
+    def test_every_line_is_delivered_pending_or_counted(self) -> None:
+        """Under a small max_bytes, appended = acked + pending + counted spool_full."""
+        run_state_machine_as_test(SpoolCapModel, settings=CAP_SETTINGS)
