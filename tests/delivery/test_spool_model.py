@@ -83,7 +83,7 @@ class Status(enum.Enum):
     MAYBE = "maybe"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Line:
     """One appended line and what the model knows of it."""
 
@@ -95,8 +95,11 @@ class Line:
     holder: Live | None = None  # the live instance holding a handle to it
     delivered: bool = False  # handed out at least once, ever
 
+    def __repr__(self) -> str:  # short: the model is one web of references
+        return f"<m{self.number}: line {self.index} of its stream, {self.status.value}>"
 
-@dataclass(eq=False)
+
+@dataclass(eq=False, repr=False)
 class Stream:
     """The lines one instance appended, in order; `safe` of them are SAFE."""
 
@@ -105,7 +108,7 @@ class Stream:
     holder: Live | None = None  # the live instance whose segments hold them; None: orphaned
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Live:
     """A live `Spool`, its own stream, the fds it opened and the handles it gave out."""
 
@@ -117,6 +120,9 @@ class Live:
     outstanding: dict[int, Line] = field(default_factory=dict)  # handle: line, not settled
     seen: dict[int, Line] = field(default_factory=dict)  # every handle it ever gave out
     reads: list[list[SpoolRecord]] = field(default_factory=list)  # as `read` returned them
+
+    def __repr__(self) -> str:
+        return f"<spool {self.number}>"
 
 
 def make_line(number: int, size: int) -> bytes:
@@ -243,6 +249,8 @@ class SpoolHarness(RuleBasedStateMachine):
     def forget(self, live: Live) -> None:
         """The instance is gone (closed or crashed): what it held is orphaned."""
         self.live.remove(live)
+        # Every fd into the directory belongs to a live instance: none was missed or leaked.
+        assert set(fds_into(self.directory)) == set().union(*(other.fds for other in self.live))
         for line in live.outstanding.values():
             line.holder = None
         live.outstanding.clear()
@@ -503,7 +511,7 @@ class SpoolCapModel(SpoolHarness):
     )
     def start(self, max_bytes: int, segment_bytes: int) -> None:
         self.max_bytes, self.segment_bytes = max_bytes, segment_bytes
-        self.spool = self.open_spool()
+        self.only = self.open_spool()
         self.refused = 0  # appends that returned False: each is counted in spool_full
         self.acked: set[int] = set()
         self.newest_first_time = -1  # the index of the newest line handed out so far
@@ -513,9 +521,9 @@ class SpoolCapModel(SpoolHarness):
         """Some lines larger than the whole cap: refused and counted."""
         big = st.integers(self.max_bytes // 4, self.max_bytes * 5 // 4)
         for size in data.draw(st.lists(st.one_of(sizes(1024), big), min_size=1, max_size=8)):
-            ok, _ = self.append(self.spool, size)
+            ok, _ = self.append(self.only, size)
             self.refused += not ok
-            assert self.spool.stats.dropped_by_reason.keys() <= {"spool_full"}
+            assert self.only.stats.dropped_by_reason.keys() <= {"spool_full"}
 
     @rule(
         max_events=st.integers(1, 40),
@@ -524,31 +532,31 @@ class SpoolCapModel(SpoolHarness):
     def read(self, max_events: int, max_bytes: int) -> None:
         self.read_and_check(max_events, max_bytes)
 
-    @precondition(lambda self: bool(self.spool.reads))
+    @precondition(lambda self: bool(self.only.reads))
     @rule(back=st.integers(0, READS_KEPT - 1))
     def ack_a_whole_read(self, back: int) -> None:
-        self.ack(self.spool.reads[-1 - back % len(self.spool.reads)])
+        self.ack(self.only.reads[-1 - back % len(self.only.reads)])
 
-    @precondition(lambda self: bool(self.spool.outstanding))
+    @precondition(lambda self: bool(self.only.outstanding))
     @rule(data=st.data())
     def ack_some(self, data: st.DataObject) -> None:
         self.ack(self.choose_handles(data))
 
-    @precondition(lambda self: bool(self.spool.outstanding))
+    @precondition(lambda self: bool(self.only.outstanding))
     @rule(data=st.data())
     def release_some(self, data: st.DataObject) -> None:
         """Released records of an evicted segment are lost then, and counted."""
         handles = self.choose_handles(data)
-        self.call(self.spool, lambda spool: spool.release(handles))
+        self.call(self.only, lambda spool: spool.release(handles))
         for handle in handles:
-            line = self.spool.outstanding.pop(handle, None)
+            line = self.only.outstanding.pop(handle, None)
             if line is not None:
                 line.holder = None
 
     @rule()
     def drain(self) -> None:
         """Ack what is in flight, then read and ack until empty: the rest was counted."""
-        self.ack([SpoolRecord(handle) for handle in self.spool.outstanding])
+        self.ack([SpoolRecord(handle) for handle in self.only.outstanding])
         while (got := self.read_and_check(200, 1 << 22)).lines:
             self.ack(got.records)
         lost = [n for n in self.lines if n not in self.acked]
@@ -559,25 +567,25 @@ class SpoolCapModel(SpoolHarness):
     def nothing_lost_silently(self) -> None:
         """appended = acked + pending + evicted, whenever no record is in flight (records in
         flight from an evicted segment are counted only when released)."""
-        assert self.call(self.spool, lambda spool: spool.pending_bytes()) <= self.max_bytes
-        if not self.spool.outstanding:
+        assert self.call(self.only, lambda spool: spool.pending_bytes()) <= self.max_bytes
+        if not self.only.outstanding:
             assert len(self.lines) == len(self.acked) + self.pending() + self.evicted()
 
     def evicted(self) -> int:
-        dropped = self.spool.stats.dropped_by_reason.get("spool_full", 0)
+        dropped = self.only.stats.dropped_by_reason.get("spool_full", 0)
         assert dropped >= self.refused
         return dropped - self.refused
 
     def pending(self) -> int:
-        return self.call(self.spool, lambda spool: spool.pending_events())
+        return self.call(self.only, lambda spool: spool.pending_events())
 
     def choose_handles(self, data: st.DataObject) -> list[SpoolRecord]:
-        pool = sorted(self.spool.outstanding)
+        pool = sorted(self.only.outstanding)
         picked = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=12))
         return [SpoolRecord(handle) for handle in picked]
 
     def read_and_check(self, max_events: int, max_bytes: int) -> SpoolRead:
-        live = self.spool
+        live = self.only
         got = self.call(live, lambda spool: spool.read(max_events, max_bytes))
         assert len(got.lines) == len(got.records) <= max_events
         if len(got.lines) > 1:
@@ -604,9 +612,9 @@ class SpoolCapModel(SpoolHarness):
         return got
 
     def ack(self, handles: list[SpoolRecord]) -> None:
-        self.call(self.spool, lambda spool: spool.ack(handles))
+        self.call(self.only, lambda spool: spool.ack(handles))
         for handle in handles:
-            line = self.spool.outstanding.pop(handle, None)
+            line = self.only.outstanding.pop(handle, None)
             if line is not None:
                 line.holder = None
                 self.acked.add(line.number)
