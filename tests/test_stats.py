@@ -2,48 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import os
-import select
-import signal
-
 import pytest
 
 from bridge.stats import SinkStats
+from tests.forks import run_in_child
 
 
-def run_in_child(stats: SinkStats, deadline: float = 10.0) -> dict[str, object] | None:
-    """Fork while this thread holds the stats lock; the child counts a drop and reports.
+def count_in_child(stats: SinkStats, deadline: float = 10.0) -> dict[str, object] | None:
+    """Fork while this thread holds the stats lock (a request thread counting at the moment
+    another thread forks); the child counts a drop and reports its snapshot. None: it hung."""
 
-    Returns the child's snapshot, or None when the child hung (it is killed then).
-    """
-    read_end, write_end = os.pipe()
-    stats._lock.acquire()  # a request thread counting at the moment another thread forks
-    try:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            try:
-                os.close(read_end)
-                stats.count_dropped("in_child")
-                os.write(write_end, json.dumps(stats.snapshot(queue_depth=0)).encode())
-            finally:
-                os._exit(0)
-    finally:
-        stats._lock.release()
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], deadline)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-            return None
-        chunks = []
-        while chunk := os.read(read_end, 65536):
-            chunks.append(chunk)
-        result: dict[str, object] = json.loads(b"".join(chunks))
-        return result
-    finally:
-        os.close(read_end)
-        os.waitpid(pid, 0)
+    def work() -> dict[str, object]:
+        stats.count_dropped("in_child")
+        return stats.snapshot(queue_depth=0)
+
+    result: dict[str, object] | None = run_in_child(work, deadline=deadline, holding=stats._lock)
+    return result
 
 
 class TestSinkStats:
@@ -60,7 +34,7 @@ class TestSinkStats:
         from zero: a worker's counters are its own, whatever its parent counted."""
         stats = SinkStats()
         stats.count_dropped("before_fork")
-        snapshot = run_in_child(stats)
+        snapshot = count_in_child(stats)
         assert snapshot is not None, "the child hung on the lock held at fork"
         assert {"in_child": 1} == snapshot["dropped_by_reason"]
         assert {"before_fork": 1} == stats.dropped_by_reason  # the parent's stay the parent's

@@ -9,10 +9,6 @@ is guarded: it reports over a pipe, and one that does not within `CHILD_DEADLINE
 
 from __future__ import annotations
 
-import json
-import os
-import select
-import signal
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,6 +22,7 @@ from bridge.sinks.http import HttpSink
 from tests.collector import Collector, Reply
 from tests.conftest import MakeSink
 from tests.delivery.helpers import event_line, ids_of
+from tests.forks import run_in_child
 
 CHILD_DEADLINE = 30.0  # the child's whole life: submit, flush, close
 HOLD = 1.5  # how long the collector holds the parent's request (the fork happens inside it)
@@ -34,31 +31,9 @@ pytestmark = pytest.mark.slow
 
 
 def run_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
-    """Fork; the child runs `work` and reports its result. None when the child hung (it is
-    killed with SIGKILL then) or died without reporting."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child: report, never return into pytest
-        code = 1
-        try:
-            os.close(read_end)
-            os.write(write_end, json.dumps(work()).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], CHILD_DEADLINE)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-            return None
-        chunks = []
-        while chunk := os.read(read_end, 65536):
-            chunks.append(chunk)
-        return json.loads(b"".join(chunks)) if chunks else None
-    finally:
-        os.close(read_end)
-        os.waitpid(pid, 0)
+    """Fork; the child runs `work` and reports; None when it hung (and was killed)."""
+    result: dict[str, Any] | None = run_in_child(work, deadline=CHILD_DEADLINE)
+    return result
 
 
 def child_delivers(sink: HttpSink, count: int) -> Callable[[], dict[str, Any]]:
@@ -132,6 +107,16 @@ def sink(
     return make_sink(collector.url, timeout_read=10.0, spool_dir=spool_dir)
 
 
+def assert_child_delivered(child: dict[str, Any], count: int) -> None:
+    """The child started with an empty queue, took its `count` lines, flushed and closed."""
+    assert (0, count, True, True) == (
+        child["depth_at_start"],
+        child["accepted"],
+        child["flushed"],
+        child["closed"],
+    )
+
+
 def assert_each_once(collector: Collector, parent_ids: list[str], child: dict[str, Any]) -> None:
     """The parent's and the child's events arrived, each exactly once; the child sent only its
     own (so the parent's came from the parent)."""
@@ -152,12 +137,7 @@ class TestForkMidSend:
         assert in_flight(collector)
         child = run_child(child_delivers(sink, 3))
         assert child is not None, "the child hung and was killed"
-        assert (0, 3, True, True) == (
-            child["depth_at_start"],
-            child["accepted"],
-            child["flushed"],
-            child["closed"],
-        )
+        assert_child_delivered(child, 3)
         assert sink.flush(20.0)
         assert_each_once(collector, parent_ids, child)
 
@@ -172,12 +152,7 @@ class TestForkInsideSubmit:
         with feed_lock_held(sink):
             child = run_child(child_delivers(sink, 3))
         assert child is not None, "the child hung (the parent's feed lock?) and was killed"
-        assert (0, 3, True, True) == (
-            child["depth_at_start"],
-            child["accepted"],
-            child["flushed"],
-            child["closed"],
-        )
+        assert_child_delivered(child, 3)
         assert sink.flush(20.0)
         assert_each_once(collector, parent_ids, child)
 
@@ -202,12 +177,7 @@ class TestForkDuringFlush:
         finally:
             flusher.join(30.0)
         assert child is not None, "the child hung and was killed"
-        assert (0, 3, True, True) == (
-            child["depth_at_start"],
-            child["accepted"],
-            child["flushed"],
-            child["closed"],
-        )
+        assert_child_delivered(child, 3)
         assert [True] == flushed
         assert_each_once(collector, parent_ids, child)
 
