@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import configvalues as v
-from bridge import formats
+from bridge import formatoptions, formats
 from bridge.configsources import merge_sources, report_ignored
 from bridge.errors import ConfigError
 from bridge.overflow import POLICIES
@@ -73,6 +73,7 @@ class HttpSinkSettings(SinkSettings):
 
     url: str
     format: str = "ndjson"
+    format_options: Any = None  # the format's `Options` (bridge.formatoptions), or a mapping
     headers: Mapping[str, str] = field(default_factory=dict)
     gzip: bool = True
     timeout_connect: float = 5.0
@@ -154,6 +155,7 @@ _SINK_KEYS: dict[str, tuple[type[SinkSettings], dict[str, v.Checker]]] = {
         {
             "url": v.url,
             "format": v.choice(*formats.NAMES),  # planned ones fail when the sink is built
+            "format_options": formatoptions.table,
             "headers": v.headers,
             "gzip": v.boolean,
             "timeout_connect": v.duration,
@@ -212,6 +214,12 @@ def _check_sink(index: int, raw: Any, problems: v.Problems) -> SinkSettings | No
         if key not in raw:
             problems.add(f"{where}.{key}", None, f"a value: a {sink_type} sink needs `{key}`")
     _check_client_key(where, raw.get("client_key"), raw.get("client_cert"), problems)
+    if sink_type == "http" and values.get("format_options") is not v.INVALID:
+        fmt = values.get("format", "ndjson")
+        if fmt is not v.INVALID:
+            options = values.get("format_options")
+            where_options = f"{where}.format_options"
+            values["format_options"] = formatoptions.check(fmt, options, where_options, problems)
     values.setdefault("name", f"{sink_type}-{index}")
     has_spool = raw.get("spool_dir") is not None
     values.setdefault("overflow", "spool" if has_spool else "drop_newest")

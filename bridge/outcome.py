@@ -38,7 +38,12 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """The collector took every line of the batch."""
+    """The collector took the batch. `rejected`: how many of its lines the reply says were
+    refused without naming which (OTLP's `partialSuccess`): counted as dropped
+    `rejected_by_collector`, with `detail`, since none can be dead-lettered or retried."""
+
+    rejected: int = 0
+    detail: str = ""
 
 
 DELIVERED = Delivered()

@@ -196,9 +196,11 @@ class DeliveryEngine:
         if feed.abandoned:  # close gave up waiting and counted these as lost already
             return
         match outcome:
-            case Delivered():
+            case Delivered(rejected=rejected, detail=detail):
                 self._retry = self._retry.reset()
-                self._stats.count_delivered(len(batch))
+                self._stats.count_delivered(len(batch) - rejected)
+                if rejected:
+                    self._rejected_unnamed(rejected, detail)
                 feed.ack(batch)
             case RetryLater():
                 self._retry_later(feed, batch, outcome)
@@ -216,6 +218,13 @@ class DeliveryEngine:
             case PartlyDelivered():
                 self._retry = self._retry.reset()
                 self._partly_delivered(feed, batch, outcome)
+
+    def _rejected_unnamed(self, rejected: int, detail: str) -> None:
+        """The collector took the batch but refused `rejected` lines it does not name."""
+        self._stats.count_dropped("rejected_by_collector", rejected)
+        message = scrub_known(f"the collector refused {rejected} events of a batch: {detail}")
+        self._stats.record_error(message)
+        report(f"rejected-{self.name}", f"sink {self.name}: {message}")
 
     def _send(self, batch: Batch) -> Outcome:
         """The transport's outcome; the public errors it may raise read as outcomes here."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bridge.formats.base import Payload
+from bridge.formats.base import NO_LIMITS, Payload
 from bridge.outcome import DEFAULT_POLICY, DELIVERED, Outcome
 
 __all__ = ["JsonArrayFormat"]
@@ -22,6 +22,8 @@ class JsonArrayFormat:
     name = "json_array"
     content_type = "application/json"
     policy = DEFAULT_POLICY
+    limits = NO_LIMITS
+    default_path = ""
 
     def encode(self, lines: Sequence[bytes]) -> Payload:
         items = [line[:-1] if line.endswith(b"\n") else line for line in lines]
@@ -29,3 +31,6 @@ class JsonArrayFormat:
 
     def interpret(self, status: int, body: bytes) -> Outcome:
         return DELIVERED
+
+    def secrets(self) -> Sequence[str]:
+        return ()

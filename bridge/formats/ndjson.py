@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bridge.formats.base import Payload
+from bridge.formats.base import NO_LIMITS, Payload
 from bridge.outcome import DEFAULT_POLICY, DELIVERED, Outcome
 
 __all__ = ["NdjsonFormat"]
@@ -21,9 +21,14 @@ class NdjsonFormat:
     name = "ndjson"
     content_type = "application/x-ndjson"
     policy = DEFAULT_POLICY
+    limits = NO_LIMITS
+    default_path = ""
 
     def encode(self, lines: Sequence[bytes]) -> Payload:
         return Payload(b"".join(lines), self.content_type)
 
     def interpret(self, status: int, body: bytes) -> Outcome:
         return DELIVERED
+
+    def secrets(self) -> Sequence[str]:
+        return ()

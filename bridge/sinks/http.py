@@ -24,6 +24,7 @@ from typing import Any
 
 from urllib3.exceptions import InsecureRequestWarning
 
+from bridge import formatoptions
 from bridge.config import HttpSinkSettings, check_http_sink
 from bridge.delivery.deadletter import DeadLetter
 from bridge.delivery.engine import DeliveryEngine
@@ -35,7 +36,7 @@ from bridge.delivery.spoolfeed import SpoolFeed
 from bridge.delivery.transport import Transport
 from bridge.diagnostics import report
 from bridge.errors import ConfigError, ConfigProblem
-from bridge.formats import get_format
+from bridge.formats import NO_LIMITS, Limits, get_format
 from bridge.redaction import register_secrets
 from bridge.sinks.httptransport import HttpTransport
 from bridge.sinks.httpwire import origin, sink_secrets
@@ -51,11 +52,17 @@ def delivery_engine(
     stats: SinkStats,
     dead_letter: DeadLetter,
     spool: Spool | None = None,
+    limits: Limits = NO_LIMITS,
 ) -> DeliveryEngine:
     """The engine of one http sink: its feed (the spool, or a bounded memory queue), its
     batching and its retry budget (with a spool, retries go on until the spool's
-    `event_ttl`; without, until `retry_max_duration`)."""
-    batching = Batching(settings.batch_max_events, settings.batch_max_bytes, settings.batch_timeout)
+    `event_ttl`; without, until `retry_max_duration`). A batch never holds more events than
+    the format's platform takes in one request (`limits`)."""
+    batching = Batching(
+        min(settings.batch_max_events, limits.max_events or settings.batch_max_events),
+        settings.batch_max_bytes,
+        settings.batch_timeout,
+    )
     feed: Feed
     if spool is not None:
         feed = SpoolFeed(
@@ -105,7 +112,8 @@ class HttpSink:
     def __init__(self, settings: HttpSinkSettings, *, config_key: str | None = None) -> None:
         try:
             check_http_sink(settings)
-            self._format = get_format(settings.format)
+            options = formatoptions.build(settings.format, settings.format_options)
+            self._format = get_format(settings.format, options)
         except ConfigError as exc:
             if config_key is None:
                 raise
@@ -116,7 +124,7 @@ class HttpSink:
         self.settings = settings
         self._stats = SinkStats()
         # Every stderr line of the bridge hides them from now on (collectors echo tokens).
-        register_secrets(sink_secrets(settings.url, settings.headers))
+        register_secrets([*sink_secrets(settings.url, settings.headers), *self._format.secrets()])
         if not settings.verify:
             warnings.filterwarnings("ignore", category=InsecureRequestWarning)
             report(f"insecure-{self.name}", f"sink {self.name}: TLS verification is off")
@@ -140,7 +148,12 @@ class HttpSink:
         )
         self._transport = HttpTransport(settings, self._format)
         self._engine = delivery_engine(
-            settings, self._transport, stats=self._stats, dead_letter=dead_letter, spool=self._spool
+            settings,
+            self._transport,
+            stats=self._stats,
+            dead_letter=dead_letter,
+            spool=self._spool,
+            limits=self._format.limits,
         )
         self.submit = self._engine.submit
 

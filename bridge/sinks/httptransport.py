@@ -30,7 +30,7 @@ from urllib3.exceptions import HTTPError
 from bridge.config import HttpSinkSettings
 from bridge.delivery.retry import parse_retry_after
 from bridge.formats import Format
-from bridge.outcome import Outcome, PartlyDelivered, RetryLater
+from bridge.outcome import Delivered, Outcome, PartlyDelivered, Rejected, RetryLater, Split
 from bridge.redaction import Scrubber
 from bridge.sinks.httpwire import (
     Deadline,
@@ -39,6 +39,7 @@ from bridge.sinks.httpwire import (
     origin,
     read_reply,
     sink_secrets,
+    with_default_path,
 )
 
 __all__ = ["HttpTransport"]
@@ -63,7 +64,8 @@ class HttpTransport:
         self._settings = settings
         self._format = fmt
         self._policy = fmt.policy
-        self._url = settings.url
+        self._url = with_default_path(settings.url, fmt.default_path)
+        self._max_body = fmt.limits.max_body_bytes
         self._origin = origin(settings.url)
         self._host = urlsplit(settings.url).hostname or "?"
         self._timeout = (settings.timeout_connect, settings.timeout_read)
@@ -80,7 +82,7 @@ class HttpTransport:
         self._cert: str | tuple[str, str] | None = settings.client_cert
         if settings.client_cert and settings.client_key:
             self._cert = (settings.client_cert, settings.client_key)
-        self._scrub = Scrubber(sink_secrets(settings.url, settings.headers))
+        self._scrub = Scrubber([*sink_secrets(settings.url, settings.headers), *fmt.secrets()])
         self._inherited: list[requests.Session] = []  # a parent's sessions, never closed here
         self._session = self._new_session()
 
@@ -101,6 +103,8 @@ class HttpTransport:
         errors, the total deadline, the sink closing); else what the reply means."""
         payload = self._format.encode(lines)
         body = payload.body
+        if self._max_body is not None and len(body) > self._max_body:
+            return self._too_large(len(lines), len(body))
         headers = {**self._headers, "Content-Type": payload.content_type, **payload.headers}
         if self._settings.gzip and payload.compressible:
             packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
@@ -141,6 +145,17 @@ class HttpTransport:
             return self._unsent(failure, expired)
         return self._outcome(response, content)
 
+    def _too_large(self, events: int, size: int) -> Split | Rejected:
+        """A body over the platform's limit is never sent: split the batch, or (one event
+        alone) reject it, so it is dead-lettered instead of refused forever."""
+        reason = (
+            f"{self._origin}: a request of {events} events would be {size} bytes, over the "
+            f"{self._format.name} limit of {self._max_body} bytes"
+        )
+        if events > 1:
+            return Split(reason)
+        return Rejected(reason, drop_reason="too_large")
+
     def _unsent(self, exc: BaseException, expired: bool) -> RetryLater:
         """The outcome of a request that got no complete reply."""
         if self._deadline.aborted:
@@ -161,8 +176,8 @@ class HttpTransport:
         status = response.status_code
         if self._policy.accepted(status):
             outcome = self._format.interpret(status, content)
-            if isinstance(outcome, PartlyDelivered):  # the detail may quote the request
-                return replace(outcome, detail=self._scrub(outcome.detail))
+            if isinstance(outcome, PartlyDelivered | Delivered) and outcome.detail:
+                return replace(outcome, detail=self._scrub(outcome.detail))  # it may quote us
             return outcome
         reply = response.headers
         return self._policy.classify(

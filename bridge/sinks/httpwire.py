@@ -31,7 +31,7 @@ import time
 import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -49,6 +49,7 @@ __all__ = [
     "origin",
     "read_reply",
     "sink_secrets",
+    "with_default_path",
 ]
 
 # Generous for replies that itemise failures (an Elasticsearch bulk reply), yet bounded.
@@ -310,3 +311,12 @@ def sink_secrets(url: str, headers: Mapping[str, str]) -> list[str]:
     sensitive = SensitiveKeys(DEFAULT_REDACT_TERMS)
     secrets.extend(v for k, v in parse_qsl(parts.query, keep_blank_values=True) if sensitive(k))
     return [s for s in secrets if s]
+
+
+def with_default_path(url: str, path: str) -> str:
+    """`url` as the user gave it, or with a format's documented `path` when it has none
+    (`http://loki:3100` -> `http://loki:3100/loki/api/v1/push`); its query is kept."""
+    parts = urlsplit(url)
+    if not path or parts.path not in ("", "/"):
+        return url
+    return urlunsplit(parts._replace(path=path))
