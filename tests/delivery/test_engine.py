@@ -17,7 +17,7 @@ from bridge.delivery.deadletter import DeadLetter
 from bridge.delivery.engine import DeliveryEngine
 from bridge.delivery.spool import Spool
 from bridge.errors import FatalError, RetryableError
-from bridge.outcome import Outcome, PartlyDelivered
+from bridge.outcome import Delivered, Outcome, PartlyDelivered
 from bridge.sinks.http import delivery_engine
 from bridge.stats import SinkStats
 from tests.delivery.helpers import ScriptedTransport, event_line, fast_settings, ids_of
@@ -345,3 +345,21 @@ class TestFork:
         assert (0, True, 1) == (before, ok, forked)
         assert sent_in_child >= 1
         assert 3 == engine.queue_depth() == len(parent_lines)
+
+
+class TestUnnamedRejections:
+    def test_lines_refused_without_names_are_counted_not_retried(
+        self, make_engine: MakeEngine
+    ) -> None:
+        """A 2xx that refuses some lines without naming them (OTLP partialSuccess): counted
+        `rejected_by_collector`, the rest delivered, nothing resent or dead-lettered."""
+        engine, transport, stats = make_engine(Delivered(rejected=2, detail="2 bad records"))
+        submit_all(engine, 5)
+        assert not engine.flush(10.0)  # two accepted lines were lost: flush says so
+        assert [5] == transport.batch_sizes()
+        assert (3, {"rejected_by_collector": 2}, 0) == (
+            stats.delivered,
+            stats.dropped_by_reason,
+            stats.dead_lettered,
+        )
+        assert stats.last_error is not None and "2 bad records" in stats.last_error
