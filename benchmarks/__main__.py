@@ -18,7 +18,14 @@ from pathlib import Path
 from benchmarks.common import machine_header
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-SECTIONS = ("bench_request", "bench_capture", "bench_sink", "bench_breakdown", "bench_http")
+SECTIONS = (
+    "bench_request",
+    "bench_capture",
+    "bench_sink",
+    "bench_breakdown",
+    "bench_http",
+    "bench_formats",
+)
 
 
 def _runner(module_name: str) -> Callable[[bool], str]:

@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from benchmarks import __main__ as entry
-from benchmarks import bench_breakdown, bench_capture, bench_request, bench_sink, runner
+from benchmarks import (
+    bench_breakdown,
+    bench_capture,
+    bench_formats,
+    bench_request,
+    bench_sink,
+    runner,
+)
 from benchmarks.common import markdown_table, target_line
+from bridge import formats
 
 
 def table_rows(markdown: str) -> list[str]:
@@ -155,6 +163,13 @@ class TestBenchBreakdown:
         assert "emitter.py" in bench_breakdown.profile_capture(sends=5, top=50)
 
 
+class TestBenchFormats:
+    def test_every_implemented_format_has_a_row(self) -> None:
+        """One row per format, each delivered in full into the local receiver."""
+        text = bench_formats.run(quick=True, rounds=1, events=30)
+        assert_rows(text, formats.IMPLEMENTED)
+
+
 class TestMain:
     def test_quick_run_writes_every_section(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -167,6 +182,7 @@ class TestMain:
             "bench_capture": lambda quick: bench_capture.run(quick, rounds=1, sends=2),
             "bench_sink": lambda quick: bench_sink.run(quick, rounds=1, events=2),
             "bench_breakdown": lambda quick: bench_breakdown.run(quick, calls=2, repeats=1),
+            "bench_formats": lambda quick: bench_formats.run(quick, rounds=1, events=20),
         }
         monkeypatch.setattr(entry, "_runner", tiny.__getitem__)
         output = tmp_path / "RESULTS.md"
@@ -177,6 +193,7 @@ class TestMain:
             "Cost of one captured event on the request thread",
             "Sink throughput and CPU per event (outside any request)",
             "Where one captured event's time goes",
+            "Wire formats: end to end into a local receiver",
         ]
         assert expected == headings
 
