@@ -188,7 +188,7 @@ def run(quick: bool = False, *, rounds: int | None = None, events: int | None = 
     ]
     return (
         "## Wire formats: end to end into a local receiver\n\n"
-        + __doc__.split("\n\n", 1)[1].strip()  # type: ignore[union-attr]
+        + (__doc__ or "").split("\n\n", 1)[-1].strip()
         + "\n\n"
         + table
         + "\n\n"
