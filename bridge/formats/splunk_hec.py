@@ -140,9 +140,10 @@ def read_reply(status: int, *, where: str, body: str, events: int) -> Outcome | 
     """What HEC's error body says (its status code table), or None: the status rules.
 
     HEC parses a batch in order and stops at the first bad event, answering 400 with its
-    0-based `invalid-event-number`; the events before it were already taken (Splunk's own
-    clients resend from the bad one on), so only it is dead-lettered and those after it are
-    sent again. Codes about the request itself (token, index, channel) refuse it whole.
+    0-based `invalid-event-number`; the events before it were already taken (such a 400 even
+    carries an `ackId` for them when acknowledgement is on), so only it is dead-lettered and
+    those after it, never read, are sent again. Codes about the request itself (token,
+    index, channel) refuse it whole: every event would fail the same way.
     """
     if status not in (400, 401, 403):
         return None  # 413 split, 429/5xx retried (code 9 "Server is busy" is a 503)

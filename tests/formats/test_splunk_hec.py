@@ -353,6 +353,16 @@ class TestReplies:
                     "rejected_4xx",
                 ),
             ),
+            (
+                400,
+                '{"text":"Data channel is missing","code":10}',
+                Rejected(
+                    f"{WHERE}: HTTP 400, HEC code 10 Data channel is missing, batch refused",
+                    400,
+                    '{"text":"Data channel is missing","code":10}',
+                    "rejected_4xx",
+                ),
+            ),
             (400, "not json", None),
             (503, '{"text":"Server is busy","code":9}', None),
             (500, '{"text":"Internal server error","code":8}', None),
