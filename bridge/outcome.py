@@ -22,6 +22,7 @@ A leaf module: it imports nothing from the bridge.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -30,6 +31,7 @@ __all__ = [
     "Outcome",
     "PartlyDelivered",
     "Rejected",
+    "ReplyReader",
     "RetryLater",
     "Split",
     "StatusPolicy",
@@ -98,6 +100,14 @@ Outcome = Delivered | RetryLater | Split | Rejected | PartlyDelivered
 _RETRY = frozenset({408, 429, 500, 502, 503, 504})
 
 
+class ReplyReader(Protocol):
+    """A format's own reading of a non-2xx reply whose body says more than its status (Splunk
+    HEC names the first bad event of a refused batch): an outcome, or None for the status
+    rules. `events`: how many lines the refused request carried (0: not known)."""
+
+    def __call__(self, status: int, *, where: str, body: str, events: int) -> Outcome | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StatusPolicy:
     """What each HTTP status of a reply means for the batch it answered.
@@ -111,6 +121,8 @@ class StatusPolicy:
     retry: frozenset[int] = _RETRY
     retry_other_5xx: bool = True
     split: frozenset[int] = frozenset({413})
+    read_reply: ReplyReader | None = None
+    """Consulted first, with the reply's body excerpt; None from it: the rules above."""
 
     @staticmethod
     def accepted(status: int) -> bool:
@@ -128,12 +140,18 @@ class StatusPolicy:
         body: str = "",
         retry_after: float | None = None,
         location: str = "?",
+        events: int = 0,
     ) -> Outcome:
         """The outcome of a non-2xx reply from the collector at `where` (its origin).
 
         `body` is an excerpt of the reply (already scrubbed of secrets), `retry_after` the
-        parsed Retry-After header, `location` the origin a redirect pointed to.
+        parsed Retry-After header, `location` the origin a redirect pointed to, `events` the
+        number of lines the request carried (for `read_reply`).
         """
+        if self.read_reply is not None:
+            read = self.read_reply(status, where=where, body=body, events=events)
+            if read is not None:
+                return read
         if self.retries(status):
             return RetryLater(f"{where}: HTTP {status}", status, retry_after, body)
         if 300 <= status < 400:

@@ -143,7 +143,7 @@ class HttpTransport:
             expired = deadline.finish()
         if failure is not None:
             return self._unsent(failure, expired)
-        return self._outcome(response, content)
+        return self._outcome(response, content, len(lines))
 
     def _too_large(self, events: int, size: int) -> Split | Rejected:
         """A body over the platform's limit is never sent: split the batch, or (one event
@@ -172,7 +172,7 @@ class HttpTransport:
             cause = failure_cause(exc, self._host)
         return RetryLater(self._scrub(f"{self._origin}: {cause}"))
 
-    def _outcome(self, response: requests.Response, content: bytes) -> Outcome:
+    def _outcome(self, response: requests.Response, content: bytes, events: int) -> Outcome:
         status = response.status_code
         if self._policy.accepted(status):
             outcome = self._format.interpret(status, content)
@@ -186,6 +186,7 @@ class HttpTransport:
             body=self._scrub(content[:EXCERPT_BYTES].decode("utf-8", "replace")),
             retry_after=parse_retry_after(reply.get("Retry-After")),
             location=origin(reply["Location"]) if "Location" in reply else "?",
+            events=events,
         )
 
     def abort(self) -> None:
