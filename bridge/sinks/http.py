@@ -56,11 +56,11 @@ def delivery_engine(
 ) -> DeliveryEngine:
     """The engine of one http sink: its feed (the spool, or a bounded memory queue), its
     batching and its retry budget (with a spool, retries go on until the spool's
-    `event_ttl`; without, until `retry_max_duration`). A batch never holds more events than
-    the format's platform takes in one request (`limits`)."""
+    `event_ttl`; without, until `retry_max_duration`). A batch never holds more events, or
+    more bytes of lines, than the format's platform takes in one request (`limits`)."""
     batching = Batching(
         min(settings.batch_max_events, limits.max_events or settings.batch_max_events),
-        settings.batch_max_bytes,
+        min(settings.batch_max_bytes, limits.max_body_bytes or settings.batch_max_bytes),
         settings.batch_timeout,
     )
     feed: Feed

@@ -1,0 +1,39 @@
+"""Reading event lines back for the formats: the capture time in nanoseconds, the object."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.formats.fields import epoch_ns, parse_event
+
+
+class TestEpochNs:
+    @pytest.mark.parametrize(
+        ("timestamp", "expected"),
+        [
+            ("2026-11-25T08:30:00.123456Z", 1_795_595_400_123_456_000),
+            ("2026-11-25T09:30:00.123456+01:00", 1_795_595_400_123_456_000),
+            ("2026-11-25T08:30:00Z", 1_795_595_400_000_000_000),
+            ("2026-11-25T08:30:00.5", 1_795_595_400_500_000_000),  # naive: taken as UTC
+            ("1970-01-01T00:00:00.000001Z", 1_000),
+        ],
+    )
+    def test_rfc3339_times_are_exact_nanoseconds(self, timestamp: str, expected: int) -> None:
+        """The event's own time, to the microsecond, with no float rounding."""
+        assert expected == epoch_ns(timestamp, -1)
+
+    @pytest.mark.parametrize("timestamp", [None, 17, "", "yesterday", "2026-13-01T00:00:00Z"])
+    def test_an_unreadable_time_gives_the_default(self, timestamp: object) -> None:
+        """Missing or malformed: the caller's default (the send time, or none)."""
+        assert -1 == epoch_ns(timestamp, -1)
+
+
+class TestParseEvent:
+    def test_an_event_line_is_its_object(self) -> None:
+        """A JSON object line comes back as the dict."""
+        assert {"event": "x", "n": 1} == parse_event(b'{"event":"x","n":1}\n')
+
+    @pytest.mark.parametrize("line", [b"not json\n", b"[1,2]\n", b'"text"\n'])
+    def test_anything_else_goes_out_whole_as_its_message(self, line: bytes) -> None:
+        """A line that is not an object never fails the batch: it becomes `message`."""
+        assert {"message": line.decode().rstrip("\n")} == parse_event(line)
