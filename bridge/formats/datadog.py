@@ -123,9 +123,9 @@ class DatadogFormat:
 
     def __init__(self, options: DatadogOptions) -> None:
         self._api_key = options.api_key
-        self._headers: Mapping[str, str] = (
-            {"DD-API-KEY": options.api_key} if options.api_key else {}
-        )
+        # Accept: as Datadog's own client sends it (replies are JSON: `{}` or `{"errors": [...]}`).
+        key = {"DD-API-KEY": options.api_key} if options.api_key else {}
+        self._headers: Mapping[str, str] = {**key, "Accept": "application/json"}
         self._source = options.ddsource
         self._service = options.service
         self._tags = ",".join(_split_tags(options.ddtags))
@@ -182,36 +182,46 @@ class DatadogFormat:
         return (self._api_key,) if self._api_key else ()
 
 
-def _shorten(value: Any, keep_bytes: int, value_bytes: int) -> str:
-    """`value` (its text, or its JSON) cut to about `keep_bytes` of JSON, marked."""
+def _shorten(value: Any, keep_bytes: int) -> str:
+    """`value` (its text, or its JSON) cut to at most `keep_bytes` of JSON, marked."""
     text = value if isinstance(value, str) else orjson.dumps(value).decode()
     text = text.removesuffix(MARK)  # cut twice, marked once
-    # Characters in proportion to the encoded bytes: escapes and multi-byte characters count.
-    return text[: max(0, keep_bytes * len(text) // max(value_bytes, 1))] + MARK
+    size = len(orjson.dumps(text))
+    while size > keep_bytes and text:
+        # Characters in proportion to the encoded bytes (escapes and multi-byte characters
+        # make them differ), measured again: a few rounds when the cut part is escape-heavy.
+        text = text[: min(len(text) - 1, keep_bytes * len(text) // size)]
+        size = len(orjson.dumps(text))
+    return text + MARK
 
 
 def _fit(item: dict[str, Any], size: int) -> bytes:
     """An item over MAX_ITEM_BYTES, cut below it rather than truncated by Datadog unmarked:
     its largest fields first (each kept in part), every field under SMALL_FIELD_BYTES whole.
-    An item that still does not fit (thousands of small fields) keeps only the ESSENTIAL
-    fields, each cut to SMALL_FIELD_BYTES, which always fits."""
+    An item that still does not fit (thousands of small fields) keeps the ESSENTIAL fields
+    (each cut to SMALL_FIELD_BYTES) and then as many others, in order, as fit."""
     item["bridge.truncated"] = True
     item["bridge.original_bytes"] = size
-    for _ in range(2):  # a second pass when escapes made a cut field longer than estimated
-        by_size = sorted(((len(orjson.dumps(v)), k) for k, v in item.items()), reverse=True)
-        for value_bytes, key in by_size:
-            if size <= MAX_ITEM_BYTES or value_bytes <= SMALL_FIELD_BYTES:
-                break
-            keep = max(SMALL_FIELD_BYTES, value_bytes - (size - MAX_ITEM_BYTES) - 1024)
-            item[key] = _shorten(item[key], keep, value_bytes)
-            size = len(orjson.dumps(item))
+    by_size = sorted(((len(orjson.dumps(v)), k) for k, v in item.items()), reverse=True)
+    for value_bytes, key in by_size:
+        if size <= MAX_ITEM_BYTES or value_bytes <= SMALL_FIELD_BYTES:
+            break
+        keep = max(SMALL_FIELD_BYTES, value_bytes - (size - MAX_ITEM_BYTES) - 1024)
+        item[key] = _shorten(item[key], keep)
+        size = len(orjson.dumps(item))
     if size <= MAX_ITEM_BYTES:
         return orjson.dumps(item)
     kept: dict[str, Any] = {}
     for key, value in item.items():
         if key in ESSENTIAL or key.startswith("bridge."):
-            encoded = len(orjson.dumps(value))
-            small = encoded <= SMALL_FIELD_BYTES
-            kept[key] = value if small else _shorten(value, SMALL_FIELD_BYTES, encoded)
+            small = len(orjson.dumps(value)) <= SMALL_FIELD_BYTES
+            kept[key] = value if small else _shorten(value, SMALL_FIELD_BYTES)
+    room = MAX_ITEM_BYTES - len(orjson.dumps(kept)) - 64  # 64: the count added below
+    for key, value in item.items():
+        if key not in kept:
+            pair = len(orjson.dumps({key: value}))  # `{"k":v}`: the `,"k":v` it adds
+            if pair <= room:
+                kept[key] = value
+                room -= pair
     kept["bridge.dropped_fields"] = len(item) - len(kept)
     return orjson.dumps(kept)
