@@ -182,10 +182,21 @@ class TestGoldenRequest:
     def test_timestamp_is_the_events_own_time_in_milliseconds(self) -> None:
         """`timestamp` (Datadog's first date attribute) is the capture time, never the send
         time; a timestamp that cannot be read is left as it is."""
-        body = encode(
-            [event(timestamp="2026-01-02T03:04:05.678999Z"), event(timestamp="yesterday")]
-        )
-        assert [1767323045678, "yesterday"] == [i["timestamp"] for i in items_of(body)]
+        stamps = [
+            "2026-01-02T03:04:05.678999Z",
+            "2026-01-02T03:04:05.001Z",
+            "2026-01-02T05:04:05.678999+02:00",
+            "2026-01-02T03:04:05.678999X",
+            "yesterday",
+        ]
+        body = encode([event(timestamp=stamp) for stamp in stamps])
+        assert [
+            1767323045678,
+            1767323045001,
+            1767323045678,
+            "2026-01-02T03:04:05.678999X",
+            "yesterday",
+        ] == [i["timestamp"] for i in items_of(body)]
 
     def test_message_is_the_events_text_or_its_name(self) -> None:
         """A log record's `message` is the message; else the event name; a non-text message
