@@ -74,7 +74,7 @@ class DatadogOptions:
     to event field, added as `name:value` when the event has that field.
     """
 
-    api_key: str = ""
+    api_key: str = field(default="", repr=False)  # settings may be printed: never the key
     ddsource: str = "flask"
     service: str | None = None
     ddtags: str = ""

@@ -478,6 +478,7 @@ class TestOptions:
         payload = fmt.encode([line(event())])
         assert (API_KEY, [API_KEY]) == (payload.headers["DD-API-KEY"], list(fmt.secrets()))
         assert "env:prod" == items_of(payload.body)[0]["ddtags"]
+        assert API_KEY not in repr(settings) + repr(settings.format_options)
 
     def test_without_a_key_no_header_is_sent(self) -> None:
         """No api_key: no DD-API-KEY header (the sink's `headers` may carry it)."""
