@@ -115,7 +115,8 @@ class StatusPolicy:
     2xx: accepted (the format reads the body: `Format.interpret`). `retry` statuses, and with
     `retry_other_5xx` every other 5xx, are retried. `split` statuses ask for smaller requests.
     3xx is refused: redirects are never followed (they could carry credentials elsewhere).
-    Anything else (other 4xx, odd numbers) is refused for good.
+    Anything else (other 4xx, odd numbers) is refused for good. `hints` say what a refusal
+    means on the platform (401: the API key is missing), added to the reason the operator sees.
     """
 
     retry: frozenset[int] = _RETRY
@@ -123,6 +124,7 @@ class StatusPolicy:
     split: frozenset[int] = frozenset({413})
     read_reply: ReplyReader | None = None
     """Consulted first, with the reply's body excerpt; None from it: the rules above."""
+    hints: tuple[tuple[int, str], ...] = ()
 
     @staticmethod
     def accepted(status: int) -> bool:
@@ -162,7 +164,8 @@ class StatusPolicy:
                 body,
                 self.drop_reason(status),
             )
-        return self.refusal(f"{where}: HTTP {status}, batch refused", status, body)
+        hint = next((f": {text}" for code, text in self.hints if code == status), "")
+        return self.refusal(f"{where}: HTTP {status}, batch refused{hint}", status, body)
 
     def refusal(self, reason: str, status: int | None, body: str = "") -> Split | Rejected:
         """A request refused for good with `status` (None: a bug of ours, not the collector):
