@@ -69,16 +69,28 @@ def probe_file(path: Path) -> tuple[bool, str]:
 
 
 def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool, str]:
-    """A HEAD request with the sink's headers and TLS settings; any reply means reachable,
-    except 401/403 (the credentials were refused)."""
+    """The format's harmless request (`Format.probe`: a HEAD for plain collectors, an empty
+    push or a key check for platforms that have one) with the sink's headers, the format's
+    credentials and the sink's TLS settings. Any reply means reachable, except the statuses
+    that say the credentials were refused; the message says when a reply proved them good."""
     import requests
     from urllib3.exceptions import InsecureRequestWarning
 
+    from bridge import formatoptions
+    from bridge.errors import ConfigError
+    from bridge.formats import get_format
     from bridge.redaction import Scrubber
-    from bridge.sinks.httpwire import sink_secrets
+    from bridge.sinks.httpwire import sink_secrets, with_default_path
 
-    scrub = Scrubber(sink_secrets(settings.url, settings.headers))
-
+    try:
+        fmt = get_format(
+            settings.format, formatoptions.build(settings.format, settings.format_options)
+        )
+    except ConfigError as exc:
+        return False, str(exc)
+    url = with_default_path(settings.url, fmt.default_path)
+    probe = fmt.probe(url)
+    scrub = Scrubber([*sink_secrets(settings.url, settings.headers), *fmt.secrets()])
     cert: str | tuple[str, str] | None = settings.client_cert
     if settings.client_cert and settings.client_key:
         cert = (settings.client_cert, settings.client_key)
@@ -86,9 +98,11 @@ def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool, str]:
         with sending(), warnings.catch_warnings(), requests.Session() as session:
             if not settings.verify:  # the user turned verification off; the sink says so too
                 warnings.simplefilter("ignore", InsecureRequestWarning)
-            response = session.head(
-                settings.url,
-                headers=dict(settings.headers),
+            response = session.request(
+                probe.method,
+                probe.url or url,
+                headers={**settings.headers, **probe.headers},
+                data=probe.body,
                 timeout=(
                     min(settings.timeout_connect, timeout),
                     min(settings.timeout_read, timeout),
@@ -99,11 +113,16 @@ def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool, str]:
             )
             response.close()
     except (requests.RequestException, OSError) as exc:
-        return False, scrub(_failure(exc, settings.url, timeout))
+        return False, scrub(_failure(exc, probe.url or url, timeout))
     status = response.status_code
-    if status in (401, 403):
+    what = f"HTTP {status} to {probe.method}"
+    if probe.method != "HEAD":
+        what += f" {urlsplit(probe.url or url).path or '/'}"
+    if status in probe.refused:
         return False, f"reachable, but HTTP {status}: the collector refused the credentials"
-    return True, f"reachable (HTTP {status} to HEAD)"
+    if status in probe.accepted:
+        return True, f"reachable, credentials accepted ({what})"
+    return True, f"reachable ({what})"
 
 
 def _failure(exc: BaseException, url: str, timeout: float) -> str:

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+import responses
 import trustme
 
 from bridge.config import HttpSinkSettings
@@ -163,3 +164,67 @@ class TestShownUrl:
     def test_no_credentials_or_query(self, url: str, shown: str) -> None:
         """Credentials and the query string are dropped from displayed URLs."""
         assert shown == shown_url(url)
+
+
+@pytest.fixture
+def wire() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        yield rsps
+
+
+def format_settings(url: str, fmt: str, **options: str) -> HttpSinkSettings:
+    return HttpSinkSettings(type="http", name="p", url=url, format=fmt, format_options=options)
+
+
+class TestFormatProbes:
+    """Each wire format probes its platform with its own harmless request and credentials."""
+
+    @pytest.mark.parametrize(
+        ("status", "expected"),
+        [
+            (
+                400,
+                (
+                    True,
+                    "reachable, credentials accepted (HTTP 400 to POST /services/collector/event)",
+                ),
+            ),
+            (403, (False, "reachable, but HTTP 403: the collector refused the credentials")),
+        ],
+    )
+    def test_splunk_posts_nothing_with_its_token(
+        self, wire: responses.RequestsMock, status: int, expected: tuple[bool, str]
+    ) -> None:
+        """HEC: an empty POST with the token (400 "No data" proves it), nothing indexed."""
+        wire.add(responses.POST, "https://hec.test:8088/services/collector/event", status=status)
+        settings = format_settings("https://hec.test:8088", "splunk_hec", token="hec-t0ken")
+        assert expected == probe_http(settings, 3.0)
+        request = wire.calls[0].request
+        assert ("Splunk hec-t0ken", b"") == (request.headers["Authorization"], request.body or b"")
+
+    def test_datadog_validates_the_key_on_the_sites_api_host(
+        self, wire: responses.RequestsMock
+    ) -> None:
+        """Datadog: GET /api/v1/validate on api.<site> with DD-API-KEY; 200 proves the key."""
+        wire.add(responses.GET, "https://api.datadoghq.eu/api/v1/validate", status=200)
+        settings = format_settings(
+            "https://http-intake.logs.datadoghq.eu", "datadog", api_key="dd-k3y"
+        )
+        ok, message = probe_http(settings, 3.0)
+        assert (True, "reachable, credentials accepted (HTTP 200 to GET /api/v1/validate)") == (
+            ok,
+            message,
+        )
+        assert "dd-k3y" == wire.calls[0].request.headers["DD-API-KEY"]
+
+    def test_datadog_behind_a_proxy_gets_a_head(self, wire: responses.RequestsMock) -> None:
+        """A URL that is not a Datadog intake (a relay): the generic HEAD to its path."""
+        wire.add(responses.HEAD, "http://relay.test/dd", status=204)
+        settings = format_settings("http://relay.test/dd", "datadog", api_key="dd-k3y")
+        assert (True, "reachable (HTTP 204 to HEAD)") == probe_http(settings, 3.0)
+
+    def test_bad_format_options_fail_the_probe_with_the_key(self) -> None:
+        """Options the format refuses: the probe fails naming the option, no request sent."""
+        ok, message = probe_http(format_settings("https://h.test", "splunk_hec", tok="x"), 3.0)
+        assert not ok
+        assert "format_options.tok" in message

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from bridge.outcome import Outcome, StatusPolicy
 
-__all__ = ["NO_LIMITS", "Format", "Limits", "NoOptions", "OptionError", "Payload"]
+__all__ = ["NO_LIMITS", "Format", "Limits", "NoOptions", "OptionError", "Payload", "Probe"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +56,22 @@ class Limits:
 
 
 NO_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A harmless request `flask bridge check` sends to show that the endpoint answers and
+    takes the format's credentials (no event is stored): `url` (None: the sink's URL, with
+    the format's default path), extra `headers` (the format's auth), a `body`. A status in
+    `refused` means the credentials were refused; `accepted`, if given, are the statuses
+    that prove them good (anything else: reachable, credentials not proven)."""
+
+    method: str = "HEAD"
+    url: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    refused: frozenset[int] = frozenset({401, 403})
+    accepted: frozenset[int] = frozenset()
 
 
 class OptionError(ValueError):
@@ -97,4 +113,9 @@ class Format(Protocol):
 
     def secrets(self) -> Sequence[str]:
         """Option values that must never be written anywhere (tokens, keys)."""
+        ...
+
+    def probe(self, url: str) -> Probe:
+        """The harmless request that checks the endpoint at `url` (the sink's, with the
+        default path) and the credentials; `Probe()` (a HEAD) when the API has none."""
         ...

@@ -23,10 +23,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
-from bridge.formats.base import Limits, OptionError, Payload
+from bridge.formats.base import Limits, OptionError, Payload, Probe
 from bridge.formats.fields import epoch_ns, parse_event
 from bridge.outcome import DELIVERED, Outcome, StatusPolicy
 
@@ -47,6 +48,7 @@ ESSENTIAL = frozenset(
 # Unified service tagging: env and version beside `service`, from OpenTelemetry's names.
 DEFAULT_TAG_KEYS = {"env": "deployment.environment", "version": "service.version"}
 _HEADER_SAFE = re.compile(r"[!-~]*")  # visible ASCII: a header value requests can send
+_INTAKE_PREFIX = "http-intake.logs."
 _TAG = re.compile(r"[^\s,]+")  # Datadog turns other odd characters into `_` itself
 _TAG_NAME = re.compile(r"[^\s,:]+")
 
@@ -181,6 +183,17 @@ class DatadogFormat:
 
     def secrets(self) -> Sequence[str]:
         return (self._api_key,) if self._api_key else ()
+
+    def probe(self, url: str) -> Probe:
+        """Datadog's key check (`GET /api/v1/validate`, 200 or 403) lives on the site's API
+        host, `api.<site>` for an intake `http-intake.logs.<site>`; behind a proxy, a HEAD."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if not host.startswith(_INTAKE_PREFIX) or not self._api_key:
+            return Probe()
+        api = f"{parts.scheme}://api.{host.removeprefix(_INTAKE_PREFIX)}/api/v1/validate"
+        key = {"DD-API-KEY": self._api_key}
+        return Probe("GET", api, key, accepted=frozenset({200}))
 
 
 def _epoch_ms(timestamp: object, seconds: dict[str, int]) -> int | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bridge.formats.base import NO_LIMITS, Payload
+from bridge.formats.base import NO_LIMITS, Payload, Probe
 from bridge.outcome import DEFAULT_POLICY, DELIVERED, Outcome
 
 __all__ = ["JsonArrayFormat"]
@@ -34,3 +34,6 @@ class JsonArrayFormat:
 
     def secrets(self) -> Sequence[str]:
         return ()
+
+    def probe(self, url: str) -> Probe:
+        return Probe()  # a HEAD: any reply but 401/403 shows the collector and credentials

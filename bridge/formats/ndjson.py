@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bridge.formats.base import NO_LIMITS, Payload
+from bridge.formats.base import NO_LIMITS, Payload, Probe
 from bridge.outcome import DEFAULT_POLICY, DELIVERED, Outcome
 
 __all__ = ["NdjsonFormat"]
@@ -32,3 +32,6 @@ class NdjsonFormat:
 
     def secrets(self) -> Sequence[str]:
         return ()
+
+    def probe(self, url: str) -> Probe:
+        return Probe()  # a HEAD: any reply but 401/403 shows the collector and credentials

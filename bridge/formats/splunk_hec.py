@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from bridge.formats.base import Limits, OptionError, Payload
+from bridge.formats.base import Limits, OptionError, Payload, Probe
 from bridge.formats.fields import epoch_ns, parse_event
 from bridge.outcome import DELIVERED, Outcome, PartlyDelivered, Rejected, StatusPolicy
 
@@ -134,6 +134,11 @@ class SplunkHecFormat:
 
     def secrets(self) -> Sequence[str]:
         return (self.options.token,) if self.options.token else ()
+
+    def probe(self, url: str) -> Probe:
+        """An empty POST: HEC answers 400 code 5 "No data" once the token is good (nothing is
+        indexed), 401/403 when it is not."""
+        return Probe("POST", headers=self._headers, body=b"", accepted=frozenset({400}))
 
 
 def read_reply(status: int, *, where: str, body: str, events: int) -> Outcome | None:
