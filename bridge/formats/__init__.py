@@ -17,6 +17,7 @@ from typing import Any
 
 from bridge.errors import ConfigError
 from bridge.formats.base import NO_LIMITS, Format, Limits, NoOptions, OptionError, Payload
+from bridge.formats.elasticsearch import ElasticsearchFormat, ElasticsearchOptions
 from bridge.formats.json_array import JsonArrayFormat
 from bridge.formats.ndjson import NdjsonFormat
 
@@ -43,6 +44,7 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {
     "ndjson": _Entry(NoOptions, lambda _: NdjsonFormat()),
     "json_array": _Entry(NoOptions, lambda _: JsonArrayFormat()),
+    "elasticsearch": _Entry(ElasticsearchOptions, ElasticsearchFormat),
 }
 IMPLEMENTED = tuple(sorted(_REGISTRY))
 PLANNED = tuple(

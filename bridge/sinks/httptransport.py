@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from http.client import HTTPException
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 from urllib3.exceptions import HTTPError
@@ -42,7 +42,7 @@ from bridge.sinks.httpwire import (
     with_default_path,
 )
 
-__all__ = ["HttpTransport"]
+__all__ = ["HttpTransport", "with_default_query"]
 
 GZIP_LEVEL = 1  # ~5x on JSON lines at a fraction of level 6's CPU, on the app's own cores
 EXCERPT_BYTES = 512
@@ -64,7 +64,9 @@ class HttpTransport:
         self._settings = settings
         self._format = fmt
         self._policy = fmt.policy
-        self._url = with_default_path(settings.url, fmt.default_path)
+        self._url = with_default_query(
+            with_default_path(settings.url, fmt.default_path), getattr(fmt, "default_query", {})
+        )
         self._max_body = fmt.limits.max_body_bytes
         self._origin = origin(settings.url)
         self._host = urlsplit(settings.url).hostname or "?"
@@ -143,7 +145,7 @@ class HttpTransport:
             expired = deadline.finish()
         if failure is not None:
             return self._unsent(failure, expired)
-        return self._outcome(response, content)
+        return self._outcome(response, content, len(lines))
 
     def _too_large(self, events: int, size: int) -> Split | Rejected:
         """A body over the platform's limit is never sent: split the batch, or (one event
@@ -172,10 +174,12 @@ class HttpTransport:
             cause = failure_cause(exc, self._host)
         return RetryLater(self._scrub(f"{self._origin}: {cause}"))
 
-    def _outcome(self, response: requests.Response, content: bytes) -> Outcome:
+    def _outcome(self, response: requests.Response, content: bytes, count: int) -> Outcome:
         status = response.status_code
         if self._policy.accepted(status):
             outcome = self._format.interpret(status, content)
+            if isinstance(outcome, PartlyDelivered):
+                outcome = outcome.for_batch(count)  # only the transport knows the batch's size
             if isinstance(outcome, PartlyDelivered | Delivered) and outcome.detail:
                 return replace(outcome, detail=self._scrub(outcome.detail))  # it may quote us
             return outcome
@@ -201,3 +205,17 @@ class HttpTransport:
         the old one referenced (closing it here could disturb the parent's TLS sessions)."""
         self._inherited.append(self._session)
         self._session = self._new_session()
+
+
+def with_default_query(url: str, query: Mapping[str, str]) -> str:
+    """`url` with a format's query parameters (`Format.default_query`, optional: Elasticsearch's
+    `filter_path`) added, each only where the URL has no parameter of that name: the URL the
+    user gives is used as is."""
+    if not query:
+        return url
+    parts = urlsplit(url)
+    present = {name for name, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    extra = urlencode({k: v for k, v in query.items() if k not in present}, safe=",*")
+    if not extra:
+        return url
+    return urlunsplit(parts._replace(query=f"{parts.query}&{extra}" if parts.query else extra))
