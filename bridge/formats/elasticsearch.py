@@ -46,8 +46,7 @@ _DATE_DIRECTIVES = frozenset("YmdyjGVuH%")  # what an index pattern may use (a d
 _INVALID_NAME = re.compile(r'[\\/*?"<>| ,#:A-Z]')
 _ITEMS = re.compile(rb'"items"\s*:\s*\[')
 _ERRORS_FALSE = re.compile(rb'"errors"\s*:\s*false')
-_DETAIL_ITEMS = 20  # rejected items described in a dead-letter record (the rest are counted)
-_REASON_CHARS = 300
+_REASON_CHARS = 200  # of each reason: a dead-letter record keeps 512 chars of them all
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,15 +236,25 @@ def _settle(items: list[Any], *, complete: bool) -> Outcome:
             reject.append((i, status, f"{kind}: {reason}" if reason else kind))
     if complete and items and len(retry) == len(items):
         return RetryLater(f"Elasticsearch refused all {len(items)} items for now", busy)
-    detail = "; ".join(f"item {i}: {status} {why}" for i, status, why in reject[:_DETAIL_ITEMS])
-    if len(reject) > _DETAIL_ITEMS:
-        detail += f"; and {len(reject) - _DETAIL_ITEMS} more"
     return PartlyDelivered(
         tuple(retry),
         tuple(i for i, _, _ in reject),
         reject[0][1] if reject else 200,
-        detail,
+        _detail(reject),
         unread_from=len(items),  # none past the list read: retried, never taken as delivered
+    )
+
+
+def _detail(reject: list[tuple[int, int, str]]) -> str:
+    """The reasons of the rejected items, each once, with the items (by position) it refused:
+    every dead-letter record gets this text, cut to an excerpt, so it stays short."""
+    grouped: dict[tuple[int, str], list[int]] = {}
+    for i, status, why in reject:
+        grouped.setdefault((status, why), []).append(i)
+    return "; ".join(
+        f"{status} {why} (item{'s' if len(at) > 1 else ''} {', '.join(map(str, at[:10]))}"
+        f"{', ...' if len(at) > 10 else ''})"
+        for (status, why), at in grouped.items()
     )
 
 
