@@ -112,7 +112,10 @@ class ElasticsearchFormat:
     # -- the request ---------------------------------------------------------------------
 
     def encode(self, lines: Sequence[bytes]) -> Payload:
+        # Parts are joined once, at the end: no per-event concatenation.
         parts: list[bytes] = []
+        add = parts.append
+        dated, tail = self._dated, self._tail
         now: str | None = None
         for line in lines:
             event = parse_event(line)
@@ -120,12 +123,20 @@ class ElasticsearchFormat:
             if not isinstance(stamp, str):  # not one of the bridge's events: stamp it now
                 now = now or datetime.now(UTC).isoformat(timespec="microseconds")[:26] + "Z"
                 stamp = now
-            action = b'{"create":{"_index":' + self._index(stamp)
+            add(b'{"create":{"_index":')
+            add(self._index(stamp) if dated else self._fixed)
             event_id = event.get("event_id")
             if isinstance(event_id, str) and event_id:
-                action += b',"_id":' + orjson.dumps(event_id)
-            parts.append(action + self._tail)
-            parts.append(_document(line, event, stamp))
+                add(b',"_id":')
+                add(orjson.dumps(event_id))
+            add(tail)
+            if _spliceable(line, event):
+                add(b'{"@timestamp":')
+                add(orjson.dumps(stamp))
+                add(b",")
+                add(line[1:])
+            else:
+                add(_document(event, stamp))
         return Payload(b"".join(parts), self.content_type)
 
     def _index(self, stamp: str) -> bytes:
@@ -165,20 +176,30 @@ class ElasticsearchFormat:
         return ()
 
 
-def _document(line: bytes, event: dict[str, Any], stamp: str) -> bytes:
-    """The event as a document with `@timestamp`; a line that is an object is spliced, not
-    re-encoded (a duplicate key would be refused: an event's own `@timestamp` is kept)."""
-    if "@timestamp" in event:
-        return orjson.dumps(event) + b"\n"
-    if line[:1] == b"{" and event and not _fallback(line, event):
-        body = line if line.endswith(b"\n") else line + b"\n"
-        return b'{"@timestamp":' + orjson.dumps(stamp) + b"," + body[1:]
-    return orjson.dumps({"@timestamp": stamp, **event}) + b"\n"
+def _spliceable(line: bytes, event: dict[str, Any]) -> bool:
+    """Can `@timestamp` be spliced into the line as it is (an object with keys, without its
+    own `@timestamp`, which a duplicate key would make the cluster refuse)?"""
+    return (
+        line[:1] == b"{"
+        and line[-1:] == b"\n"
+        and bool(event)
+        and "@timestamp" not in event
+        and not _fallback(line, event)
+    )
 
 
 def _fallback(line: bytes, event: dict[str, Any]) -> bool:
     """Is `event` parse_event's stand-in for a line that is not a JSON object?"""
-    return len(event) == 1 and event.get("message") == line.decode("utf-8", "replace").rstrip("\n")
+    if len(event) != 1 or "message" not in event:
+        return False
+    return bool(event["message"] == line.decode("utf-8", "replace").rstrip("\n"))
+
+
+def _document(event: dict[str, Any], stamp: str) -> bytes:
+    """The event re-encoded as a document: `@timestamp` added unless it has its own."""
+    if "@timestamp" in event:
+        return orjson.dumps(event) + b"\n"
+    return orjson.dumps({"@timestamp": stamp, **event}) + b"\n"
 
 
 def _unreadable(why: str) -> RetryLater:

@@ -575,3 +575,11 @@ class TestEndToEnd:
         assert sorted(json.loads(line)["event_id"] for line in lines) == sorted(index)
         assert all(doc["@timestamp"] == doc["timestamp"] == STAMP for doc in index.values())
         assert (120, 0) == (sink.stats()["delivered"], sink.stats()["dead_lettered"])
+
+
+class TestUnreadItems:
+    def test_items_past_a_cut_reply_are_retried_by_the_transport(self) -> None:
+        """PartlyDelivered.for_batch: indices past the batch dropped, unread ones retried."""
+        outcome = PartlyDelivered(retry=(1, 9), reject=(0, 8), status=400, unread_from=3)
+        assert PartlyDelivered((1, 3, 4), (0,), 400) == outcome.for_batch(5)
+        assert PartlyDelivered((1,), (0,), 400) == PartlyDelivered((1,), (0,), 400).for_batch(2)
