@@ -93,6 +93,19 @@ class PartlyDelivered:
     reject: tuple[int, ...] = ()
     status: int = 200
     detail: str = ""
+    unread_from: int | None = None
+    """The reply reported items only up to this index (it was cut short, or unreadable past
+    it): every later item is retried too, never taken as delivered. A format cannot know the
+    batch's size, so the transport, which does, spells them out (`for_batch`)."""
+
+    def for_batch(self, size: int) -> PartlyDelivered:
+        """This outcome for a batch of `size` items: indices it does not have are dropped,
+        the unread ones (from `unread_from`) are retried."""
+        retry = [i for i in self.retry if i < size]
+        if self.unread_from is not None:
+            retry.extend(range(max(self.unread_from, 0), size))
+        reject = tuple(i for i in self.reject if i < size)
+        return PartlyDelivered(tuple(sorted(set(retry))), reject, self.status, self.detail)
 
 
 Outcome = Delivered | RetryLater | Split | Rejected | PartlyDelivered

@@ -80,7 +80,7 @@ def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool, str]:
     from bridge.errors import ConfigError
     from bridge.formats import get_format
     from bridge.redaction import Scrubber
-    from bridge.sinks.httpwire import sink_secrets, with_default_path
+    from bridge.sinks.httpwire import sink_secrets, with_default_path, with_default_query
 
     try:
         fmt = get_format(
@@ -88,7 +88,7 @@ def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool, str]:
         )
     except ConfigError as exc:
         return False, str(exc)
-    url = with_default_path(settings.url, fmt.default_path)
+    url = with_default_query(with_default_path(settings.url, fmt.default_path), fmt.default_query)
     probe = fmt.probe(url)
     scrub = Scrubber([*sink_secrets(settings.url, settings.headers), *fmt.secrets()])
     cert: str | tuple[str, str] | None = settings.client_cert

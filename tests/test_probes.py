@@ -228,3 +228,13 @@ class TestFormatProbes:
         ok, message = probe_http(format_settings("https://h.test", "splunk_hec", tok="x"), 3.0)
         assert not ok
         assert "format_options.tok" in message
+
+    def test_elasticsearch_sends_an_empty_bulk_request(self, wire: responses.RequestsMock) -> None:
+        """Elasticsearch: an empty bulk request (400 "no requests added" proves the key may use
+        the bulk API; nothing is indexed), to the URL the sink sends to."""
+        wire.add(responses.POST, "https://es.test:9200/_bulk", status=400)
+        ok, message = probe_http(format_settings("https://es.test:9200", "elasticsearch"), 3.0)
+        assert (True, "reachable, credentials accepted (HTTP 400 to POST /_bulk)") == (ok, message)
+        request = wire.calls[0].request
+        assert (b"\n", "application/x-ndjson") == (request.body, request.headers["Content-Type"])
+        assert "filter_path=errors" in str(request.url)

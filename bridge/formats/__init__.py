@@ -18,6 +18,7 @@ from typing import Any
 from bridge.errors import ConfigError
 from bridge.formats.base import NO_LIMITS, Format, Limits, NoOptions, OptionError, Payload
 from bridge.formats.datadog import DatadogFormat, DatadogOptions
+from bridge.formats.elasticsearch import ElasticsearchFormat, ElasticsearchOptions
 from bridge.formats.json_array import JsonArrayFormat
 from bridge.formats.ndjson import NdjsonFormat
 from bridge.formats.splunk_hec import SplunkHecFormat, SplunkHecOptions
@@ -47,6 +48,7 @@ _REGISTRY: dict[str, _Entry] = {
     "json_array": _Entry(NoOptions, lambda _: JsonArrayFormat()),
     "splunk_hec": _Entry(SplunkHecOptions, SplunkHecFormat),
     "datadog": _Entry(DatadogOptions, DatadogFormat),
+    "elasticsearch": _Entry(ElasticsearchOptions, ElasticsearchFormat),
 }
 IMPLEMENTED = tuple(sorted(_REGISTRY))
 PLANNED = tuple(

@@ -23,11 +23,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from bridge.outcome import Outcome, StatusPolicy
 
-__all__ = ["NO_LIMITS", "Format", "Limits", "NoOptions", "OptionError", "Payload", "Probe"]
+__all__ = [
+    "NO_LIMITS",
+    "NO_QUERY",
+    "Format",
+    "Limits",
+    "NoOptions",
+    "OptionError",
+    "Payload",
+    "Probe",
+]
+
+NO_QUERY: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +112,8 @@ class Format(Protocol):
     limits: Limits
     default_path: str
     """The path requests go to when the configured `url` has none ("" : the URL as it is)."""
+    default_query: Mapping[str, str]
+    """Query parameters added where the configured `url` has none of that name."""
 
     def encode(self, lines: Sequence[bytes]) -> Payload:
         """The body for these lines (at least one)."""

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from bridge.formats.base import Limits, OptionError, Payload, Probe
+from bridge.formats.base import NO_QUERY, Limits, OptionError, Payload, Probe
 from bridge.formats.fields import epoch_ns, parse_event
 from bridge.outcome import DELIVERED, Outcome, StatusPolicy
 
@@ -122,6 +122,7 @@ class DatadogFormat:
     policy = POLICY
     limits = Limits(max_events=MAX_ITEMS, max_body_bytes=MAX_BODY_BYTES)
     default_path = "/api/v2/logs"
+    default_query = NO_QUERY
 
     def __init__(self, options: DatadogOptions) -> None:
         self._api_key = options.api_key

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bridge.formats.base import NO_LIMITS, Payload, Probe
+from bridge.formats.base import NO_LIMITS, NO_QUERY, Payload, Probe
 from bridge.outcome import DEFAULT_POLICY, DELIVERED, Outcome
 
 __all__ = ["JsonArrayFormat"]
@@ -24,6 +24,7 @@ class JsonArrayFormat:
     policy = DEFAULT_POLICY
     limits = NO_LIMITS
     default_path = ""
+    default_query = NO_QUERY
 
     def encode(self, lines: Sequence[bytes]) -> Payload:
         items = [line[:-1] if line.endswith(b"\n") else line for line in lines]

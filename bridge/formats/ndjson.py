@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bridge.formats.base import NO_LIMITS, Payload, Probe
+from bridge.formats.base import NO_LIMITS, NO_QUERY, Payload, Probe
 from bridge.outcome import DEFAULT_POLICY, DELIVERED, Outcome
 
 __all__ = ["NdjsonFormat"]
@@ -23,6 +23,7 @@ class NdjsonFormat:
     policy = DEFAULT_POLICY
     limits = NO_LIMITS
     default_path = ""
+    default_query = NO_QUERY
 
     def encode(self, lines: Sequence[bytes]) -> Payload:
         return Payload(b"".join(lines), self.content_type)

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from bridge.formats.base import Limits, OptionError, Payload, Probe
+from bridge.formats.base import NO_QUERY, Limits, OptionError, Payload, Probe
 from bridge.formats.fields import epoch_ns, parse_event
 from bridge.outcome import DELIVERED, Outcome, PartlyDelivered, Rejected, StatusPolicy
 
@@ -87,6 +87,7 @@ class SplunkHecFormat:
     name = "splunk_hec"
     content_type = "application/json"
     default_path = DEFAULT_PATH
+    default_query = NO_QUERY
 
     def __init__(self, options: SplunkHecOptions | None = None) -> None:
         self.options = options = options or SplunkHecOptions()

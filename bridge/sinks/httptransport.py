@@ -40,6 +40,7 @@ from bridge.sinks.httpwire import (
     read_reply,
     sink_secrets,
     with_default_path,
+    with_default_query,
 )
 
 __all__ = ["HttpTransport"]
@@ -64,7 +65,9 @@ class HttpTransport:
         self._settings = settings
         self._format = fmt
         self._policy = fmt.policy
-        self._url = with_default_path(settings.url, fmt.default_path)
+        self._url = with_default_query(
+            with_default_path(settings.url, fmt.default_path), fmt.default_query
+        )
         self._max_body = fmt.limits.max_body_bytes
         self._origin = origin(settings.url)
         self._host = urlsplit(settings.url).hostname or "?"
@@ -176,6 +179,8 @@ class HttpTransport:
         status = response.status_code
         if self._policy.accepted(status):
             outcome = self._format.interpret(status, content)
+            if isinstance(outcome, PartlyDelivered):
+                outcome = outcome.for_batch(events)  # only the transport knows the batch size
             if isinstance(outcome, PartlyDelivered | Delivered) and outcome.detail:
                 return replace(outcome, detail=self._scrub(outcome.detail))  # it may quote us
             return outcome

@@ -31,7 +31,7 @@ import time
 import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -50,6 +50,7 @@ __all__ = [
     "read_reply",
     "sink_secrets",
     "with_default_path",
+    "with_default_query",
 ]
 
 # Generous for replies that itemise failures (an Elasticsearch bulk reply), yet bounded.
@@ -320,3 +321,17 @@ def with_default_path(url: str, path: str) -> str:
     if not path or parts.path not in ("", "/"):
         return url
     return urlunsplit(parts._replace(path=path))
+
+
+def with_default_query(url: str, query: Mapping[str, str]) -> str:
+    """`url` with a format's query parameters (`Format.default_query`, optional: Elasticsearch's
+    `filter_path`) added, each only where the URL has no parameter of that name: the URL the
+    user gives is used as is."""
+    if not query:
+        return url
+    parts = urlsplit(url)
+    present = {name for name, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    extra = urlencode({k: v for k, v in query.items() if k not in present}, safe=",*")
+    if not extra:
+        return url
+    return urlunsplit(parts._replace(query=f"{parts.query}&{extra}" if parts.query else extra))

@@ -3,13 +3,13 @@ platform limits (a body never sent over them), its secrets scrubbed from what is
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pytest
 import responses
 
-from bridge.formats import Limits, Payload
+from bridge.formats.base import Limits, Payload, Probe
 from bridge.outcome import DEFAULT_POLICY, DELIVERED, Outcome, Rejected, Split, StatusPolicy
 from bridge.sinks.httptransport import HttpTransport
 from bridge.sinks.httpwire import with_default_path
@@ -27,6 +27,7 @@ class PlatformFormat:
     policy: StatusPolicy = DEFAULT_POLICY
     limits: Limits = PLATFORM_LIMITS
     default_path: str = "/api/v1/push"
+    default_query: Mapping[str, str] = field(default_factory=dict)
     token: str = "plat-t0ken-value"
 
     def encode(self, lines: Sequence[bytes]) -> Payload:
@@ -37,6 +38,9 @@ class PlatformFormat:
 
     def secrets(self) -> Sequence[str]:
         return (self.token,)
+
+    def probe(self, url: str) -> Probe:
+        return Probe()
 
 
 @pytest.fixture
