@@ -18,6 +18,7 @@ from typing import Any
 from bridge.errors import ConfigError
 from bridge.formats.base import NO_LIMITS, Format, Limits, NoOptions, OptionError, Payload
 from bridge.formats.json_array import JsonArrayFormat
+from bridge.formats.loki import LokiFormat, LokiOptions
 from bridge.formats.ndjson import NdjsonFormat
 
 __all__ = [
@@ -42,6 +43,7 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {
     "ndjson": _Entry(NoOptions, lambda _: NdjsonFormat()),
+    "loki": _Entry(LokiOptions, LokiFormat),
     "json_array": _Entry(NoOptions, lambda _: JsonArrayFormat()),
 }
 IMPLEMENTED = tuple(sorted(_REGISTRY))
