@@ -18,6 +18,7 @@ Replies, as Loki's own clients read them (clients/pkg/util/client.go): 204 is su
 
 from __future__ import annotations
 
+import operator
 import re
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from orjson import JSONDecodeError, dumps, loads
 
 from bridge.events import ENVELOPE_ORDER
 from bridge.formats.base import Limits, OptionError, Payload
@@ -136,6 +138,8 @@ class LokiOptions:
 
 def _text(value: Any) -> str | None:
     """A label or metadata value as Loki takes it (a string), or None to leave it out."""
+    if value is None:
+        return None
     if isinstance(value, str):
         return value or None
     if isinstance(value, bool):
@@ -158,6 +162,7 @@ class LokiFormat:
     def __init__(self, options: LokiOptions | None = None) -> None:
         options = options or LokiOptions()
         self._labels = tuple(options.labels.items())
+        self._label_keys = tuple(options.labels.values())
         self._static = tuple(options.static_labels.items())
         self._metadata = (
             tuple(options.structured_metadata.items()) if options.send_structured_metadata else ()
@@ -167,32 +172,69 @@ class LokiFormat:
         self._keep = tuple(dict.fromkeys([*ENVELOPE_ORDER, *options.labels.values()]))
 
     def encode(self, lines: Sequence[bytes]) -> Payload:
+        # One tight loop: this runs for every event on the delivery thread, so the common
+        # case (the bridge's own lines, string values) is inlined and the rest is helpers.
         now = time.time_ns()  # only for a line without a readable timestamp of its own
         streams: dict[tuple[tuple[str, str], ...], list[tuple[int, list[Any]]]] = {}
+        # Per batch, not shared (formats are used from several threads): the streams by the
+        # raw values their labels read, and the epoch second of each `YYYY-MM-DDTHH:MM:SS`.
+        by_values: dict[tuple[Any, ...], list[tuple[int, list[Any]]]] = {}
+        seconds: dict[str, int] = {}
+        label_keys = self._label_keys
+        metadata_keys = self._metadata
         for line in lines:
-            event = parse_event(line)
-            text = line[:-1] if line.endswith(b"\n") else line
+            try:
+                event = loads(line)
+            except JSONDecodeError:
+                event = parse_event(line)
+            if type(event) is not dict:
+                event = parse_event(line)
+            text = line[:-1] if line[-1:] == b"\n" else line
             if len(text) > MAX_LINE_BYTES:
                 text = self._cut(event, len(text))
-            ns = epoch_ns(event.get("timestamp"), now)
+            ts = event.get("timestamp")
+            ns = -1
+            if type(ts) is str and len(ts) == 27 and ts[26] == "Z":
+                second = seconds.get(ts[:19])
+                if second is None:
+                    second = seconds[ts[:19]] = epoch_ns(ts[:19] + ".000000Z", -1)
+                if second >= 0 and ts[19] == "." and ts[20:26].isdigit():
+                    ns = second + int(ts[20:26]) * 1000
+            if ns < 0:
+                ns = epoch_ns(ts, now)
             value: list[Any] = [str(ns), text.decode("utf-8", "replace")]
-            if self._metadata:
-                metadata = self._metadata_of(event)
+            if metadata_keys:
+                metadata: dict[str, str] = {}
+                size = 0
+                for name, key in metadata_keys:
+                    found = event.get(key)
+                    if type(found) is not str:
+                        found = _text(found)
+                    if found:
+                        metadata[name] = found
+                        size += len(name) + len(found)
+                if size * 4 > MAX_METADATA_BYTES:  # UTF-8: at most 4 bytes a character
+                    metadata = _within_metadata_limit(metadata)
                 if metadata:
                     value.append(metadata)
-            stream = self._stream_of(event)
-            found = streams.get(stream)
-            if found is None:
-                streams[stream] = [(ns, value)]
-            else:
-                found.append((ns, value))
+            raw = tuple(map(event.get, label_keys))
+            try:
+                values = by_values.get(raw)
+            except TypeError:  # a structured value (unhashable): never a label anyway
+                values = None
+            if values is None:
+                values = streams.setdefault(self._stream_of(event), [])
+                # Only text is remembered: 1, 1.0 and True are equal keys but other labels.
+                if all(v is None or type(v) is str for v in raw):
+                    by_values[raw] = values
+            values.append((ns, value))
         body = {
             "streams": [
-                {"stream": dict(stream), "values": [v for _, v in sorted(values, key=_first)]}
+                {"stream": dict(stream), "values": [v for _, v in sorted(values, key=_FIRST)]}
                 for stream, values in streams.items()
             ]
         }
-        return Payload(orjson.dumps(body), self.content_type, self._headers)
+        return Payload(dumps(body), self.content_type, self._headers)
 
     def _stream_of(self, event: dict[str, Any]) -> tuple[tuple[str, str], ...]:
         labels = list(self._static)
@@ -202,18 +244,6 @@ class LokiFormat:
             if text is not None and len(text.encode()) <= MAX_LABEL_VALUE_BYTES:
                 labels.append((name, text))
         return tuple(labels) if labels else (UNKNOWN_SERVICE,)
-
-    def _metadata_of(self, event: dict[str, Any]) -> dict[str, str]:
-        metadata: dict[str, str] = {}
-        room = MAX_METADATA_BYTES
-        for name, key in self._metadata:
-            text = _text(event.get(key))
-            if text is not None:
-                room -= len(name) + len(text.encode())
-                if room < 0:  # over Loki's limit the line would be refused: the line has it
-                    break
-                metadata[name] = text
-        return metadata
 
     def _cut(self, event: dict[str, Any], size: int) -> bytes:
         """The event shrunk to Loki's `max_line_size`, largest values first, marked
@@ -238,5 +268,17 @@ class LokiFormat:
         return ()
 
 
-def _first(item: tuple[int, list[Any]]) -> int:
-    return item[0]
+_FIRST = operator.itemgetter(0)
+
+
+def _within_metadata_limit(metadata: dict[str, str]) -> dict[str, str]:
+    """The entries that fit Loki's per-line structured metadata limit, in order: over it the
+    line would be refused (what is left out is still in the line)."""
+    kept: dict[str, str] = {}
+    room = MAX_METADATA_BYTES
+    for name, text in metadata.items():
+        room -= len(name) + len(text.encode())
+        if room < 0:
+            break
+        kept[name] = text
+    return kept

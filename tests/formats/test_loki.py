@@ -320,6 +320,26 @@ class TestLokiReadsIt:
             {"service_name": "unknown_service"},
         ] == [e.labels for e in loki_view(encode(lines))]
 
+    def test_equal_numbers_of_other_types_make_other_streams(self) -> None:
+        """level 1, 1.0 and true are three label values, not one."""
+        lines = [
+            line("a", level=1),
+            line("b", level=1.0),
+            line("c", level=True),
+            line("d", level=1),
+        ]
+        assert [["a", "d"], ["b"], ["c"]] == [
+            [json.loads(v[1])["event_id"] for v in s["values"]]
+            for s in json.loads(encode(lines))["streams"]
+        ]
+
+    def test_structured_metadata_stays_within_lokis_limit(self) -> None:
+        """Metadata over Loki's 64,000 bytes a line (which would refuse the line) is left out
+        from the entry that overflows on; the line still holds it."""
+        entry = loki_view(encode([line("a", request_id="r", trace_id="t" * 64_000)]))[0]
+        assert {"request_id": "r"} == entry.metadata
+        assert "t" * 64_000 == json.loads(entry.line)["trace_id"]
+
 
 class TestLimits:
     def test_batches_near_the_body_limit_stay_within_it(
