@@ -20,6 +20,7 @@ from bridge.formats.base import NO_LIMITS, Format, Limits, NoOptions, OptionErro
 from bridge.formats.datadog import DatadogFormat, DatadogOptions
 from bridge.formats.elasticsearch import ElasticsearchFormat, ElasticsearchOptions
 from bridge.formats.json_array import JsonArrayFormat
+from bridge.formats.loki import LokiFormat, LokiOptions
 from bridge.formats.ndjson import NdjsonFormat
 from bridge.formats.splunk_hec import SplunkHecFormat, SplunkHecOptions
 
@@ -45,6 +46,7 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {
     "ndjson": _Entry(NoOptions, lambda _: NdjsonFormat()),
+    "loki": _Entry(LokiOptions, LokiFormat),
     "json_array": _Entry(NoOptions, lambda _: JsonArrayFormat()),
     "splunk_hec": _Entry(SplunkHecOptions, SplunkHecFormat),
     "datadog": _Entry(DatadogOptions, DatadogFormat),

@@ -305,9 +305,9 @@ class TestDeadLetterPath:
 
 class TestConstruction:
     def test_an_unimplemented_format_fails_at_construction(self) -> None:
-        """format = "loki" (planned) is a ConfigError naming the key and the implemented ones."""
+        """format = "datadog" (planned) is a ConfigError naming the key and the implemented ones."""
         with pytest.raises(ConfigError) as caught:
-            HttpSink(fast_settings(URL, format="loki"))
+            HttpSink(fast_settings(URL, format="datadog"))
         assert "format" == caught.value.key
         assert "ndjson" in str(caught.value)
 
