@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import threading
@@ -238,3 +239,15 @@ class TestFormatProbes:
         request = wire.calls[0].request
         assert (b"\n", "application/x-ndjson") == (request.body, request.headers["Content-Type"])
         assert "filter_path=errors" in str(request.url)
+
+    def test_loki_pushes_an_empty_stream_with_its_tenant(
+        self, wire: responses.RequestsMock
+    ) -> None:
+        """Loki: a push with no values and the tenant header (204 proves them; nothing stored)."""
+        wire.add(responses.POST, "http://loki.test:3100/loki/api/v1/push", status=204)
+        settings = format_settings("http://loki.test:3100", "loki", tenant="shop")
+        expected = (True, "reachable, credentials accepted (HTTP 204 to POST /loki/api/v1/push)")
+        assert expected == probe_http(settings, 3.0)
+        request = wire.calls[0].request
+        assert "shop" == request.headers["X-Scope-OrgID"]
+        assert [] == json.loads(request.body or b"{}")["streams"][0]["values"]

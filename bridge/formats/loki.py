@@ -29,7 +29,7 @@ import orjson
 from orjson import JSONDecodeError, dumps, loads
 
 from bridge.events import ENVELOPE_ORDER
-from bridge.formats.base import Limits, OptionError, Payload
+from bridge.formats.base import NO_QUERY, Limits, OptionError, Payload, Probe
 from bridge.formats.fields import epoch_ns, parse_event
 from bridge.outcome import DELIVERED, Outcome, Rejected, StatusPolicy
 from bridge.shrink import fit_event
@@ -158,6 +158,7 @@ class LokiFormat:
     policy = _STATUS
     limits = Limits(max_events=None, max_body_bytes=MAX_BODY_BYTES)
     default_path = "/loki/api/v1/push"
+    default_query = NO_QUERY
 
     def __init__(self, options: LokiOptions | None = None) -> None:
         options = options or LokiOptions()
@@ -266,6 +267,13 @@ class LokiFormat:
 
     def secrets(self) -> Sequence[str]:
         return ()
+
+    def probe(self, url: str) -> Probe:
+        """A push of one stream with no values: Loki stores nothing and answers 204 once the
+        tenant and credentials are good; 401/403 when they are not."""
+        body = b'{"streams":[{"stream":{"service_name":"flask-signal-bridge-check"},"values":[]}]}'
+        headers = {**self._headers, "Content-Type": self.content_type}
+        return Probe("POST", headers=headers, body=body, accepted=frozenset({204}))
 
 
 _FIRST = operator.itemgetter(0)

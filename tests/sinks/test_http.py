@@ -305,16 +305,17 @@ class TestDeadLetterPath:
 
 class TestConstruction:
     def test_an_unimplemented_format_fails_at_construction(self) -> None:
-        """format = "datadog" (planned) is a ConfigError naming the key and the implemented ones."""
+        """A format no module implements (settings built in code) is a ConfigError naming the
+        key and the implemented ones."""
         with pytest.raises(ConfigError) as caught:
-            HttpSink(fast_settings(URL, format="datadog"))
+            HttpSink(fast_settings(URL, format="gelf"))
         assert "format" == caught.value.key
         assert "ndjson" in str(caught.value)
 
     def test_errors_name_the_sink_table_when_told_which(self) -> None:
         """config_key="sinks[2]" makes the key sinks[2].format, as init_app reports keys."""
         with pytest.raises(ConfigError) as caught:
-            HttpSink(fast_settings(URL, format="otlp"), config_key="sinks[2]")
+            HttpSink(fast_settings(URL, format="gelf"), config_key="sinks[2]")
         assert "sinks[2].format" == caught.value.key
 
     @pytest.mark.parametrize("url", ["ftp://collector.test/", "collector.test:8686", "http://"])
