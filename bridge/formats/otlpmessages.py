@@ -217,8 +217,8 @@ def _pb_attribute(field_key: bytes, name: str, value: Any) -> bytes:
 
 
 def _pb_record(r: Record, observed: int) -> bytes:
+    """A LogRecord, its fields in number order (as protobuf's own serializer writes them)."""
     parts = [_TIME + pw.fixed64(r.time)] if r.time else []
-    parts.append(_OBSERVED + pw.fixed64(r.time or observed))
     if r.severity:
         parts.append(_SEVERITY + pw.varint(r.severity))
     if r.level:
@@ -239,6 +239,7 @@ def _pb_record(r: Record, observed: int) -> bytes:
         parts.append(pw.length_delimited(_TRACE, bytes.fromhex(r.trace_id)))
     if r.span_id:
         parts.append(pw.length_delimited(_SPAN, bytes.fromhex(r.span_id)))
+    parts.append(_OBSERVED + pw.fixed64(r.time or observed))
     if r.name:
         parts.append(pw.length_delimited(_NAME, r.name.encode()))
     return b"".join(parts)
