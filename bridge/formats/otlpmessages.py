@@ -126,20 +126,10 @@ def read(event: dict[str, Any]) -> Record:
     return Record(stamp, severity, level.upper(), body, name, trace_id, span_id, event)
 
 
-class _Memo:
-    """Encoded attributes by name and scalar value, which repeat from event to event (a route,
-    a method, a status): bounded, emptied when full; racing threads store equal values."""
-
-    SIZE = 4096
-
-    def __init__(self) -> None:
-        self.found: dict[tuple[Any, ...], Any] = {}
-
-    def store(self, key: tuple[Any, ...], value: Any) -> Any:
-        if len(self.found) >= self.SIZE:
-            self.found = {}
-        self.found[key] = value
-        return value
+Memo = dict[tuple[Any, ...], Any]
+"""Attributes already written in this request, by (name, type, value): a route, a method, a
+host repeat from event to event. One per request, so it never outlives a batch and no thread
+shares it."""
 
 
 # -- protobuf: field keys of the messages written (number, wire type) ---------------------------
@@ -150,7 +140,6 @@ _TIME, _OBSERVED = pw.key(1, pw.FIXED64), pw.key(11, pw.FIXED64)
 _SEVERITY, _SEVERITY_TEXT, _BODY = pw.key(2, pw.VARINT), pw.key(3, pw.LEN), pw.key(5, pw.LEN)
 _ATTRIBUTE, _TRACE, _SPAN, _NAME = (pw.key(n, pw.LEN) for n in (6, 9, 10, 12))
 _TRUE, _FALSE = _BOOL + b"\x01", _BOOL + b"\x00"
-_pb_memo = _Memo()
 
 
 def _pb_value(value: Any) -> bytes:
@@ -216,7 +205,7 @@ def _pb_attribute(field_key: bytes, name: str, value: Any) -> bytes:
     return pw.length_delimited(field_key, _pb_pair(name, value))
 
 
-def _pb_record(r: Record, observed: int) -> bytes:
+def _pb_record(r: Record, observed: int, memo: Memo) -> bytes:
     """A LogRecord, its fields in number order (as protobuf's own serializer writes them)."""
     parts = [_TIME + pw.fixed64(r.time)] if r.time else []
     if r.severity:
@@ -225,16 +214,16 @@ def _pb_record(r: Record, observed: int) -> bytes:
         parts.append(pw.length_delimited(_SEVERITY_TEXT, r.level.encode()))
     if r.body is not None:
         parts.append(pw.length_delimited(_BODY, _pb_value(r.body)))
-    memo = _pb_memo.found
+    append, found, memoized = parts.append, memo.get, _MEMOIZED  # the hot loop: locals
     for name, value in r.attributes.items():
         kind = type(value)
-        if kind in _MEMOIZED:  # the type is in the key: True == 1 == 1.0 must not collide
-            field = memo.get(key := (name, kind, value))
+        if kind in memoized:  # the type is in the key: True == 1 must not collide
+            field = found(key := (name, kind, value))
             if field is None:
-                field = _pb_memo.store(key, _pb_attribute(_ATTRIBUTE, name, value))
-            parts.append(field)
+                field = memo[key] = _pb_attribute(_ATTRIBUTE, name, value)
+            append(field)
         else:
-            parts.append(_pb_attribute(_ATTRIBUTE, name, value))
+            append(_pb_attribute(_ATTRIBUTE, name, value))
     if r.trace_id:
         parts.append(pw.length_delimited(_TRACE, bytes.fromhex(r.trace_id)))
     if r.span_id:
@@ -246,7 +235,6 @@ def _pb_record(r: Record, observed: int) -> bytes:
 
 
 # -- JSON: OTLP's JSON mapping ------------------------------------------------------------------
-_json_memo = _Memo()
 
 
 def _json_value(value: Any) -> dict[str, Any]:
@@ -266,18 +254,18 @@ def _json_value(value: Any) -> dict[str, Any]:
     return {}
 
 
-def _json_pair(name: str, value: Any) -> dict[str, Any]:
+def _json_pair(name: str, value: Any, memo: Memo | None = None) -> dict[str, Any]:
     """A KeyValue (the same object for a repeated string attribute: orjson only reads it)."""
     kind = type(value)
-    if kind not in _MEMOIZED:
+    if memo is None or kind not in _MEMOIZED:
         return {"key": name, "value": _json_value(value)}
-    found = _json_memo.found.get(key := (name, kind, value))
+    found = memo.get(key := (name, kind, value))
     if found is None:
-        found = _json_memo.store(key, {"key": name, "value": _json_value(value)})
-    return found  # type: ignore[no-any-return]
+        found = memo[key] = {"key": name, "value": _json_value(value)}
+    return found
 
 
-def _json_record(r: Record, observed: int) -> dict[str, Any]:
+def _json_record(r: Record, observed: int, memo: Memo) -> dict[str, Any]:
     record: dict[str, Any] = {"timeUnixNano": str(r.time)} if r.time else {}
     record["observedTimeUnixNano"] = str(r.time or observed)
     if r.severity:
@@ -286,7 +274,7 @@ def _json_record(r: Record, observed: int) -> dict[str, Any]:
         record["severityText"] = r.level
     if r.body is not None:
         record["body"] = {"stringValue": r.body}
-    record["attributes"] = [_json_pair(k, v) for k, v in r.attributes.items()]
+    record["attributes"] = [_json_pair(k, v, memo) for k, v in r.attributes.items()]
     if r.trace_id:
         record["traceId"] = r.trace_id
     if r.span_id:
@@ -330,11 +318,12 @@ def protobuf_request(groups: Sequence[Group], scope: Sequence[str], observed: in
             pw.length_delimited(pw.key(n, pw.LEN), t.encode()) for n, t in enumerate(scope, 1)
         ),
     )
-    body = []
+    body: list[bytes] = []
+    memo: Memo = {}
     for resource, records in groups:
         pairs = b"".join(_pb_attribute(_K1, k, v) for k, v in resource)
         scope_logs = scope_field + b"".join(
-            pw.length_delimited(_K2, _pb_record(r, observed)) for r in records
+            pw.length_delimited(_K2, _pb_record(r, observed, memo)) for r in records
         )
         resource_logs = pw.length_delimited(_K1, pairs) + pw.length_delimited(_K2, scope_logs)
         body.append(pw.length_delimited(_K1, resource_logs))
@@ -344,13 +333,14 @@ def protobuf_request(groups: Sequence[Group], scope: Sequence[str], observed: in
 def json_request(groups: Sequence[Group], scope: Sequence[str], observed: int) -> bytes:
     """The same request in OTLP/JSON."""
     scope_object = dict(zip(("name", "version"), scope, strict=False))
+    memo: Memo = {}
     resource_logs = [
         {
             "resource": {"attributes": [_json_pair(k, v) for k, v in resource]},
             "scopeLogs": [
                 {
                     "scope": scope_object,
-                    "logRecords": [_json_record(r, observed) for r in records],
+                    "logRecords": [_json_record(r, observed, memo) for r in records],
                 }
             ],
         }

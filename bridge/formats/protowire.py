@@ -15,6 +15,7 @@ import struct
 from collections.abc import Iterator
 
 __all__ = [
+    "FIXED32",
     "FIXED64",
     "LEN",
     "VARINT",

@@ -38,6 +38,7 @@ import tests.collector
 from bridge.config import load_settings
 from bridge.errors import ConfigError
 from bridge.formats import get_format
+from bridge.formats import protowire as pw
 from bridge.formats.otlp import DEFAULT_MAX_BODY_BYTES, OtlpOptions
 from bridge.outcome import DELIVERED, Delivered, Rejected, RetryLater, Split
 from bridge.sinks.httptransport import HttpTransport
@@ -830,3 +831,33 @@ class TestOteltestReceiver:
             )
             if protocol == "protobuf":
                 assert bytes.fromhex(TRACE) == record.trace_id
+
+
+class TestProtowire:
+    @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 2**63 - 1, -1, -(2**63)])
+    def test_varints_read_back_through_the_official_parser(self, value: int) -> None:
+        """Every varint width, negatives as ten-byte two's complement (int64)."""
+        encoded = pw.key(3, pw.VARINT) + pw.signed(value)
+        parsed = AnyValue()
+        parsed.ParseFromString(encoded)
+        assert value == parsed.int_value
+
+    @pytest.mark.parametrize(
+        "data",
+        [b"\x0b", b"\x00\x01", b"\x08" + b"\xff" * 11, b"\x12\x05ab", b"\x09\x01\x02", b"\x08"],
+        ids=["group", "field-0", "overlong", "short-len", "short-fixed64", "no-value"],
+    )
+    def test_malformed_messages_raise_wire_error(self, data: bytes) -> None:
+        """Groups, field 0, overlong varints and fields running past the end are refused."""
+        with pytest.raises(pw.WireError):
+            list(pw.fields(data))
+
+    def test_fields_reads_each_wire_type(self) -> None:
+        """VARINT, FIXED64, LEN and FIXED32 values, in order."""
+        data = b"\x08\x96\x01" + b"\x11" + bytes(range(8)) + b"\x1a\x02hi" + b"\x25\x01\x00\x00\x00"
+        assert [
+            (1, pw.VARINT, 150),
+            (2, pw.FIXED64, int.from_bytes(bytes(range(8)), "little")),
+            (3, pw.LEN, b"hi"),
+            (4, pw.FIXED32, 1),
+        ] == list(pw.fields(data))
