@@ -95,9 +95,9 @@ def _epoch_ns(stamp: Any) -> int:
 
 
 def read(event: dict[str, Any]) -> Record:
-    """The LogRecord of one event, its resource fields taken already (`parse_event`'s own
-    dict: the fields the record takes are popped,
-    the rest are its attributes, in order; a field it cannot read stays an attribute)."""
+    """The LogRecord of one event whose resource fields are taken already. `event` is
+    `parse_event`'s own dict: the fields the record takes are popped, the rest are its
+    attributes, in order (a field it cannot read stays an attribute, as it was)."""
     stamp = _epoch_ns(event.get("timestamp"))
     if stamp:
         del event["timestamp"]
@@ -144,23 +144,16 @@ _TRUE, _FALSE = _BOOL + b"\x01", _BOOL + b"\x00"
 
 def _pb_value(value: Any) -> bytes:
     """An AnyValue."""
-    kind = type(value)
-    if kind is str:
+    if isinstance(value, str):
         return pw.length_delimited(_K1, value.encode())
-    if kind is int and -1 < value < 0x80:
-        return _INT + pw.varint(value)
-    if kind is float:
-        return _DOUBLE + pw.double(value)
-    if isinstance(value, bool):
+    if isinstance(value, bool):  # before int: a bool is an int
         return _TRUE if value else _FALSE
     if isinstance(value, int):
         if value in _INT64:
             return _INT + pw.signed(value)
-        return pw.length_delimited(_K1, str(value).encode())
+        return pw.length_delimited(_K1, str(value).encode())  # beyond int64: its digits
     if isinstance(value, float):
         return _DOUBLE + pw.double(value)
-    if isinstance(value, str):
-        return pw.length_delimited(_K1, value.encode())
     if isinstance(value, dict):
         items = b"".join(pw.length_delimited(_K1, _pb_pair(k, v)) for k, v in value.items())
         return pw.length_delimited(_KVLIST, items)
@@ -177,31 +170,10 @@ def _pb_pair(name: str, value: Any) -> bytes:
 
 def _pb_attribute(field_key: bytes, name: str, value: Any) -> bytes:
     """A `repeated KeyValue attributes` field (`field_key` is its key)."""
-    key = name.encode()
-    if type(value) is str:
-        text = value.encode()
-        if len(key) + len(text) < 122:  # every length fits in one byte: one formatting
-            size = len(text)
-            return b"%b%c\n%c%b\x12%c\n%c%b" % (
-                field_key,
-                len(key) + size + 6,
-                len(key),
-                key,
-                size + 2,
-                size,
-                text,
-            )
-        return pw.length_delimited(field_key, _pb_pair(name, value))
-    any_value = _pb_value(value)
-    if len(key) + len(any_value) < 124:
-        return b"%b%c\n%c%b\x12%c%b" % (
-            field_key,
-            len(key) + len(any_value) + 4,
-            len(key),
-            key,
-            len(any_value),
-            any_value,
-        )
+    key, any_value = name.encode(), _pb_value(value)
+    size = len(key) + len(any_value) + 4
+    if size < 0x80:  # every length fits in one byte: one formatting instead of three joins
+        return b"%b%c\n%c%b\x12%c%b" % (field_key, size, len(key), key, len(any_value), any_value)
     return pw.length_delimited(field_key, _pb_pair(name, value))
 
 
