@@ -314,7 +314,7 @@ class TestConstruction:
     def test_errors_name_the_sink_table_when_told_which(self) -> None:
         """config_key="sinks[2]" makes the key sinks[2].format, as init_app reports keys."""
         with pytest.raises(ConfigError) as caught:
-            HttpSink(fast_settings(URL, format="otlp"), config_key="sinks[2]")
+            HttpSink(fast_settings(URL, format="gelf"), config_key="sinks[2]")
         assert "sinks[2].format" == caught.value.key
 
     @pytest.mark.parametrize("url", ["ftp://collector.test/", "collector.test:8686", "http://"])
