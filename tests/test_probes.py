@@ -251,3 +251,18 @@ class TestFormatProbes:
         request = wire.calls[0].request
         assert "shop" == request.headers["X-Scope-OrgID"]
         assert [] == json.loads(request.body or b"{}")["streams"][0]["values"]
+
+    @pytest.mark.parametrize(
+        ("protocol", "content_type", "body"),
+        [("protobuf", "application/x-protobuf", b""), ("json", "application/json", b"{}")],
+    )
+    def test_otlp_exports_an_empty_request(
+        self, wire: responses.RequestsMock, protocol: str, content_type: str, body: bytes
+    ) -> None:
+        """OTLP: an empty ExportLogsServiceRequest in the configured encoding; 2xx proves it."""
+        wire.add(responses.POST, "http://otel.test:4318/v1/logs", status=200)
+        settings = format_settings("http://otel.test:4318", "otlp", protocol=protocol)
+        expected = (True, "reachable, credentials accepted (HTTP 200 to POST /v1/logs)")
+        assert expected == probe_http(settings, 3.0)
+        request = wire.calls[0].request
+        assert (body, content_type) == (request.body or b"", request.headers["Content-Type"])

@@ -197,6 +197,7 @@ class DeliveryEngine:
             return
         match outcome:
             case Delivered(rejected=rejected, detail=detail):
+                rejected = min(rejected, len(batch))  # a collector may claim more than it got
                 self._retry = self._retry.reset()
                 self._stats.count_delivered(len(batch) - rejected)
                 if rejected:

@@ -22,6 +22,7 @@ from bridge.formats.elasticsearch import ElasticsearchFormat, ElasticsearchOptio
 from bridge.formats.json_array import JsonArrayFormat
 from bridge.formats.loki import LokiFormat, LokiOptions
 from bridge.formats.ndjson import NdjsonFormat
+from bridge.formats.otlp import OtlpFormat, OtlpOptions
 from bridge.formats.splunk_hec import SplunkHecFormat, SplunkHecOptions
 
 __all__ = [
@@ -51,6 +52,7 @@ _REGISTRY: dict[str, _Entry] = {
     "splunk_hec": _Entry(SplunkHecOptions, SplunkHecFormat),
     "datadog": _Entry(DatadogOptions, DatadogFormat),
     "elasticsearch": _Entry(ElasticsearchOptions, ElasticsearchFormat),
+    "otlp": _Entry(OtlpOptions, OtlpFormat),
 }
 IMPLEMENTED = tuple(sorted(_REGISTRY))
 PLANNED = tuple(

@@ -363,3 +363,12 @@ class TestUnnamedRejections:
             stats.dead_lettered,
         )
         assert stats.last_error is not None and "2 bad records" in stats.last_error
+
+    def test_a_collector_claiming_more_refusals_than_lines_counts_only_the_batch(
+        self, make_engine: MakeEngine
+    ) -> None:
+        """A reply saying 9 of a 3-line batch were refused: 3 counted, never a negative."""
+        engine, transport, stats = make_engine(Delivered(rejected=9, detail="odd"))
+        submit_all(engine, 3)
+        assert not engine.flush(10.0)
+        assert (0, {"rejected_by_collector": 3}) == (stats.delivered, stats.dropped_by_reason)
