@@ -368,7 +368,7 @@ class TestUnnamedRejections:
         self, make_engine: MakeEngine
     ) -> None:
         """A reply saying 9 of a 3-line batch were refused: 3 counted, never a negative."""
-        engine, transport, stats = make_engine(Delivered(rejected=9, detail="odd"))
+        engine, _, stats = make_engine(Delivered(rejected=9, detail="odd"))
         submit_all(engine, 3)
         assert not engine.flush(10.0)
         assert (0, {"rejected_by_collector": 3}) == (stats.delivered, stats.dropped_by_reason)
