@@ -21,6 +21,7 @@ A leaf module: it imports nothing from the bridge.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -105,12 +106,17 @@ class StatusPolicy:
     2xx: accepted (the format reads the body: `Format.interpret`). `retry` statuses, and with
     `retry_other_5xx` every other 5xx, are retried. `split` statuses ask for smaller requests.
     3xx is refused: redirects are never followed (they could carry credentials elsewhere).
-    Anything else (other 4xx, odd numbers) is refused for good.
+    Anything else (other 4xx, odd numbers) is refused for good, unless the platform names in
+    the reply an error worth retrying: `error_code` reads the code out of the reply's excerpt
+    and a code in `retry_codes` is retried whatever the status (SLS answers a write quota
+    exceeded with 403 and `"errorCode": "WriteQuotaExceed"`, its bad signatures with 403 too).
     """
 
     retry: frozenset[int] = _RETRY
     retry_other_5xx: bool = True
     split: frozenset[int] = frozenset({413})
+    retry_codes: frozenset[str] = frozenset()
+    error_code: Callable[[str], str] | None = None
 
     @staticmethod
     def accepted(status: int) -> bool:
@@ -134,8 +140,10 @@ class StatusPolicy:
         `body` is an excerpt of the reply (already scrubbed of secrets), `retry_after` the
         parsed Retry-After header, `location` the origin a redirect pointed to.
         """
-        if self.retries(status):
-            return RetryLater(f"{where}: HTTP {status}", status, retry_after, body)
+        code = self.error_code(body) if self.error_code is not None else ""
+        said = f"HTTP {status} {code}" if code else f"HTTP {status}"
+        if self.retries(status) or code in self.retry_codes:
+            return RetryLater(f"{where}: {said}", status, retry_after, body)
         if 300 <= status < 400:
             return Rejected(
                 f"{where}: HTTP {status} redirect to {location} not followed "
@@ -144,7 +152,7 @@ class StatusPolicy:
                 body,
                 self.drop_reason(status),
             )
-        return self.refusal(f"{where}: HTTP {status}, batch refused", status, body)
+        return self.refusal(f"{where}: {said}, batch refused", status, body)
 
     def refusal(self, reason: str, status: int | None, body: str = "") -> Split | Rejected:
         """A request refused for good with `status` (None: a bug of ours, not the collector):

@@ -19,6 +19,7 @@ from bridge.errors import ConfigError
 from bridge.formats.base import NO_LIMITS, Format, Limits, NoOptions, OptionError, Payload
 from bridge.formats.json_array import JsonArrayFormat
 from bridge.formats.ndjson import NdjsonFormat
+from bridge.formats.sls import SlsFormat, SlsOptions
 
 __all__ = [
     "IMPLEMENTED",
@@ -43,6 +44,7 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {
     "ndjson": _Entry(NoOptions, lambda _: NdjsonFormat()),
     "json_array": _Entry(NoOptions, lambda _: JsonArrayFormat()),
+    "sls": _Entry(SlsOptions, SlsFormat),
 }
 IMPLEMENTED = tuple(sorted(_REGISTRY))
 PLANNED = tuple(

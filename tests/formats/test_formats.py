@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from bridge.config import load_settings
 from bridge.errors import ConfigError
-from bridge.formats import IMPLEMENTED, NAMES, PLANNED, get_format
+from bridge.formats import IMPLEMENTED, NAMES, PLANNED, get_format, options_type
 from bridge.outcome import DELIVERED
 
 LINES = [b'{"event_id":"a","n":1}\n', b'{"event_id":"b","msg":"x\\ny"}\n']
+# What formats with required options need to be built at all.
+REQUIRED_OPTIONS: dict[str, dict[str, Any]] = {"sls": {"logstore": "events"}}
 
 
 class TestRegistry:
@@ -20,6 +23,8 @@ class TestRegistry:
         assert set(NAMES) == set(IMPLEMENTED) | set(PLANNED)
         for name in NAMES:
             sink = {"type": "http", "url": "http://127.0.0.1:9/in", "format": name}
+            if name in REQUIRED_OPTIONS:
+                sink["format_options"] = REQUIRED_OPTIONS[name]
             assert name == load_settings({"BRIDGE_SINKS": [sink]}, {}).sinks[0].format
         with pytest.raises(ConfigError) as caught:
             sink = {"type": "http", "url": "http://127.0.0.1:9/in", "format": "gelf"}
@@ -29,7 +34,8 @@ class TestRegistry:
     @pytest.mark.parametrize("name", IMPLEMENTED)
     def test_implemented_formats_are_found_by_name(self, name: str) -> None:
         """get_format returns a format that calls itself by the same name."""
-        assert name == get_format(name).name
+        options = options_type(name)(**REQUIRED_OPTIONS.get(name, {}))
+        assert name == get_format(name, options).name
 
     @pytest.mark.parametrize("name", PLANNED)
     def test_planned_formats_fail_with_a_config_error(self, name: str) -> None:
