@@ -20,6 +20,7 @@ from bridge.formats.base import NO_LIMITS, Format, Limits, NoOptions, OptionErro
 from bridge.formats.json_array import JsonArrayFormat
 from bridge.formats.ndjson import NdjsonFormat
 from bridge.formats.sls import SlsFormat, SlsOptions
+from bridge.formats.sls_putlogs import SlsPutLogsFormat, SlsPutLogsOptions
 
 __all__ = [
     "IMPLEMENTED",
@@ -45,6 +46,7 @@ _REGISTRY: dict[str, _Entry] = {
     "ndjson": _Entry(NoOptions, lambda _: NdjsonFormat()),
     "json_array": _Entry(NoOptions, lambda _: JsonArrayFormat()),
     "sls": _Entry(SlsOptions, SlsFormat),
+    "sls_putlogs": _Entry(SlsPutLogsOptions, SlsPutLogsFormat),
 }
 IMPLEMENTED = tuple(sorted(_REGISTRY))
 PLANNED = tuple(

@@ -14,7 +14,10 @@ from bridge.outcome import DELIVERED
 
 LINES = [b'{"event_id":"a","n":1}\n', b'{"event_id":"b","msg":"x\\ny"}\n']
 # What formats with required options need to be built at all.
-REQUIRED_OPTIONS: dict[str, dict[str, Any]] = {"sls": {"logstore": "events"}}
+REQUIRED_OPTIONS: dict[str, dict[str, Any]] = {
+    "sls": {"logstore": "events"},
+    "sls_putlogs": {"logstore": "events", "access_key_id": "id", "access_key_secret": "secret"},
+}
 
 
 class TestRegistry:
