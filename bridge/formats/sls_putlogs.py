@@ -67,40 +67,56 @@ def log_group(
     Log: Time = 1 (varint seconds), Contents = 2, Time_ns = 4 (fixed32). LogGroup: Logs = 1,
     Topic = 3, Source = 4, LogTags = 6. `now_ns` stands in for an event without a timestamp.
     """
-    dumps = orjson.dumps
-    out: list[bytes] = []
+    dumps, varint, small = orjson.dumps, _varint, _SMALL
+    heads: dict[str, bytes] = {}  # a key's encoded start of a Content, alike in every event
+    out = bytearray()
     first: dict[str, object] | None = None
     for line in lines:
         event = parse_event(line)
         if first is None:
             first = event
         ns = epoch_ns(event.get("timestamp"), now_ns)
-        parts = [b"\x08", _varint(ns // 1_000_000_000)]
+        log = bytearray(b"\x08")
+        log += varint(ns // 1_000_000_000)
         for key, value in event.items():
+            head = heads.get(key)
+            if head is None:
+                encoded = key.encode()
+                head = heads[key] = b"\x0a" + varint(len(encoded)) + encoded + b"\x12"
             raw = value.encode() if isinstance(value, str) else dumps(value)
-            content = _pair(key.encode(), raw)
-            parts += (b"\x12", _varint(len(content)), content)
-        parts += (b"\x25", (ns % 1_000_000_000).to_bytes(4, "little"))
-        log = b"".join(parts)
-        out += (b"\x0a", _varint(len(log)), log)
+            size = small[len(raw)] if len(raw) < 128 else varint(len(raw))
+            log += b"\x12"
+            log += varint(len(head) + len(size) + len(raw))
+            log += head
+            log += size
+            log += raw
+        log += b"\x25"
+        log += (ns % 1_000_000_000).to_bytes(4, "little")
+        out += b"\x0a"
+        out += varint(len(log))
+        out += log
     for number, text in ((b"\x1a", topic), (b"\x22", source_of(source, first or {}))):
         data = text.encode()
-        out += (number, _varint(len(data)), data)
+        out += number + varint(len(data)) + data
     for key, value in tags.items():
         tag = _pair(key.encode(), value.encode())
-        out += (b"\x32", _varint(len(tag)), tag)
-    return b"".join(out)
+        out += b"\x32" + varint(len(tag)) + tag
+    return bytes(out)
 
 
-def signature(secret: str, headers: dict[str, str], content_type: str, resource: str) -> str:
-    """The SLS v1 signature of a POST with these headers (`Content-MD5`, `Date` and the
-    lower-case `x-log-`/`x-acs-` ones) to `resource` (a path; PutLogs has no query)."""
+def signature(
+    secret: str, headers: dict[str, str], content_type: str, resource: str, verb: str = "POST"
+) -> str:
+    """The SLS v1 signature of a request with these headers (`Content-MD5` unless it has no
+    body, `Date` and the lower-case `x-log-`/`x-acs-` ones) to `resource` (a path without
+    query, as PutLogs has none)."""
     signed = "".join(
         f"{k}:{v}\n"
         for k, v in sorted(headers.items())
         if k.startswith(("x-log-", "x-acs-")) and not k.startswith("x-log-meta-")
     )
-    text = f"POST\n{headers['Content-MD5']}\n{content_type}\n{headers['Date']}\n{signed}{resource}"
+    md5 = headers.get("Content-MD5", "")
+    text = f"{verb}\n{md5}\n{content_type}\n{headers['Date']}\n{signed}{resource}"
     digest = hmac.new(secret.encode(), text.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 

@@ -202,6 +202,19 @@ class TestPutLogsWire:
         expected = f"LOG {AK_ID}:" + signature(AK_SECRET, mine, sdk["Content-Type"], RESOURCE)
         assert expected == sdk["Authorization"]
 
+    def test_a_bodyless_get_is_signed_as_the_sdk_signs_it(self) -> None:
+        """`signature(..., verb="GET")` (a `flask bridge check` probe of the logstore) agrees
+        with the SDK's signer for a request without body or Content-Type."""
+        date = "Mon, 07 Dec 2026 00:52:03 GMT"
+        headers = {"x-log-apiversion": "0.6.0", "x-log-bodyrawsize": "0"}
+        with patch.object(AuthV1, "_getGMT", staticmethod(lambda: date)):
+            AuthV1(StaticCredentialsProvider(AK_ID, AK_SECRET, "")).sign_request(
+                "GET", "/logstores/app-events", {}, headers, None
+            )
+        ours = {k: v for k, v in headers.items() if k not in ("Authorization", "x-log-date")}
+        mine = signature(AK_SECRET, ours, "", "/logstores/app-events", verb="GET")
+        assert headers["Authorization"] == f"LOG {AK_ID}:{mine}"
+
     def test_an_sts_token_is_sent_and_signed(
         self, mock: responses.RequestsMock, sinks: list[HttpSink]
     ) -> None:
