@@ -21,6 +21,7 @@ A leaf module: it imports nothing from the bridge.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -128,16 +129,24 @@ class StatusPolicy:
     2xx: accepted (the format reads the body: `Format.interpret`). `retry` statuses, and with
     `retry_other_5xx` every other 5xx, are retried. `split` statuses ask for smaller requests.
     3xx is refused: redirects are never followed (they could carry credentials elsewhere).
-    Anything else (other 4xx, odd numbers) is refused for good. `hints` say what a refusal
-    means on the platform (401: the API key is missing), added to the reason the operator sees.
+    Anything else (other 4xx, odd numbers) is refused for good, unless the platform names in
+    the reply an error worth retrying: `error_code` reads the code out of the reply's excerpt
+    and a code in `retry_codes` is retried whatever the status (SLS answers a write quota
+    exceeded with 403 and `"errorCode": "WriteQuotaExceed"`, its bad signatures with 403 too).
+    `hints` say what a refusal means on the platform (401: the API key is missing), added to
+    the reason the operator sees. `read_reply`, when a platform's refusal says more than a
+    status can (HEC's `invalid-event-number`: the events before it were taken), is consulted
+    first.
     """
 
     retry: frozenset[int] = _RETRY
     retry_other_5xx: bool = True
     split: frozenset[int] = frozenset({413})
     read_reply: ReplyReader | None = None
-    """Consulted first, with the reply's body excerpt; None from it: the rules above."""
+    """Consulted first, with the reply's body excerpt; None from it: the rules below."""
     hints: tuple[tuple[int, str], ...] = ()
+    retry_codes: frozenset[str] = frozenset()
+    error_code: Callable[[str], str] | None = None
 
     @staticmethod
     def accepted(status: int) -> bool:
@@ -167,8 +176,10 @@ class StatusPolicy:
             read = self.read_reply(status, where=where, body=body, events=events)
             if read is not None:
                 return read
-        if self.retries(status):
-            return RetryLater(f"{where}: HTTP {status}", status, retry_after, body)
+        code = self.error_code(body) if self.error_code is not None else ""
+        said = f"HTTP {status} {code}" if code else f"HTTP {status}"
+        if self.retries(status) or code in self.retry_codes:
+            return RetryLater(f"{where}: {said}", status, retry_after, body)
         if 300 <= status < 400:
             return Rejected(
                 f"{where}: HTTP {status} redirect to {location} not followed "
@@ -177,8 +188,8 @@ class StatusPolicy:
                 body,
                 self.drop_reason(status),
             )
-        hint = next((f": {text}" for code, text in self.hints if code == status), "")
-        return self.refusal(f"{where}: HTTP {status}, batch refused{hint}", status, body)
+        hint = next((f": {text}" for number, text in self.hints if number == status), "")
+        return self.refusal(f"{where}: {said}, batch refused{hint}", status, body)
 
     def refusal(self, reason: str, status: int | None, body: str = "") -> Split | Rejected:
         """A request refused for good with `status` (None: a bug of ours, not the collector):

@@ -11,8 +11,9 @@ collector stops), trickle it one byte at a time (`trickle`), stream a huge chunk
 never exists in memory (`stream_bytes`), reset the connection, or return any status and
 headers. `down()` closes the port (connections are refused) and `up()` opens it again on the
 same port; `Collector(tls=context)` serves HTTPS. Received bodies are gunzipped and split into
-events (NDJSON or a JSON array). Stopping always shuts every connection and joins every
-handler thread, so no socket or thread outlives a test.
+events (NDJSON or a JSON array), or read by `Collector(decode=...)` for a platform's own body.
+Stopping always shuts every connection and joins every handler thread, so no socket or thread
+outlives a test.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ class Received:
         if self.reply.record is not None:
             return self.reply.record
         return 200 <= self.reply.status < 300 and not self.reply.reset
+
+
+Decoder = Callable[[dict[str, str], bytes], list[dict[str, Any]]]
 
 
 def split_events(body: bytes, content_type: str) -> list[dict[str, Any]]:
@@ -143,7 +147,10 @@ class _Handler(BaseHTTPRequestHandler):
         reply = collector.next_reply()
         headers = {k.lower(): v for k, v in self.headers.items()}
         body = gzip.decompress(raw) if headers.get("content-encoding") == "gzip" else raw
-        events = split_events(body, headers.get("content-type", ""))
+        if collector.decode is not None:
+            events = collector.decode(headers, body)
+        else:
+            events = split_events(body, headers.get("content-type", ""))
         received = Received(self.path, headers, raw, body, events, reply, self.client_address[1])
         collector.record(received)
         self.sent = 0
@@ -207,7 +214,14 @@ class _Handler(BaseHTTPRequestHandler):
 class Collector:
     """A threaded HTTP collector on 127.0.0.1 that records events and follows a plan."""
 
-    def __init__(self, *, start_down: bool = False, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        start_down: bool = False,
+        tls: ssl.SSLContext | None = None,
+        decode: Decoder | None = None,
+    ) -> None:
+        self.decode = decode  # a platform's body (its headers lower-cased) -> its events
         self._lock = threading.RLock()  # reentrant: wait_for's predicate reads under it
         self._changed = threading.Condition(self._lock)
         self._plan: deque[Reply] = deque()

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import responses
@@ -266,3 +267,30 @@ class TestFormatProbes:
         assert expected == probe_http(settings, 3.0)
         request = wire.calls[0].request
         assert (body, content_type) == (request.body or b"", request.headers["Content-Type"])
+
+    def test_sls_putlogs_reads_the_logstore_with_a_signed_get(
+        self, wire: responses.RequestsMock
+    ) -> None:
+        """SLS PutLogs: a signed GET of the logstore (stores nothing), signed as the official
+        SDK signs it; 200 proves the keys."""
+        from aliyun.log.auth import AuthV1
+        from aliyun.log.credentials import StaticCredentialsProvider
+
+        wire.add(responses.GET, "https://shop.cn-hangzhou.log.aliyuncs.com/logstores/events")
+        settings = format_settings(
+            "https://shop.cn-hangzhou.log.aliyuncs.com",
+            "sls_putlogs",
+            logstore="events",
+            access_key_id="ak-id",
+            access_key_secret="ak-s3cret",
+        )
+        expected = (True, "reachable, credentials accepted (HTTP 200 to GET /logstores/events)")
+        assert expected == probe_http(settings, 3.0)
+        sent = wire.calls[0].request.headers
+        headers = {k: v for k, v in sent.items() if k.lower().startswith("x-log-")}
+        headers.pop("x-log-date", None)
+        with patch.object(AuthV1, "_getGMT", staticmethod(lambda: sent["Date"])):
+            AuthV1(StaticCredentialsProvider("ak-id", "ak-s3cret", "")).sign_request(
+                "GET", "/logstores/events", {}, headers, None
+            )
+        assert headers["Authorization"] == sent["Authorization"]

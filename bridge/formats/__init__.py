@@ -3,10 +3,10 @@
     submit -> feed -> engine -> transport(format) -> outcome -> feed.ack
 
 Each format is one small module implementing `bridge.formats.base.Format`, registered here
-with its options' dataclass. `NAMES` is every name the configuration accepts (`bridge.config`
-checks `format` against it): the implemented ones and those planned but not written yet
-(`PLANNED`), which fail when the sink is built, with a `ConfigError` naming the implemented
-ones, never when a batch is sent.
+with its options' dataclass (`bridge.formatoptions` checks a sink's `format_options` against
+it). `NAMES` is every name the configuration accepts (`bridge.config` checks `format` against
+it); a name no module implements (settings built in code) is a `ConfigError` naming the
+implemented ones when the sink is built, never when a batch is sent.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from bridge.formats.json_array import JsonArrayFormat
 from bridge.formats.loki import LokiFormat, LokiOptions
 from bridge.formats.ndjson import NdjsonFormat
 from bridge.formats.otlp import OtlpFormat, OtlpOptions
+from bridge.formats.sls import SlsFormat, SlsOptions
+from bridge.formats.sls_putlogs import SlsPutLogsFormat, SlsPutLogsOptions
 from bridge.formats.splunk_hec import SplunkHecFormat, SplunkHecOptions
 
 __all__ = [
     "IMPLEMENTED",
     "NAMES",
     "NO_LIMITS",
-    "PLANNED",
     "Format",
     "Limits",
     "OptionError",
@@ -53,25 +54,17 @@ _REGISTRY: dict[str, _Entry] = {
     "datadog": _Entry(DatadogOptions, DatadogFormat),
     "elasticsearch": _Entry(ElasticsearchOptions, ElasticsearchFormat),
     "otlp": _Entry(OtlpOptions, OtlpFormat),
+    "sls": _Entry(SlsOptions, SlsFormat),
+    "sls_putlogs": _Entry(SlsPutLogsOptions, SlsPutLogsFormat),
 }
 IMPLEMENTED = tuple(sorted(_REGISTRY))
-PLANNED = tuple(
-    name
-    for name in ("loki", "elasticsearch", "splunk_hec", "otlp", "sls", "sls_putlogs", "datadog")
-    if name not in _REGISTRY
-)
-NAMES = (*_REGISTRY, *PLANNED)
+NAMES = tuple(_REGISTRY)
 
 
 def _entry(name: str) -> _Entry:
     entry = _REGISTRY.get(name)
     if entry is None:
-        implemented = ", ".join(IMPLEMENTED)
-        if name in PLANNED:
-            expected = f"an implemented format ({name} is planned, not written yet): {implemented}"
-        else:
-            expected = f"an implemented format: {implemented}"
-        raise ConfigError("format", name, expected)
+        raise ConfigError("format", name, f"an implemented format: {', '.join(IMPLEMENTED)}")
     return entry
 
 

@@ -45,12 +45,15 @@ NO_QUERY: Mapping[str, str] = MappingProxyType({})
 @dataclass(frozen=True, slots=True)
 class Payload:
     """One request body. `compressible`: the transport may gzip it (the collector accepts
-    `Content-Encoding: gzip` for this format)."""
+    `Content-Encoding: gzip` for this format). `raw_size`: the size the platform's limits
+    count when the format compressed `body` itself (SLS: the body before its deflate);
+    None: `len(body)`."""
 
     body: bytes
     content_type: str
     headers: Mapping[str, str] = field(default_factory=dict)
     compressible: bool = True
+    raw_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,8 +106,9 @@ class HttpTransport:
         errors, the total deadline, the sink closing); else what the reply means."""
         payload = self._format.encode(lines)
         body = payload.body
-        if self._max_body is not None and len(body) > self._max_body:
-            return self._too_large(len(lines), len(body))
+        size = len(body) if payload.raw_size is None else payload.raw_size
+        if self._max_body is not None and size > self._max_body:
+            return self._too_large(len(lines), size)
         headers = {**self._headers, "Content-Type": payload.content_type, **payload.headers}
         if self._settings.gzip and payload.compressible:
             packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
