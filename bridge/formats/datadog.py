@@ -136,48 +136,81 @@ class DatadogFormat:
 
     def encode(self, lines: Sequence[bytes]) -> Payload:
         seconds: dict[str, int] = {}  # a batch's events share few seconds: parse each once
-        items = [self._item(line, seconds) for line in lines]
-        return Payload(b"[" + b",".join(items) + b"]", self.content_type, self._headers)
+        heads: dict[tuple[str, str | None, str | None, str], bytes] = {}
+        # Each item goes into one growing buffer at once: holding hundreds of `orjson.dumps`
+        # results to join them later costs ~4 us per item in fresh memory (page faults).
+        body = bytearray(b"[")
+        for line in lines:
+            body += self._item(line, seconds, heads)
+            body += b","
+        body[-1:] = b"]" if lines else b"[]"
+        return Payload(bytes(body), self.content_type, self._headers)
 
-    def _item(self, line: bytes, seconds: dict[str, int]) -> bytes:
+    def _item(
+        self,
+        line: bytes,
+        seconds: dict[str, int],
+        heads: dict[tuple[str, str | None, str | None, str], bytes],
+    ) -> bytes:
+        """The item of one line: the reserved fields, then the event's own.
+
+        The reserved fields (`heads`: their JSON, by their values) repeat from event to event,
+        and no event key is one of them any more (each was taken or renamed), so the item's
+        JSON is theirs followed by the event's: what `orjson.dumps` of the merged dict writes.
+        """
         event = parse_event(line)
-        item: dict[str, Any] = {"ddsource": self._source}
         tags = self._tags
         for tag_name, key in self._tag_keys:
             tag = _tag(tag_name, event.get(key)) if key in event else None
             if tag is not None:
                 tags = f"{tags},{tag}" if tags else tag
-        if tags:
-            item["ddtags"] = tags
         host = event.get("host.name")
         if isinstance(host, str):
-            item["hostname"] = host
             del event["host.name"]
+        else:
+            host = None
         service = event.get("service.name")
         if isinstance(service, str):
             del event["service.name"]
         if self._service is not None:
             service = self._service
-        if isinstance(service, str):
-            item["service"] = service
+        if not isinstance(service, str):
+            service = None
         message = event.get("message")
         if isinstance(message, str):
             del event["message"]
         else:
             title = event.get("event")
             message = title if isinstance(title, str) else ""
-        item["message"] = message
         if not RESERVED.isdisjoint(event):  # the event's own `service`, say: kept, renamed
             for key in RESERVED.intersection(event):
                 event[f"args.{key}"] = event.pop(key)
         stamp = _epoch_ms(event.get("timestamp"), seconds)
         if stamp is not None:
             event["timestamp"] = stamp
-        item.update(event)
-        data = orjson.dumps(item)
+        head = heads.get(reserved := (tags, host, service, message))
+        if head is None:
+            head = heads[reserved] = orjson.dumps(self._reserved(*reserved))[:-1]
+        data = head + b"," + orjson.dumps(event)[1:] if event else head + b"}"
         if len(data) > MAX_ITEM_BYTES:
+            item = self._reserved(*reserved)
+            item.update(event)
             return _fit(item, len(data))
         return data
+
+    def _reserved(
+        self, tags: str, host: str | None, service: str | None, message: str
+    ) -> dict[str, Any]:
+        """An item's reserved fields, in the order the item has them (the module docstring)."""
+        item: dict[str, Any] = {"ddsource": self._source}
+        if tags:
+            item["ddtags"] = tags
+        if host is not None:
+            item["hostname"] = host
+        if service is not None:
+            item["service"] = service
+        item["message"] = message
+        return item
 
     def interpret(self, status: int, body: bytes) -> Outcome:
         return DELIVERED  # 202 `{}`: the intake reports nothing per item

@@ -47,6 +47,7 @@ _INVALID_NAME = re.compile(r'[\\/*?"<>| ,#:A-Z]')
 _ITEMS = re.compile(rb'"items"\s*:\s*\[')
 _ERRORS_FALSE = re.compile(rb'"errors"\s*:\s*false')
 _REASON_CHARS = 200  # of each reason: a dead-letter record keeps 512 chars of them all
+_CREATE = b'{"create":{"_index":'  # every action's start, up to its index name
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +113,10 @@ class ElasticsearchFormat:
     # -- the request ---------------------------------------------------------------------
 
     def encode(self, lines: Sequence[bytes]) -> Payload:
-        # Parts are joined once, at the end: no per-event concatenation.
-        parts: list[bytes] = []
-        add = parts.append
-        dated, tail = self._dated, self._tail
+        # One growing buffer: each part is copied in as it is made, rather than hundreds of
+        # small `orjson.dumps` results held for a final join (each held one costs far more).
+        body = bytearray()
+        dated, tail, fixed = self._dated, self._tail, _CREATE + self._fixed
         now: str | None = None
         for line in lines:
             event = parse_event(line)
@@ -123,21 +124,31 @@ class ElasticsearchFormat:
             if not isinstance(stamp, str):  # not one of the bridge's events: stamp it now
                 now = now or datetime.now(UTC).isoformat(timespec="microseconds")[:26] + "Z"
                 stamp = now
-            add(b'{"create":{"_index":')
-            add(self._index(stamp) if dated else self._fixed)
+            if dated:
+                body += _CREATE
+                body += self._index(stamp)
+            else:
+                body += fixed
             event_id = event.get("event_id")
             if isinstance(event_id, str) and event_id:
-                add(b',"_id":')
-                add(orjson.dumps(event_id))
-            add(tail)
-            if _spliceable(line, event):
-                add(b'{"@timestamp":')
-                add(orjson.dumps(stamp))
-                add(b",")
-                add(line[1:])
+                body += b',"_id":'
+                body += orjson.dumps(event_id)
+            body += tail
+            # `@timestamp` is spliced into the line as it is when the line is an object with
+            # keys and without its own `@timestamp` (a duplicate key the cluster refuses).
+            if (
+                line[:1] == b"{"
+                and line[-1:] == b"\n"
+                and "@timestamp" not in event
+                and (len(event) > 1 or (bool(event) and not _fallback(line, event)))
+            ):
+                body += b'{"@timestamp":'
+                body += orjson.dumps(stamp)
+                body += b","
+                body += line[1:]
             else:
-                add(_document(event, stamp))
-        return Payload(b"".join(parts), self.content_type)
+                body += _document(event, stamp)
+        return Payload(bytes(body), self.content_type)
 
     def _index(self, stamp: str) -> bytes:
         """The JSON-quoted index name for an event of time `stamp` (RFC 3339)."""
@@ -181,18 +192,6 @@ class ElasticsearchFormat:
         Not `GET /`: an ingest-only API key lacks the `monitor` privilege it needs."""
         headers = {"Content-Type": self.content_type}
         return Probe("POST", headers=headers, body=b"\n", accepted=frozenset({400}))
-
-
-def _spliceable(line: bytes, event: dict[str, Any]) -> bool:
-    """Can `@timestamp` be spliced into the line as it is (an object with keys, without its
-    own `@timestamp`, which a duplicate key would make the cluster refuse)?"""
-    return (
-        line[:1] == b"{"
-        and line[-1:] == b"\n"
-        and bool(event)
-        and "@timestamp" not in event
-        and not _fallback(line, event)
-    )
 
 
 def _fallback(line: bytes, event: dict[str, Any]) -> bool:

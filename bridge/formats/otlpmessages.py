@@ -45,6 +45,7 @@ _ABSENT = object()
 _MEMOIZED = frozenset({str, int, bool})  # not float: 0.0 == -0.0 would share an encoding
 _INT64 = range(-(1 << 63), 1 << 63)
 _HEX = frozenset("0123456789abcdef")
+_HEAD_KEY, _NAME_KEY = object(), object()  # `memo` keys of a record's head and name fields
 
 
 @dataclass(slots=True)
@@ -178,32 +179,60 @@ def _pb_attribute(field_key: bytes, name: str, value: Any) -> bytes:
 
 
 def _pb_record(r: Record, observed: int, memo: Memo) -> bytes:
-    """A LogRecord, its fields in number order (as protobuf's own serializer writes them)."""
-    parts = [_TIME + pw.fixed64(r.time)] if r.time else []
-    if r.severity:
-        parts.append(_SEVERITY + pw.varint(r.severity))
-    if r.level:
-        parts.append(pw.length_delimited(_SEVERITY_TEXT, r.level.encode()))
-    if r.body is not None:
-        parts.append(pw.length_delimited(_BODY, _pb_value(r.body)))
-    append, found, memoized = parts.append, memo.get, _MEMOIZED  # the hot loop: locals
-    for name, value in r.attributes.items():
-        kind = type(value)
-        if kind in memoized:  # the type is in the key: True == 1 must not collide
-            field = found(key := (name, kind, value))
-            if field is None:
-                field = memo[key] = _pb_attribute(_ATTRIBUTE, name, value)
-            append(field)
-        else:
-            append(_pb_attribute(_ATTRIBUTE, name, value))
+    """A LogRecord, its fields in number order (as protobuf's own serializer writes them).
+
+    What repeats from record to record comes from `memo`: the severity, level and body
+    fields together, the name, and each attribute, looked up by its `(name, value)` pair
+    from `attributes.items()` as it is (no key built per attribute; see `_pb_memo_attribute`).
+    """
+    found = memo.get
+    head: bytes | None = found(head_key := (_HEAD_KEY, r.severity, r.level, r.body))
+    if head is None:
+        head = memo[head_key] = _pb_record_head(r)
+    parts = [_TIME + pw.fixed64(r.time), head] if r.time else [head]
+    try:
+        parts += [found(pair) or _pb_memo_attribute(memo, pair) for pair in r.attributes.items()]
+    except TypeError:  # a list or an object among the values (unhashable): no lookup
+        parts += [_pb_memo_attribute(memo, pair) for pair in r.attributes.items()]
     if r.trace_id:
         parts.append(pw.length_delimited(_TRACE, bytes.fromhex(r.trace_id)))
     if r.span_id:
         parts.append(pw.length_delimited(_SPAN, bytes.fromhex(r.span_id)))
     parts.append(_OBSERVED + pw.fixed64(r.time or observed))
     if r.name:
-        parts.append(pw.length_delimited(_NAME, r.name.encode()))
+        name: bytes | None = found(key := (_NAME_KEY, r.name))
+        if name is None:
+            name = memo[key] = pw.length_delimited(_NAME, r.name.encode())
+        parts.append(name)
     return b"".join(parts)
+
+
+def _pb_record_head(r: Record) -> bytes:
+    """A LogRecord's severity number, severity text and body fields."""
+    parts = [_SEVERITY + pw.varint(r.severity)] if r.severity else []
+    if r.level:
+        parts.append(pw.length_delimited(_SEVERITY_TEXT, r.level.encode()))
+    if r.body is not None:
+        parts.append(pw.length_delimited(_BODY, _pb_value(r.body)))
+    return b"".join(parts)
+
+
+def _pb_memo_attribute(memo: Memo, pair: tuple[str, Any]) -> bytes:
+    """The attribute field of `pair`, remembered in `memo` when it may come again: a string
+    value under the pair itself (no other type equals a string, so an int or a bool never
+    finds it), an int or a bool under (name, type, value), as True == 1; never a float
+    (0.0 == -0.0) or a structure."""
+    name, value = pair
+    kind = type(value)
+    if kind is str:
+        text = memo[pair] = _pb_attribute(_ATTRIBUTE, name, value)
+        return text
+    if kind not in _MEMOIZED:
+        return _pb_attribute(_ATTRIBUTE, name, value)
+    field: bytes | None = memo.get(key := (name, kind, value))
+    if field is None:
+        field = memo[key] = _pb_attribute(_ATTRIBUTE, name, value)
+    return field
 
 
 # -- JSON: OTLP's JSON mapping ------------------------------------------------------------------

@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -41,6 +42,10 @@ from bridge.outcome import DELIVERED, Outcome
 __all__ = ["SlsPutLogsFormat", "SlsPutLogsOptions", "log_group", "signature"]
 
 CONTENT_TYPE = "application/x-protobuf"
+# Fields whose value differs in every event: never found again in a batch's cache.
+_UNIQUE = frozenset({"timestamp", "event_id", "request_id", "trace_id", "span_id"})
+# Not float: 0.0 == -0.0, yet they encode differently.
+_SCALARS = frozenset({int, bool, type(None)})
 _SMALL = [bytes((n,)) for n in range(128)]  # most lengths in a log fit one varint byte
 
 
@@ -60,6 +65,59 @@ def _pair(key: bytes, value: bytes) -> bytes:
     return b"\x0a" + _varint(len(key)) + key + b"\x12" + _varint(len(value)) + value
 
 
+def _head(heads: dict[str, bytes], key: str) -> bytes:
+    """The start of a Content with Key `key` (up to the Value's key), kept in `heads`."""
+    encoded = key.encode()
+    head = heads[key] = b"\x0a" + _varint(len(encoded)) + encoded + b"\x12"
+    return head
+
+
+def _content(head: bytes, raw: bytes) -> bytes:
+    """`Log.Contents` (field 2) holding the Content that starts with `head` (its encoded Key
+    and the Value's key) and has the Value `raw`."""
+    size = len(raw)
+    inner = len(head) + 1 + size
+    if size < 0x80 and inner < 0x80:  # the usual field: every length one byte, one formatting
+        return b"\x12%c%b%c%b" % (inner, head, size, raw)
+    length = _varint(size)
+    return b"\x12" + _varint(len(head) + len(length) + size) + head + length + raw
+
+
+class _Contents:
+    """The encoded `Log.Contents` of one batch, by the (key, value) pairs of `event.items()`.
+
+    Most fields (level, event, service, route, status, ...) repeat across a batch, so each is
+    encoded once and an event is mostly one dict lookup per field. `stored` holds the string
+    values (1, 1.0 and True are equal keys yet encode differently; no string equals them, so
+    they never find a stored pair), except fields unique to every event; `scalars` holds
+    ints, bools and nulls by (key, type, value).
+    """
+
+    __slots__ = ("heads", "scalars", "stored")
+
+    def __init__(self) -> None:
+        self.heads: dict[str, bytes] = {}  # a key's encoded start of a Content
+        self.stored: dict[tuple[str, Any], bytes] = {}
+        self.scalars: dict[tuple[str, type, Any], bytes] = {}
+
+    def encode(self, pair: tuple[str, Any]) -> bytes:
+        """The Contents field of `pair`, remembered when its value may come again."""
+        key, value = pair
+        kind = type(value)
+        head = self.heads.get(key) or _head(self.heads, key)
+        if kind is str:
+            text = _content(head, value.encode())
+            if key not in _UNIQUE:
+                self.stored[pair] = text
+            return text
+        if kind not in _SCALARS:
+            return _content(head, orjson.dumps(value))
+        data = self.scalars.get(typed := (key, kind, value))
+        if data is None:
+            data = self.scalars[typed] = _content(head, orjson.dumps(value))
+        return data
+
+
 def log_group(
     lines: Sequence[bytes], topic: str, source: str, tags: dict[str, str], now_ns: int
 ) -> bytes:
@@ -68,8 +126,8 @@ def log_group(
     Log: Time = 1 (varint seconds), Contents = 2, Time_ns = 4 (fixed32). LogGroup: Logs = 1,
     Topic = 3, Source = 4, LogTags = 6. `now_ns` stands in for an event without a timestamp.
     """
-    dumps, varint, small = orjson.dumps, _varint, _SMALL
-    heads: dict[str, bytes] = {}  # a key's encoded start of a Content, alike in every event
+    varint, contents = _varint, _Contents()
+    found, content = contents.stored.get, contents.encode
     out = bytearray()
     first: dict[str, object] | None = None
     for line in lines:
@@ -77,25 +135,18 @@ def log_group(
         if first is None:
             first = event
         ns = epoch_ns(event.get("timestamp"), now_ns)
-        log = bytearray(b"\x08")
-        log += varint(ns // 1_000_000_000)
-        for key, value in event.items():
-            head = heads.get(key)
-            if head is None:
-                encoded = key.encode()
-                head = heads[key] = b"\x0a" + varint(len(encoded)) + encoded + b"\x12"
-            raw = value.encode() if isinstance(value, str) else dumps(value)
-            size = small[len(raw)] if len(raw) < 128 else varint(len(raw))
-            log += b"\x12"
-            log += varint(len(head) + len(size) + len(raw))
-            log += head
-            log += size
-            log += raw
-        log += b"\x25"
-        log += (ns % 1_000_000_000).to_bytes(4, "little")
+        try:
+            fields = b"".join([found(pair) or content(pair) for pair in event.items()])
+        except TypeError:  # a list or an object among the values: no lookup for them
+            fields = b"".join([content(pair) for pair in event.items()])
+        seconds = varint(ns // 1_000_000_000)
         out += b"\x0a"
-        out += varint(len(log))
-        out += log
+        out += varint(len(seconds) + len(fields) + 6)  # Time's and Time_ns's keys: 6 bytes
+        out += b"\x08"
+        out += seconds
+        out += fields
+        out += b"\x25"
+        out += (ns % 1_000_000_000).to_bytes(4, "little")
     for number, text in ((b"\x1a", topic), (b"\x22", source_of(source, first or {}))):
         data = text.encode()
         out += number + varint(len(data)) + data
