@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,20 +104,6 @@ def dead_letters(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(x) for x in path.read_text().splitlines()]
-
-
-@pytest.fixture
-def mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[HttpSink]]:
-    made: list[HttpSink] = []
-    yield made
-    for sink in made:
-        sink.close(0.5)
 
 
 def datadog_sink(sinks: list[HttpSink], url: str = SITE_URL, **overrides: Any) -> HttpSink:

@@ -154,20 +154,6 @@ class FakeCluster:
 
 
 @pytest.fixture
-def mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[HttpSink]]:
-    made: list[HttpSink] = []
-    yield made
-    for sink in made:
-        sink.close(0.5)
-
-
-@pytest.fixture
 def es_sink(sinks: list[HttpSink], tmp_path: Path) -> Callable[..., HttpSink]:
     """Factory: an elasticsearch http sink (dead letters in tmp_path/dead.jsonl)."""
 

@@ -135,12 +135,6 @@ def encode(lines: list[bytes], **options: Any) -> bytes:
 
 
 @pytest.fixture
-def mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
-
-
-@pytest.fixture
 def loki_sink() -> Iterator[Any]:
     made: list[HttpSink] = []
 

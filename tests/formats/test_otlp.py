@@ -161,12 +161,6 @@ def sent(call: Any) -> bytes:
     return gzip.decompress(body) if call.request.headers.get("Content-Encoding") == "gzip" else body
 
 
-@pytest.fixture
-def mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
-
-
 PROTOCOLS = pytest.mark.parametrize("protocol", ["protobuf", "json"])
 
 

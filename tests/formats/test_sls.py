@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from bridge.formats.sls import SlsFormat, SlsOptions
 from bridge.sinks.http import HttpSink
 from tests.collector import Collector, Reply
 from tests.delivery.helpers import event_line, fast_settings, ids_of
+from tests.formats.conftest import dead_ids
 
 ENDPOINT = "https://my-project.cn-hangzhou.log.aliyuncs.com"
 TRACK = f"{ENDPOINT}/logstores/app-events/track"
@@ -47,26 +47,6 @@ def body_of(call: Any) -> dict[str, Any]:
     parsed = json.loads(raw)
     assert isinstance(parsed, dict)
     return parsed
-
-
-def dead_ids(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    return [json.loads(json.loads(r)["line"])["event_id"] for r in path.read_text().splitlines()]
-
-
-@pytest.fixture
-def mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[HttpSink]]:
-    made: list[HttpSink] = []
-    yield made
-    for sink in made:
-        sink.close(0.5)
 
 
 class TestSlsWire:

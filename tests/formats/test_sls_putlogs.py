@@ -9,7 +9,6 @@ import json
 import re
 import time
 import zlib
-from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from bridge.formats.sls_putlogs import SlsPutLogsFormat, SlsPutLogsOptions, sign
 from bridge.sinks.http import HttpSink
 from tests.collector import Collector, Reply
 from tests.delivery.helpers import event_line, fast_settings, ids_of
+from tests.formats.conftest import dead_ids
 
 ENDPOINT = "https://my-project.cn-hangzhou.log.aliyuncs.com"
 RESOURCE = "/logstores/app-events/shards/lb"
@@ -80,26 +80,6 @@ def group_of(body: bytes, headers: Any) -> Any:
 
 def ids_in(group: Any) -> list[str]:
     return [c.Value for log in group.Logs for c in log.Contents if c.Key == "event_id"]
-
-
-def dead_ids(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    return [json.loads(json.loads(r)["line"])["event_id"] for r in path.read_text().splitlines()]
-
-
-@pytest.fixture
-def mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[HttpSink]]:
-    made: list[HttpSink] = []
-    yield made
-    for sink in made:
-        sink.close(0.5)
 
 
 class TestPutLogsWire:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from bridge.outcome import PartlyDelivered, Rejected
 from bridge.sinks.http import HttpSink
 from tests.collector import Collector, Reply
 from tests.delivery.helpers import fast_settings
+from tests.formats.conftest import dead_ids
 
 BASE = "https://splunk.test:8088"
 URL = BASE + "/services/collector/event"
@@ -74,26 +74,6 @@ def sent(call: Any) -> bytes:
     body = call.request.body
     assert isinstance(body, bytes)
     return gzip.decompress(body) if call.request.headers.get("Content-Encoding") == "gzip" else body
-
-
-def dead_ids(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    return [json.loads(json.loads(r)["line"])["event_id"] for r in path.read_text().splitlines()]
-
-
-@pytest.fixture
-def mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[HttpSink]]:
-    made: list[HttpSink] = []
-    yield made
-    for sink in made:
-        sink.close(0.5)
 
 
 def hec_sink(sinks: list[HttpSink], url: str = BASE, **overrides: Any) -> HttpSink:
