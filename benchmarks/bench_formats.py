@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks.bench_http import encoded_lines, sink_settings
+from benchmarks.bench_http import encoded_lines, requests_on, sink_settings
 from benchmarks.common import Contender, interleave, markdown_table, median, target_line
 from bridge import formats
 from bridge.sinks.http import HttpSink
@@ -60,29 +60,8 @@ def _reply(path: bytes, content_type: bytes, body: bytes) -> tuple[bytes, bytes]
 
 
 def _connection(conn: socket.socket) -> None:
-    buf = bytearray()
     with conn:
-        while True:
-            while (end := buf.find(b"\r\n\r\n")) < 0:
-                chunk = conn.recv(262144)
-                if not chunk:
-                    return
-                buf += chunk
-            head = bytes(buf[:end]).split(b"\r\n")
-            del buf[: end + 4]
-            path = head[0].split(b" ")[1]
-            headers = {}
-            for line in head[1:]:
-                name, _, value = line.partition(b":")
-                headers[name.strip().lower()] = value.strip()
-            length = int(headers.get(b"content-length", b"0"))
-            while len(buf) < length:
-                chunk = conn.recv(max(262144, length - len(buf)))
-                if not chunk:
-                    return
-                buf += chunk
-            body = bytes(buf[:length])
-            del buf[:length]
+        for _, path, headers, body in requests_on(conn):
             status, payload = _reply(path, headers.get(b"content-type", b""), body)
             conn.sendall(
                 b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -40,7 +40,7 @@ from benchmarks.common import Contender, interleave, markdown_table, median, tar
 from bridge.config import HttpSinkSettings
 from bridge.sinks.http import HttpSink
 
-__all__ = ["run", "serve_counting_collector"]
+__all__ = ["requests_on", "run", "serve_counting_collector"]
 
 EVENT: dict[str, Any] = {
     "timestamp": "2026-11-25T08:30:00.123456Z",
@@ -92,30 +92,40 @@ def _count(content_type: bytes, body: bytes) -> int:
     return 1
 
 
-def _connection(conn: socket.socket, total: list[int], lock: threading.Lock) -> None:
+Request = tuple[bytes, bytes, dict[bytes, bytes], bytes]  # method, path, headers, body
+
+
+def requests_on(conn: socket.socket) -> Iterator[Request]:
+    """The HTTP/1.1 requests arriving on one keep-alive connection, until the client closes
+    it (a minimal reader for the benchmarks' receivers: Content-Length bodies only)."""
     buf = bytearray()
+    while True:
+        while (end := buf.find(b"\r\n\r\n")) < 0:
+            chunk = conn.recv(262144)
+            if not chunk:
+                return
+            buf += chunk
+        head = bytes(buf[:end]).split(b"\r\n")
+        del buf[: end + 4]
+        method, path = head[0].split(b" ")[:2]
+        headers = {}
+        for line in head[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get(b"content-length", b"0"))
+        while len(buf) < length:
+            chunk = conn.recv(max(262144, length - len(buf)))
+            if not chunk:
+                return
+            buf += chunk
+        body = bytes(buf[:length])
+        del buf[:length]
+        yield method, path, headers, body
+
+
+def _connection(conn: socket.socket, total: list[int], lock: threading.Lock) -> None:
     with conn:
-        while True:
-            while (end := buf.find(b"\r\n\r\n")) < 0:
-                chunk = conn.recv(262144)
-                if not chunk:
-                    return
-                buf += chunk
-            head = bytes(buf[:end]).split(b"\r\n")
-            del buf[: end + 4]
-            method = head[0].split(b" ", 1)[0]
-            headers = {}
-            for line in head[1:]:
-                name, _, value = line.partition(b":")
-                headers[name.strip().lower()] = value.strip()
-            length = int(headers.get(b"content-length", b"0"))
-            while len(buf) < length:
-                chunk = conn.recv(max(262144, length - len(buf)))
-                if not chunk:
-                    return
-                buf += chunk
-            body = bytes(buf[:length])
-            del buf[:length]
+        for method, _, headers, body in requests_on(conn):
             if method == b"GET":
                 with lock:
                     payload = str(total[0]).encode()
