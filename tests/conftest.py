@@ -11,6 +11,7 @@ from typing import Any
 
 import blinker
 import pytest
+import responses
 from flask import Flask
 
 from bridge import SignalBridge
@@ -133,3 +134,19 @@ def make_sink() -> Iterator[MakeSink]:
     yield make
     for sink in made:
         sink.close(0.2)  # tests that need delivery flush first
+
+
+@pytest.fixture
+def mock() -> Iterator[responses.RequestsMock]:
+    """Requests answered by `responses` (exact bytes and headers); unused replies are fine."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
+
+
+@pytest.fixture
+def sinks() -> Iterator[list[HttpSink]]:
+    """Http sinks a test appends here are closed at teardown."""
+    made: list[HttpSink] = []
+    yield made
+    for sink in made:
+        sink.close(0.5)

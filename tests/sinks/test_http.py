@@ -29,20 +29,6 @@ SECRET = "Bearer t0p-s3cret-value"
 STATS_KEYS = set(STATS_COUNTERS)
 
 
-@pytest.fixture
-def mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[HttpSink]]:
-    made: list[HttpSink] = []
-    yield made
-    for sink in made:
-        sink.close(0.5)
-
-
 def transport(**overrides: Any) -> HttpTransport:
     settings = fast_settings(URL, **overrides)
     return HttpTransport(settings, get_format(settings.format))

@@ -3,7 +3,7 @@ platform limits (a body never sent over them), its secrets scrubbed from what is
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -41,12 +41,6 @@ class PlatformFormat:
 
     def probe(self, url: str) -> Probe:
         return Probe()
-
-
-@pytest.fixture
-def mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
 
 
 def transport(url: str) -> HttpTransport:
