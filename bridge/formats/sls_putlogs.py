@@ -47,6 +47,7 @@ _UNIQUE = frozenset({"timestamp", "event_id", "request_id", "trace_id", "span_id
 # Not float: 0.0 == -0.0, yet they encode differently.
 _SCALARS = frozenset({int, bool, type(None)})
 _SMALL = [bytes((n,)) for n in range(128)]  # most lengths in a log fit one varint byte
+_LAST_TIME_NS = (1 << 32) * 1_000_000_000  # past 2106-02-07: no uint32 of seconds holds it
 
 
 def _varint(n: int) -> bytes:
@@ -135,6 +136,8 @@ def log_group(
         if first is None:
             first = event
         ns = epoch_ns(event.get("timestamp"), now_ns)
+        if ns >= _LAST_TIME_NS:  # `Time` is a uint32: SLS would read another time
+            ns = now_ns
         try:
             fields = b"".join([found(pair) or content(pair) for pair in event.items()])
         except TypeError:  # a list or an object among the values: no lookup for them
