@@ -389,8 +389,19 @@ class TestPutLogsOptions:
             ({"logstore": "app-events", "access_key_id": AK_ID}, "access_key_secret"),
             ({**OPTIONS, "logstore": ""}, "logstore"),
             ({**OPTIONS, "access_key_secret": ["s3cr3t-in-a-list"]}, "access_key_secret"),
+            ({**OPTIONS, "access_key_id": AK_ID + "\n"}, "access_key_id"),
+            ({**OPTIONS, "access_key_secret": "s3cr3t-in-a-list\n"}, "access_key_secret"),
+            ({**OPTIONS, "security_token": "s3cr3t-in-a-list\r\nX-Evil: 1"}, "security_token"),
         ],
-        ids=["unknown", "missing-secret", "empty-logstore", "secret-not-a-string"],
+        ids=[
+            "unknown",
+            "missing-secret",
+            "empty-logstore",
+            "secret-not-a-string",
+            "id-with-a-newline",
+            "secret-with-a-newline",
+            "token-with-a-header-break",
+        ],
     )
     def test_mistakes_name_the_option_and_hide_secrets(
         self, options: dict[str, Any], key: str
