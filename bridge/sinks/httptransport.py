@@ -87,6 +87,9 @@ class HttpTransport:
         if settings.client_cert and settings.client_key:
             self._cert = (settings.client_cert, settings.client_key)
         self._scrub = Scrubber([*sink_secrets(settings.url, settings.headers), *fmt.secrets()])
+        # Scrubbed before it is cut: a secret echoed across the excerpt's end is hidden whole.
+        longest = max(map(len, self._scrub.secrets), default=0)
+        self._excerpt_window = EXCERPT_BYTES + 4 * longest  # up to 4 UTF-8 bytes a character
         self._inherited: list[requests.Session] = []  # a parent's sessions, never closed here
         self._session = self._new_session()
 
@@ -205,7 +208,9 @@ class HttpTransport:
         return self._policy.classify(
             status,
             where=self._origin,
-            body=self._scrub(content[:EXCERPT_BYTES].decode("utf-8", "replace")),
+            body=self._scrub(content[: self._excerpt_window].decode("utf-8", "replace"))[
+                :EXCERPT_BYTES
+            ],
             retry_after=parse_retry_after(reply.get("Retry-After")),
             location=origin(reply["Location"]) if "Location" in reply else "?",
             events=events,
