@@ -102,10 +102,10 @@ class PartlyDelivered:
     def for_batch(self, size: int) -> PartlyDelivered:
         """This outcome for a batch of `size` items: indices it does not have are dropped,
         the unread ones (from `unread_from`) are retried."""
-        retry = [i for i in self.retry if i < size]
+        retry = [i for i in self.retry if 0 <= i < size]
         if self.unread_from is not None:
             retry.extend(range(max(self.unread_from, 0), size))
-        reject = tuple(i for i in self.reject if i < size)
+        reject = tuple(i for i in self.reject if 0 <= i < size)
         return PartlyDelivered(tuple(sorted(set(retry))), reject, self.status, self.detail)
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from bridge.errors import DeliveryError, FatalError, RetryableError
-from bridge.outcome import DEFAULT_POLICY, Rejected, RetryLater, Split, StatusPolicy
+from bridge.outcome import (
+    DEFAULT_POLICY,
+    PartlyDelivered,
+    Rejected,
+    RetryLater,
+    Split,
+    StatusPolicy,
+)
 
 WHERE = "http://collector.test:8686"
 
@@ -69,6 +76,14 @@ class TestStatusPolicy:
         assert [False, True, True, False] == [
             DEFAULT_POLICY.accepted(s) for s in (199, 200, 299, 300)
         ]
+
+
+class TestPartlyDelivered:
+    def test_negative_indices_are_dropped_not_read_from_the_end(self) -> None:
+        """An index below 0 names no item: dropped like one past the batch, never taken as the
+        last item (which would then be counted delivered and dead-lettered both)."""
+        outcome = PartlyDelivered(retry=(-1, 1), reject=(-3, 0), status=200)
+        assert PartlyDelivered((1,), (0,), 200) == outcome.for_batch(3)
 
 
 class TestDeliveryErrors:

@@ -19,6 +19,10 @@ __all__ = ["LEVELS", "epoch_ns", "parse_event"]
 LEVELS = ("debug", "info", "warning", "error", "critical")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+# Loki and OTLP carry nanoseconds in an int64 (a uint64 for OTLP, read as int64 by receivers):
+# a time before 1970 or past 2262 gets the whole request refused, so it reads as unreadable.
+# The last whole second below 2**63 ns, so a fast path adding a fraction to it stays below.
+_LATEST_NS = 9_223_372_035 * 10**9
 
 
 def parse_event(line: bytes) -> dict[str, Any]:
@@ -35,7 +39,8 @@ def parse_event(line: bytes) -> dict[str, Any]:
 
 def epoch_ns(timestamp: object, default: int) -> int:
     """Nanoseconds since the epoch of an RFC 3339 `timestamp` (the event's own capture time);
-    `default` when it is missing or unreadable. Exact: integer arithmetic throughout."""
+    `default` when it is missing, unreadable or outside 1970-2262 (no int64 of nanoseconds
+    since the epoch holds it). Exact: integer arithmetic throughout."""
     if not isinstance(timestamp, str):
         return default
     try:
@@ -44,4 +49,5 @@ def epoch_ns(timestamp: object, default: int) -> int:
         return default
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _MICROSECOND * 1000
+    ns = (moment - _EPOCH) // _MICROSECOND * 1000
+    return ns if 0 <= ns < _LATEST_NS else default

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ _UNIQUE = frozenset({"timestamp", "event_id", "request_id", "trace_id", "span_id
 # Not float: 0.0 == -0.0, yet they encode differently.
 _SCALARS = frozenset({int, bool, type(None)})
 _SMALL = [bytes((n,)) for n in range(128)]  # most lengths in a log fit one varint byte
+_VISIBLE = re.compile(r"[!-~]*")  # visible ASCII: what a header value can carry
+_LAST_TIME_NS = (1 << 32) * 1_000_000_000  # past 2106-02-07: no uint32 of seconds holds it
 
 
 def _varint(n: int) -> bytes:
@@ -135,6 +138,8 @@ def log_group(
         if first is None:
             first = event
         ns = epoch_ns(event.get("timestamp"), now_ns)
+        if ns >= _LAST_TIME_NS:  # `Time` is a uint32: SLS would read another time
+            ns = now_ns
         try:
             fields = b"".join([found(pair) or content(pair) for pair in event.items()])
         except TypeError:  # a list or an object among the values: no lookup for them
@@ -195,6 +200,11 @@ class SlsPutLogsOptions:
                 raise OptionError(
                     name, "", f'the {name} of a RAM user (say "${{SLS_{name.upper()}}}")'
                 )
+        for name in ("access_key_id", "access_key_secret", "security_token"):
+            # Sent in headers or signing them: a line break (a key file's last newline) would
+            # fail every request at send time, retried until the events are dropped.
+            if not _VISIBLE.fullmatch(getattr(self, name)):
+                raise OptionError(name, "(hidden)", "a key without spaces or control characters")
 
 
 class SlsPutLogsFormat:

@@ -18,6 +18,7 @@ messages name the collector by its origin (scheme, host, port) only.
 from __future__ import annotations
 
 import os
+import traceback
 import zlib
 from collections.abc import Sequence
 from dataclasses import replace
@@ -86,6 +87,9 @@ class HttpTransport:
         if settings.client_cert and settings.client_key:
             self._cert = (settings.client_cert, settings.client_key)
         self._scrub = Scrubber([*sink_secrets(settings.url, settings.headers), *fmt.secrets()])
+        # Scrubbed before it is cut: a secret echoed across the excerpt's end is hidden whole.
+        longest = max(map(len, self._scrub.secrets), default=0)
+        self._excerpt_window = EXCERPT_BYTES + 4 * longest  # up to 4 UTF-8 bytes a character
         self._inherited: list[requests.Session] = []  # a parent's sessions, never closed here
         self._session = self._new_session()
 
@@ -104,7 +108,10 @@ class HttpTransport:
     def send(self, lines: Sequence[bytes]) -> Outcome:
         """POST one batch. `RetryLater` when no complete reply came (timeouts, connection
         errors, the total deadline, the sink closing); else what the reply means."""
-        payload = self._format.encode(lines)
+        try:
+            payload = self._format.encode(lines)
+        except Exception as exc:  # a line the format cannot take (nested past its depth)
+            return self._unencodable(exc, len(lines))
         body = payload.body
         size = len(body) if payload.raw_size is None else payload.raw_size
         if self._max_body is not None and size > self._max_body:
@@ -160,6 +167,18 @@ class HttpTransport:
             return Split(reason)
         return Rejected(reason, drop_reason="too_large")
 
+    def _unencodable(self, exc: Exception, events: int) -> Split | Rejected:
+        """The format raised on the batch (nothing was sent): halve it until the line it trips
+        on is alone, so only that one is dead-lettered, never the events batched with it."""
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        reason = (
+            f"{self._origin}: {self._format.name} could not encode {events} events "
+            f"({type(exc).__name__} at {where.name}:{where.lineno})"
+        )
+        if events > 1:
+            return Split(reason)
+        return Rejected(reason, drop_reason="internal_error")
+
     def _unsent(self, exc: BaseException, expired: bool) -> RetryLater:
         """The outcome of a request that got no complete reply."""
         if self._deadline.aborted:
@@ -189,7 +208,9 @@ class HttpTransport:
         return self._policy.classify(
             status,
             where=self._origin,
-            body=self._scrub(content[:EXCERPT_BYTES].decode("utf-8", "replace")),
+            body=self._scrub(content[: self._excerpt_window].decode("utf-8", "replace"))[
+                :EXCERPT_BYTES
+            ],
             retry_after=parse_retry_after(reply.get("Retry-After")),
             location=origin(reply["Location"]) if "Location" in reply else "?",
             events=events,

@@ -27,6 +27,24 @@ class TestEpochNs:
         """Missing or malformed: the caller's default (the send time, or none)."""
         assert -1 == epoch_ns(timestamp, -1)
 
+    @pytest.mark.parametrize(
+        "timestamp",
+        [
+            "1969-12-31T23:59:59.000000Z",
+            "0001-01-01T00:00:00+00:00",
+            "2262-04-11T23:47:16.854776Z",
+            "9999-12-31T23:59:59.999999Z",
+        ],
+    )
+    def test_a_time_no_platform_can_hold_gives_the_default(self, timestamp: str) -> None:
+        """Before 1970 or past an int64 of nanoseconds (Loki's and OTLP's type): the default,
+        never a negative or overflowing number that gets the whole request refused."""
+        assert -1 == epoch_ns(timestamp, -1)
+
+    def test_the_last_second_an_int64_holds_is_read(self) -> None:
+        """Every time up to the last whole second before int64 overflow, fraction included."""
+        assert 9_223_372_034_999_999_000 == epoch_ns("2262-04-11T23:47:14.999999Z", -1)
+
 
 class TestParseEvent:
     def test_an_event_line_is_its_object(self) -> None:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import responses
 
 from bridge.config import load_settings
 from bridge.errors import ConfigError
 from bridge.formats import IMPLEMENTED, NAMES, get_format, options_type
 from bridge.outcome import DELIVERED
+from bridge.sinks.http import HttpSink
+from tests.delivery.helpers import event_line, fast_settings
+from tests.formats.conftest import dead_ids
 
 LINES = [b'{"event_id":"a","n":1}\n', b'{"event_id":"b","msg":"x\\ny"}\n']
 # What formats with required options need to be built at all.
@@ -78,3 +84,41 @@ class TestJsonArray:
         """One line still makes an array."""
         payload = get_format("json_array").encode(LINES[:1])
         assert b'[{"event_id":"a","n":1}]' == payload.body
+
+
+def nested(depth: int) -> Any:
+    """A value `depth` lists deep: past what orjson writes, within what it reads."""
+    value: Any = 1
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+class TestAnEventNoFormatCanEncode:
+    @pytest.mark.parametrize("name", IMPLEMENTED)
+    def test_only_that_event_is_dead_lettered_the_rest_delivered(
+        self, name: str, mock: responses.RequestsMock, sinks: list[HttpSink], tmp_path: Path
+    ) -> None:
+        """A line a format raises on (nested 400 deep, through `submit` or a replay): the
+        batch is halved until it is alone; its neighbours are delivered, it is dead-lettered."""
+        dead = tmp_path / "dead.jsonl"
+        mock.add(responses.POST, re.compile(r"http://collector\.test/.*"), body=b'{"errors":false}')
+        sink = HttpSink(
+            fast_settings(
+                "http://collector.test/in",
+                format=name,
+                format_options=REQUIRED_OPTIONS.get(name, {}),
+                dead_letter_path=dead,
+                batch_timeout=10.0,
+                batch_max_events=3,
+            )
+        )
+        sinks.append(sink)
+        bad = json.dumps({"event_id": "deep", "d": nested(400)}).encode() + b"\n"
+        lines = [event_line(), bad, event_line()]
+        for line in lines:
+            assert sink.submit(line)
+        assert sink.flush(10.0)
+        delivered, dead_letters = sink.stats()["delivered"], dead_ids(dead)
+        assert ["deep"][: 3 - delivered] == dead_letters  # 3 delivered: the format took it
+        assert 2 <= delivered

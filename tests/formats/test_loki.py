@@ -232,6 +232,17 @@ class TestLokiReadsIt:
             entries[3].labels,
         )
 
+    def test_a_time_no_int64_holds_does_not_get_the_batch_refused(self) -> None:
+        """Before 1970 or past 2262 (no int64 of nanoseconds): sent with the send time, so
+        Loki takes the batch instead of refusing it whole."""
+        lines = [line("old", "1969-12-31T23:59:59.000000Z"), line("far", "9999-12-31T23:59:59Z")]
+        now = ns_of(datetime.now(UTC).isoformat())
+        entries = loki_view(encode([*lines, line("ok")]))
+        by_id = {json.loads(e.line)["event_id"]: e.ns for e in entries}
+        assert ns_of("2026-11-25T08:30:00.123456Z") == by_id.pop("ok")
+        assert all(now - 10**9 * 60 <= ns <= now + 10**9 * 60 for ns in by_id.values())
+        assert {"old", "far"} == set(by_id)
+
     def test_the_oracle_refuses_what_loki_refuses(self) -> None:
         """The oracle is strict where Loki is: a numeric timestamp, a nested metadata value,
         an invalid label name, an empty label set."""

@@ -307,6 +307,20 @@ class TestEncoding:
         assert ("string_value", "yesterday") == attributes(record.attributes)["timestamp"]
 
     @PROTOCOLS
+    def test_a_time_no_uint64_holds_is_unknown_not_the_batch_refused(self, protocol: str) -> None:
+        """Before 1970 or past 2262: time_unix_nano 0 and the text kept, so the official
+        parser (a receiver) reads the request instead of refusing it whole as out of range."""
+        lines = [
+            line(timestamp="1969-12-31T23:59:59.000000Z"),
+            line(timestamp="9999-12-31T23:59:59Z"),
+        ]
+        found = records(parse(encode([*lines, line()], protocol), protocol))
+        assert [0, 0, STAMP_NS] == [record.time_unix_nano for _, record in found.values()]
+        assert ("string_value", "9999-12-31T23:59:59Z") == attributes(
+            found[event_id(lines[1])][1].attributes
+        )["timestamp"]
+
+    @PROTOCOLS
     def test_a_line_that_is_not_an_object_goes_out_as_its_body(self, protocol: str) -> None:
         """Never fails the batch: the text is the body, the resource is empty."""
         request = parse(encode([b"not json\n", b"[1]\n"], protocol), protocol)

@@ -155,6 +155,24 @@ class TestPutLogsWire:
         tag.Key, tag.Value = "a", "1"
         assert group.SerializeToString() == ours
 
+    def test_a_time_no_uint32_holds_is_the_send_time_not_a_failed_batch(self) -> None:
+        """Before 1970 or after 2106 (`Time` is a uint32 of seconds): the log carries the send
+        time, its `timestamp` field as it was, and the batch goes out whole."""
+        stamps = [
+            "0001-01-01T00:00:00+00:00",
+            "1969-12-31T23:59:59.000000Z",
+            "2200-01-01T00:00:00Z",
+        ]
+        lines = [LINE_A.replace(b"2026-11-25T08:30:00.123456Z", s.encode()) for s in stamps]
+        before = int(time.time())
+        payload = SlsPutLogsFormat(SlsPutLogsOptions(**OPTIONS)).encode([*lines, LINE_B])
+        group = group_of(payload.body, payload.headers)
+        assert [log.Time for log in group.Logs][-1:] == [1795595401]
+        assert all(before <= log.Time <= time.time() for log in group.Logs[:3])
+        assert stamps == [
+            c.Value for log in group.Logs[:3] for c in log.Contents if c.Key == "timestamp"
+        ]
+
     def test_the_sdks_own_put_logs_sends_the_same_signed_headers(
         self, mock: responses.RequestsMock, sinks: list[HttpSink]
     ) -> None:
@@ -371,8 +389,19 @@ class TestPutLogsOptions:
             ({"logstore": "app-events", "access_key_id": AK_ID}, "access_key_secret"),
             ({**OPTIONS, "logstore": ""}, "logstore"),
             ({**OPTIONS, "access_key_secret": ["s3cr3t-in-a-list"]}, "access_key_secret"),
+            ({**OPTIONS, "access_key_id": AK_ID + "\n"}, "access_key_id"),
+            ({**OPTIONS, "access_key_secret": "s3cr3t-in-a-list\n"}, "access_key_secret"),
+            ({**OPTIONS, "security_token": "s3cr3t-in-a-list\r\nX-Evil: 1"}, "security_token"),
         ],
-        ids=["unknown", "missing-secret", "empty-logstore", "secret-not-a-string"],
+        ids=[
+            "unknown",
+            "missing-secret",
+            "empty-logstore",
+            "secret-not-a-string",
+            "id-with-a-newline",
+            "secret-with-a-newline",
+            "token-with-a-header-break",
+        ],
     )
     def test_mistakes_name_the_option_and_hide_secrets(
         self, options: dict[str, Any], key: str

@@ -108,3 +108,15 @@ class TestFormatSecrets:
         assert isinstance(outcome, Rejected)
         assert "plat-t0ken-value" not in outcome.body
         assert "bad X-Token" in outcome.body
+
+    def test_a_token_cut_by_the_excerpt_leaves_no_part_of_it(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        """A token echoed across the excerpt's end: hidden whole before the cut, so no prefix
+        of it reaches the outcome (and the dead letters and stats made from it)."""
+        echo = "x" * 490 + " bad X-Token plat-t0ken-value"  # cut after "plat-t0ke"
+        mock.add(responses.POST, "http://p.test/in", status=400, body=echo)
+        outcome = transport("http://p.test/in").send([event_line()])
+        assert isinstance(outcome, Rejected)
+        assert "x" * 490 == outcome.body[:490]
+        assert "plat-t0k" not in outcome.body
