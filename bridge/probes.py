@@ -90,6 +90,10 @@ def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool, str]:
         return False, str(exc)
     url = with_default_query(with_default_path(settings.url, fmt.default_path), fmt.default_query)
     probe = fmt.probe(url)
+    # The sink's headers are for its collector: a probe of another host (Datadog's key check
+    # on api.<site>) carries only the format's own credentials, never the sink's.
+    same_host = probe.url is None or urlsplit(probe.url).netloc == urlsplit(url).netloc
+    own_headers = settings.headers if same_host else {}
     scrub = Scrubber([*sink_secrets(settings.url, settings.headers), *fmt.secrets()])
     cert: str | tuple[str, str] | None = settings.client_cert
     if settings.client_cert and settings.client_key:
@@ -101,7 +105,7 @@ def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool, str]:
             response = session.request(
                 probe.method,
                 probe.url or url,
-                headers={**settings.headers, **probe.headers},
+                headers={**own_headers, **probe.headers},
                 data=probe.body,
                 timeout=(
                     min(settings.timeout_connect, timeout),

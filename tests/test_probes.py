@@ -294,3 +294,21 @@ class TestFormatProbes:
                 "GET", "/logstores/events", {}, headers, None
             )
         assert headers["Authorization"] == sent["Authorization"]
+
+    def test_a_probe_of_another_host_never_carries_the_sinks_headers(
+        self, wire: responses.RequestsMock
+    ) -> None:
+        """Datadog's key check goes to api.<site>: the sink's own headers (meant for its
+        intake, perhaps a proxy's credentials) stay home; only DD-API-KEY goes."""
+        wire.add(responses.GET, "https://api.datadoghq.eu/api/v1/validate", status=200)
+        settings = HttpSinkSettings(
+            type="http",
+            name="p",
+            url="https://http-intake.logs.datadoghq.eu",
+            format="datadog",
+            format_options={"api_key": "dd-k3y"},
+            headers={"Proxy-Authorization": "Basic c2VjcmV0"},
+        )
+        assert probe_http(settings, 3.0)[0]
+        sent = wire.calls[0].request.headers
+        assert ("dd-k3y", None) == (sent["DD-API-KEY"], sent.get("Proxy-Authorization"))
