@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["LEVELS", "epoch_ns", "parse_event"]
+__all__ = ["LEVELS", "BatchClock", "epoch_ns", "parse_event"]
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -51,3 +51,33 @@ def epoch_ns(timestamp: object, default: int) -> int:
         moment = moment.replace(tzinfo=UTC)
     ns = (moment - _EPOCH) // _MICROSECOND * 1000
     return ns if 0 <= ns < _LATEST_NS else default
+
+
+class BatchClock:
+    """`epoch_ns` for the events of one batch, which mostly share a few seconds: a time in the
+    bridge's own shape (`2026-11-25T08:30:00.123456Z`) reads its second once per batch and adds
+    its microseconds (a dict lookup instead of a ~0.6 µs parse); anything else goes through
+    `epoch_ns`, so both give the same answer. Made per `encode` call: never shared between
+    threads."""
+
+    __slots__ = ("_seconds",)
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, int] = {}
+
+    def ns(self, timestamp: object, default: int) -> int:
+        if (
+            type(timestamp) is str
+            and len(timestamp) == 27
+            and timestamp[26] == "Z"
+            and timestamp[19] == "."
+            and (micros := timestamp[20:26]).isdigit()
+            and micros.isascii()
+        ):
+            second = self._seconds.get(timestamp[:19])
+            if second is None:
+                second = epoch_ns(timestamp[:19] + ".000000Z", -1)
+                self._seconds[timestamp[:19]] = second
+            # Below _LATEST_NS, a whole second plus a fraction stays in range.
+            return second + int(micros) * 1000 if second >= 0 else default
+        return epoch_ns(timestamp, default)

@@ -30,7 +30,7 @@ from orjson import JSONDecodeError, dumps, loads
 
 from bridge.events import ENVELOPE_ORDER
 from bridge.formats.base import NO_QUERY, Limits, OptionError, Payload, Probe
-from bridge.formats.fields import epoch_ns, parse_event
+from bridge.formats.fields import BatchClock, parse_event
 from bridge.outcome import DELIVERED, Outcome, Rejected, StatusPolicy
 from bridge.shrink import fit_event
 
@@ -178,9 +178,9 @@ class LokiFormat:
         now = time.time_ns()  # only for a line without a readable timestamp of its own
         streams: dict[tuple[tuple[str, str], ...], list[tuple[int, list[Any]]]] = {}
         # Per batch, not shared (formats are used from several threads): the streams by the
-        # raw values their labels read, and the epoch second of each `YYYY-MM-DDTHH:MM:SS`.
+        # raw values their labels read; the clock reads each second of the batch once.
         by_values: dict[tuple[Any, ...], list[tuple[int, list[Any]]]] = {}
-        seconds: dict[str, int] = {}
+        clock = BatchClock()
         label_keys = self._label_keys
         metadata_keys = self._metadata
         for line in lines:
@@ -193,16 +193,7 @@ class LokiFormat:
             text = line[:-1] if line[-1:] == b"\n" else line
             if len(text) > MAX_LINE_BYTES:
                 text = self._cut(event, len(text))
-            ts = event.get("timestamp")
-            ns = -1
-            if type(ts) is str and len(ts) == 27 and ts[26] == "Z":
-                second = seconds.get(ts[:19])
-                if second is None:
-                    second = seconds[ts[:19]] = epoch_ns(ts[:19] + ".000000Z", -1)
-                if second >= 0 and ts[19] == "." and ts[20:26].isdigit():
-                    ns = second + int(ts[20:26]) * 1000
-            if ns < 0:
-                ns = epoch_ns(ts, now)
+            ns = clock.ns(event.get("timestamp"), now)
             value: list[Any] = [str(ns), text.decode("utf-8", "replace")]
             if metadata_keys:
                 metadata: dict[str, str] = {}

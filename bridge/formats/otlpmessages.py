@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from bridge.formats import protowire as pw
-from bridge.formats.fields import epoch_ns, parse_event
+from bridge.formats.fields import BatchClock, parse_event
 
 __all__ = [
     "RESOURCE_KEYS",
@@ -72,34 +72,11 @@ def _trace_context(value: Any, size: int) -> str:
     return text
 
 
-class _Clock:
-    """The last second read (events of a batch mostly share it): `epoch_ns` costs ~2 us."""
-
-    prefix = ""
-    base = 0
-
-
-def _epoch_ns(stamp: Any) -> int:
-    """`fields.epoch_ns(stamp, 0)`, reading the bridge's own shape from the second it shares
-    with the previous event when it does."""
-    if isinstance(stamp, str) and len(stamp) == 27 and stamp[26] == "Z" and stamp[19] == ".":
-        clock = _Clock
-        if stamp[:19] != clock.prefix:
-            base = epoch_ns(stamp[:19] + ".000000Z", 0)
-            clock.prefix, clock.base = stamp[:19], base  # racing threads write equal pairs
-        else:
-            base = clock.base
-        micros = stamp[20:26]
-        if base and micros.isdigit():
-            return base + int(micros) * 1000
-    return epoch_ns(stamp, 0)
-
-
-def read(event: dict[str, Any]) -> Record:
+def read(event: dict[str, Any], clock: BatchClock) -> Record:
     """The LogRecord of one event whose resource fields are taken already. `event` is
     `parse_event`'s own dict: the fields the record takes are popped, the rest are its
     attributes, in order (a field it cannot read stays an attribute, as it was)."""
-    stamp = _epoch_ns(event.get("timestamp"))
+    stamp = clock.ns(event.get("timestamp"), 0)
     if stamp:
         del event["timestamp"]
     level = event.get("level")
@@ -293,6 +270,7 @@ def group(lines: Sequence[bytes], extra: Sequence[tuple[str, str]]) -> list[Grou
     """The batch's records grouped by resource, in order of first appearance; `extra`
     resource attributes are added where the events do not set them."""
     groups: dict[tuple[Any, ...], Group] = {}
+    clock = BatchClock()
     for line in lines:
         event = parse_event(line)
         values = tuple([event.pop(k, _ABSENT) for k in RESOURCE_KEYS])
@@ -306,7 +284,7 @@ def group(lines: Sequence[bytes], extra: Sequence[tuple[str, str]]) -> list[Grou
             ]
             resource += [(k, v) for k, v in extra if k not in dict(resource)]
             found = groups[key] = (resource, [])
-        found[1].append(read(event))
+        found[1].append(read(event, clock))
     return list(groups.values())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.formats.fields import epoch_ns, parse_event
+from bridge.formats.fields import BatchClock, epoch_ns, parse_event
 
 
 class TestEpochNs:
@@ -55,3 +55,41 @@ class TestParseEvent:
     def test_anything_else_goes_out_whole_as_its_message(self, line: bytes) -> None:
         """A line that is not an object never fails the batch: it becomes `message`."""
         assert {"message": line.decode().rstrip("\n")} == parse_event(line)
+
+
+class TestBatchClock:
+    @pytest.mark.parametrize(
+        "timestamp",
+        [
+            "2026-11-25T08:30:00.123456Z",
+            "2026-11-25T08:30:00.000000Z",
+            "2026-11-25T09:30:00.123456+01:00",
+            "2026-11-25T08:30:00.12345٦Z",  # a non-ASCII digit: unreadable either way
+            "2026-13-25T08:30:00.123456Z",
+            "1969-12-31T23:59:59.999999Z",
+            "2262-04-11T23:47:16.999999Z",
+            "9999-12-31T23:59:59.999999Z",
+            None,
+            1795595400,
+        ],
+    )
+    def test_it_gives_what_epoch_ns_gives(self, timestamp: object) -> None:
+        """The per-batch fast path answers exactly as `epoch_ns` does, fast shape or not."""
+        clock = BatchClock()
+        assert epoch_ns(timestamp, -7) == clock.ns(timestamp, -7) == clock.ns(timestamp, -7)
+
+    def test_a_batchs_second_is_read_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Events of the same second: one parse of the second, then only the microseconds."""
+        calls: list[object] = []
+
+        def counted(timestamp: object, default: int) -> int:
+            calls.append(timestamp)
+            return epoch_ns(timestamp, default)
+
+        monkeypatch.setattr("bridge.formats.fields.epoch_ns", counted)
+        clock = BatchClock()
+        times = [f"2026-11-25T08:30:00.{n:06d}Z" for n in range(50)]
+        assert [1_795_595_400_000_000_000 + n * 1000 for n in range(50)] == [
+            clock.ns(t, -1) for t in times
+        ]
+        assert ["2026-11-25T08:30:00.000000Z"] == calls
