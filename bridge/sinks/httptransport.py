@@ -156,16 +156,13 @@ class HttpTransport:
             return self._unsent(failure, expired)
         return self._outcome(response, content, len(lines))
 
-    def _too_large(self, events: int, size: int) -> Split | Rejected:
-        """A body over the platform's limit is never sent: split the batch, or (one event
-        alone) reject it, so it is dead-lettered instead of refused forever."""
-        reason = (
+    def _too_large(self, events: int, size: int) -> Split:
+        """A body over the platform's limit is never sent: split the batch (the engine
+        dead-letters one event that is still too large as `too_large`, as after a 413)."""
+        return Split(
             f"{self._origin}: a request of {events} events would be {size} bytes, over the "
             f"{self._format.name} limit of {self._max_body} bytes"
         )
-        if events > 1:
-            return Split(reason)
-        return Rejected(reason, drop_reason="too_large")
 
     def _unencodable(self, exc: Exception, events: int) -> Split | Rejected:
         """The format raised on the batch (nothing was sent): halve it until the line it trips

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import responses
 
+from bridge.delivery.deadletter import DeadLetter
 from bridge.formats.base import Limits, Payload, Probe
 from bridge.outcome import DEFAULT_POLICY, DELIVERED, Outcome, Rejected, Split, StatusPolicy
+from bridge.sinks.http import delivery_engine
 from bridge.sinks.httptransport import HttpTransport
 from bridge.sinks.httpwire import with_default_path
+from bridge.stats import SinkStats
 from tests.delivery.helpers import event_line, fast_settings
 
 PLATFORM_LIMITS = Limits(max_events=10, max_body_bytes=2000)
@@ -79,14 +83,31 @@ class TestBodyLimit:
         assert "over the platform limit of 2000 bytes" in outcome.reason
         assert 0 == len(mock.calls)
 
-    def test_one_event_over_the_limit_is_rejected_too_large(
-        self, mock: responses.RequestsMock
+    def test_one_event_over_the_limit_is_dead_lettered_too_large(
+        self, mock: responses.RequestsMock, tmp_path: Path
     ) -> None:
-        """A single event that cannot fit is rejected (dead-lettered), never split forever."""
-        outcome = transport("http://p.test/in").send([event_line(pad="x" * 3000)])
-        assert isinstance(outcome, Rejected)
-        assert ("too_large", None) == (outcome.drop_reason, outcome.status)
-        assert 0 == len(mock.calls)
+        """A single event that cannot fit is dead-lettered `too_large` once, never sent and
+        never split forever (the transport says split; the engine refuses a lone line)."""
+        stats = SinkStats()
+        letters = DeadLetter(tmp_path / "dead.jsonl", stats=stats, sink_name="p")
+        settings = fast_settings("http://p.test/in", gzip=False)
+        engine = delivery_engine(
+            settings,
+            HttpTransport(settings, PlatformFormat()),
+            stats=stats,
+            dead_letter=letters,
+        )
+        try:
+            assert engine.submit(event_line(pad="x" * 3000))
+            assert engine.flush(10.0)
+        finally:
+            engine.close(1.0)
+        assert ({"too_large": 1}, 1, 0) == (
+            stats.dropped_by_reason,
+            stats.dead_lettered,
+            len(mock.calls),
+        )
+        assert isinstance(transport("http://p.test/in").send([event_line(pad="x" * 3000)]), Split)
 
     def test_a_body_within_the_limit_is_sent(self, mock: responses.RequestsMock) -> None:
         """At or under the limit the batch goes out whole."""
