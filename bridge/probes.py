@@ -80,7 +80,7 @@ def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool, str]:
     from bridge.errors import ConfigError
     from bridge.formats import get_format
     from bridge.redaction import Scrubber
-    from bridge.sinks.httpwire import sink_secrets, with_default_path, with_default_query
+    from bridge.sinks.httpwire import request_url, sink_secrets
 
     try:
         fmt = get_format(
@@ -88,7 +88,7 @@ def probe_http(settings: HttpSinkSettings, timeout: float) -> tuple[bool, str]:
         )
     except ConfigError as exc:
         return False, str(exc)
-    url = with_default_query(with_default_path(settings.url, fmt.default_path), fmt.default_query)
+    url = request_url(settings.url, fmt)
     probe = fmt.probe(url)
     # The sink's headers are for its collector: a probe of another host (Datadog's key check
     # on api.<site>) carries only the format's own credentials, never the sink's.

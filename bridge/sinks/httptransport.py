@@ -39,9 +39,8 @@ from bridge.sinks.httpwire import (
     failure_cause,
     origin,
     read_reply,
+    request_url,
     sink_secrets,
-    with_default_path,
-    with_default_query,
 )
 
 __all__ = ["HttpTransport"]
@@ -66,9 +65,7 @@ class HttpTransport:
         self._settings = settings
         self._format = fmt
         self._policy = fmt.policy
-        self._url = with_default_query(
-            with_default_path(settings.url, fmt.default_path), fmt.default_query
-        )
+        self._url = request_url(settings.url, fmt)
         self._max_body = fmt.limits.max_body_bytes
         self._origin = origin(settings.url)
         self._host = urlsplit(settings.url).hostname or "?"

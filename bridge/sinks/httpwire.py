@@ -39,6 +39,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import ProxyManager
 
+from bridge.formats.base import Format
 from bridge.redaction import DEFAULT_REDACT_TERMS, SensitiveKeys
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "failure_cause",
     "origin",
     "read_reply",
+    "request_url",
     "sink_secrets",
     "with_default_path",
     "with_default_query",
@@ -312,6 +314,12 @@ def sink_secrets(url: str, headers: Mapping[str, str]) -> list[str]:
     sensitive = SensitiveKeys(DEFAULT_REDACT_TERMS)
     secrets.extend(v for k, v in parse_qsl(parts.query, keep_blank_values=True) if sensitive(k))
     return [s for s in secrets if s]
+
+
+def request_url(url: str, fmt: Format) -> str:
+    """Where a sink's requests (and its probe) go: the configured `url`, with the format's
+    documented path and query parameters wherever the URL has none of its own."""
+    return with_default_query(with_default_path(url, fmt.default_path), fmt.default_query)
 
 
 def with_default_path(url: str, path: str) -> str:
