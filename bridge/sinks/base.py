@@ -23,6 +23,14 @@ class Sink(Protocol):
         """
         ...
 
+    def submit_many(self, lines: list[bytes]) -> int:
+        """Take several lines at once, in order (one request's events); return how many were
+        accepted (the others are dropped and counted). As cheap for the caller as one
+        `submit`: one `write()`, one lock or one spool append for all of them. Never raises
+        and never waits on network I/O.
+        """
+        ...
+
     def flush(self, timeout: float) -> bool:
         """Wait until every line accepted so far is delivered; False when `timeout` ran out."""
         ...

@@ -157,6 +157,12 @@ class HttpSink:
         )
         self.submit = self._engine.submit
 
+    def submit_many(self, lines: list[bytes]) -> int:
+        """Several lines in order; how many were accepted. Placeholder: one `submit` each (one
+        lock, or one spool append, for all of them comes next)."""
+        submit = self.submit
+        return sum(submit(line) for line in lines)
+
     def flush(self, timeout: float) -> bool:
         """Wait until every accepted line is acknowledged by the collector (or dead-lettered)."""
         return self._engine.flush(timeout)

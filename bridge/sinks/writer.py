@@ -182,6 +182,13 @@ class LineWriter:
             return self._write_now(line)
         return self._queue.put(line)
 
+    def submit_many(self, lines: list[bytes]) -> int:
+        """Write or queue several lines in order; how many were accepted.
+
+        Placeholder: one `submit` each (a single `write()` for all of them comes next).
+        """
+        return sum(self.submit(line) for line in lines)
+
     def _slow_write(self, started: float) -> Note:
         elapsed = _monotonic() - started
         self._defer(started, self.defer_seconds)

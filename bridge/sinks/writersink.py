@@ -27,6 +27,9 @@ class WriterSink:
     def submit(self, line: bytes) -> bool:
         return self._writer.submit(line)
 
+    def submit_many(self, lines: list[bytes]) -> int:
+        return self._writer.submit_many(lines)
+
     def flush(self, timeout: float) -> bool:
         return self._writer.flush(timeout)
 
