@@ -14,7 +14,7 @@ from bridge.streams import PIPE_BUF, StreamOutput
 from tests.conftest import read_events
 from tests.sinks.test_file import all_numbers
 from tests.sinks.test_file import make_sink as make_file_sink
-from tests.sinks.test_stdout import F_SETPIPE_SZ, _read_until
+from tests.sinks.test_stdout import F_SETPIPE_SZ
 from tests.sinks.test_stdout import make_sink as make_stdout_sink
 from tests.sinks.test_writer import counts, make_writer
 from tests.sinks.test_writer_many import Recording, batch
@@ -22,6 +22,17 @@ from tests.sinks.test_writer_many import Recording, batch
 
 def numbers(data: bytes) -> list[int]:
     return [json.loads(raw)["n"] for raw in data.splitlines()]
+
+
+def read_lines(fd: int, lines: int) -> bytes:
+    """Read the pipe until `lines` newlines came through (or it was closed)."""
+    data = bytearray()
+    while data.count(b"\n") < lines:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        data.extend(chunk)
+    return bytes(data)
 
 
 def fill(write_fd: int) -> int:
@@ -50,7 +61,7 @@ class TestStdoutBatches:
         assert sink.stats()["queue_depth"] > 0
         received = bytearray()
         reader = threading.Thread(
-            target=lambda: received.extend(_read_until(read_fd, 180)), daemon=True
+            target=lambda: received.extend(read_lines(read_fd, 180)), daemon=True
         )
         reader.start()
         assert sink.flush(10.0)
@@ -70,7 +81,7 @@ class TestStdoutBatches:
         writer = make_writer(output)
         received = bytearray()
         reader = threading.Thread(
-            target=lambda: received.extend(_read_until(read_fd, 40)), daemon=True
+            target=lambda: received.extend(read_lines(read_fd, 40)), daemon=True
         )
         reader.start()
         lines = batch(40, pad=230)
