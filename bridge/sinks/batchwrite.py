@@ -11,7 +11,9 @@ These functions only write; the `LineWriter` counts. Each tells it, line by line
 writing stopped: how many lines went out whole, and how many bytes of the next one did. A
 write cut inside a line leaves the output owing that line's rest only (`settle_partial`),
 which the writer puts at the head of its queue; the whole lines after it it queues, exactly
-as if each had been submitted alone.
+as if each had been submitted alone. The lines one write took lie side by side in the output;
+those left for the queue keep their order, but another thread's lines may come between them,
+as between N submits.
 """
 
 from __future__ import annotations

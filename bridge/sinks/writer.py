@@ -215,11 +215,8 @@ class LineWriter:
         return accepted + self._queue.put_many(lines)
 
     def _write_direct(self, lines: list[bytes]) -> tuple[int, list[bytes], Note | None]:
-        """Under the write lock, on the calling thread: `submit`'s fast path for every line.
-
-        (accepted, the lines left for the queue, a report to make). A failure before any byte
-        of a run drops it and every line after it, counted.
-        """
+        """Under the write lock: `submit`'s fast path for every line; (accepted, the lines
+        left for the queue, a report). A failure drops, counted, every line not yet out."""
         started = _monotonic()
         if self.output.maintenance_due(started):
             self._defer(started, 0.0)
@@ -276,11 +273,9 @@ class LineWriter:
         return accepted + (self._queue.put_many(lines) if lines else 0)
 
     def _write_lines(self, lines: list[bytes]) -> tuple[int, list[bytes]]:
-        """Under the write lock (`sync`, calling thread): write `lines` in order.
-
-        (accepted, the lines to queue). A line nothing of which went out is dropped, counted,
-        and the next lines are tried, as N submits would. Once part of a line is out, its rest
-        is queued ahead of everything and the lines after it are for the queue.
+        """Under the write lock (`sync`): (accepted, the lines to queue). A line nothing of
+        which went out is dropped, counted, and the next are tried, as N submits would; once
+        part of one is out, its rest is queued first and the lines after it are for the queue.
         """
         accepted = 0
         while lines:
