@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from threading import get_ident
 from time import time_ns
 from types import TracebackType
@@ -255,29 +255,23 @@ class Emitter:
                     context = None if request is None else self._request_fields(request)
                     fragment = self.lines.context_fragment(context)
                     _shipping.request = request
-                line = None
-                if not level:
-                    level, fields = fields.settle()
                 if now_ns is None:  # built and processed at capture (user processors)
-                    event_dict = self.make_safe(self, "", signal)
-                elif splice is not None:
+                    lines.append(self._encode_watched(self.make_safe(self, "", signal)))
+                    continue
+                line = None
+                if not level:  # request.finished: read from its response now
+                    level, fields = fields.settle()
+                if splice is not None:
                     own = fields
                     if arguments:
                         safe = convert(_renamed(arguments, fields))
                         own = {**fields, **safe} if fields else safe
                     line = splice(now_ns, signal, event, level, own, fragment)
-                    if line is None:
-                        event_dict = self._event(
-                            now_ns, signal, event, level, fields, arguments, context
-                        )
-                else:
+                if line is None:
                     event_dict = self._event(
                         now_ns, signal, event, level, fields, arguments, context
                     )
-                if line is None:
-                    for tap in self.taps:
-                        tap.append(dict(event_dict))
-                    line = self.encode(event_dict)
+                    line = self._encode_watched(event_dict)
                 lines.append(line)
             except Exception as exc:
                 self.count_error(exc)
@@ -289,6 +283,12 @@ class Emitter:
                 sink.submit_many(lines)
             except Exception as exc:
                 self.count_error(exc)
+
+    def _encode_watched(self, event_dict: MutableMapping[str, Any]) -> bytes:
+        """The dict way: `capture_events()` gets a copy, the encoder the line."""
+        for tap in self.taps:
+            tap.append(dict(event_dict))
+        return self.encode(event_dict)
 
     def request_context(self) -> dict[str, Any] | None:
         """The fields of the current request (cached in its environ), or None outside one."""
@@ -314,10 +314,7 @@ class Emitter:
         self._write(processed)
 
     def _write(self, event_dict: dict[str, Any]) -> None:
-        if self.taps:
-            for tap in self.taps:
-                tap.append(dict(event_dict))
-        line = self.encode(event_dict)
+        line = self._encode_watched(event_dict)
         for sink in self.sinks:
             sink.submit(line)
 
