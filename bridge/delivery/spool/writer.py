@@ -7,6 +7,11 @@ It compares the segment's `limit` with its `end` (kept current by the bookkeepin
 and leaves every other case (no segment yet, segment full, size cap reached, sealed by the
 bookkeeping, spool closed) to `_make_way`. Lines appended are also kept in memory behind the
 segment (its tail, at most `TAIL_BYTES`) for a reader that keeps up.
+
+`append_many` takes a request's lines: encoded and joined outside the lock, one `os.write`
+when they fit the segment; otherwise one write per run that fits, each line that does not
+going through `_make_way` as its own `append` would, so rolls, evictions and refusals fall
+exactly where N appends put them.
 """
 
 from __future__ import annotations
