@@ -8,13 +8,13 @@
                                                    ├─ Rejected         dead-letter, feed.ack
                                                    └─ PartlyDelivered  some of each
 
-`submit` is the feed's `put`: it never waits on the network. The worker starts lazily in the
-process that emits and is reset after `fork()`. The engine knows neither HTTP nor storage: the
-transport says how a send went (`bridge.outcome`), the feed (`bridge.delivery.feed`) keeps,
-acknowledges and gives back the lines, and the `Retry` it is given says how long to back off
-and when to give up (the sink gives up never with a spool, whose `event_ttl` bounds retries,
-and after `retry_max_duration` without). A transport may also raise the public
-`RetryableError` / `FatalError`; each says which outcome it stands for.
+`submit` is the feed's `put` (`submit_many`, its `put_many`): it never waits on the network. The
+worker starts lazily in the process that emits and is reset after `fork()`. The engine knows
+neither HTTP nor storage: the transport says how a send went (`bridge.outcome`), the feed
+(`bridge.delivery.feed`) keeps, acknowledges and gives back the lines, and the `Retry` it is
+given says how long to back off and when to give up (the sink gives up never with a spool, whose
+`event_ttl` bounds retries, and after `retry_max_duration` without). A transport may also raise
+the public `RetryableError` / `FatalError`; each says which outcome it stands for.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class DeliveryEngine:
         self._stats = stats
         self._retry_template = self._retry = retry
         self.submit = feed.put
+        self.submit_many = feed.put_many
         self._halves: deque[Batch] = deque()  # split batches: sent before the feed's next
         self._thread: threading.Thread | None = None
         self._close_lock = threading.Lock()

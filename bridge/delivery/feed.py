@@ -3,10 +3,10 @@
     submit -> feed -> engine -> transport(format) -> outcome -> feed.ack
 
 A feed is where accepted lines wait, and it settles what the engine is done with: `put` (the
-request thread), `take` a batch, `ack` it (delivered, dead-lettered or dropped), `give_back`
-one to send again, `shutdown` (what is left). Two feeds implement it: the bounded memory
-queue (`bridge.delivery.memoryfeed`) and the disk spool (`bridge.delivery.spoolfeed`); the
-engine never asks which one it has.
+request thread; `put_many` for a request's lines at once), `take` a batch, `ack` it (delivered,
+dead-lettered or dropped), `give_back` one to send again, `shutdown` (what is left). Two feeds
+implement it: the bounded memory queue (`bridge.delivery.memoryfeed`) and the disk spool
+(`bridge.delivery.spoolfeed`); the engine never asks which one it has.
 
 The request thread must stay cheap (a worker woken per event costs a Flask request ~5% in GIL
 hand-offs), so `put` wakes the worker only when the first line arrives while it idles and
@@ -128,6 +128,12 @@ class Feed:
 
     def put(self, line: bytes) -> bool:
         """Accept one line (the request thread); False when refused, counted by reason."""
+        raise NotImplementedError
+
+    def put_many(self, lines: list[bytes]) -> int:
+        """Accept several lines in order (one request's), for about the cost of one `put`;
+        how many were accepted. Each line is decided, and every counter and the wake-up left,
+        exactly as `put` of each in turn would."""
         raise NotImplementedError
 
     def take(self, max_events: int, max_bytes: int) -> Batch | None:

@@ -3,13 +3,14 @@
     submit -> feed -> engine -> transport(format) -> outcome -> feed.ack
 
 With a spool an event is accepted once it is on disk (`Spool.append`: one write on the request
-thread), and the spool is the queue: the worker reads batches from it and acknowledges them
-after the collector did (`ack`); a batch that failed for now is released back to it
-(`give_back`) and read again, until the spool's `event_ttl`. What close leaves stays on disk
-for the next process. Its size cap bounds it: `drop_newest` and `block` refuse new lines at
-the cap (through `bridge.overflow.make_room`, counted `spool_full`) instead of letting the
-spool evict its oldest records, which is what `spool` and `drop_oldest` do. An idle spool feed
-wakes every `IDLE_RECHECK` seconds to adopt what dead sibling processes left behind.
+thread; `Spool.append_many`: one write for a request's lines), and the spool is the queue: the
+worker reads batches from it and acknowledges them after the collector did (`ack`); a batch that
+failed for now is released back to it (`give_back`) and read again, until the spool's
+`event_ttl`. What close leaves stays on disk for the next process. Its size cap bounds it:
+`drop_newest` and `block` refuse new lines at the cap (through `bridge.overflow.make_room`,
+counted `spool_full`) instead of letting the spool evict its oldest records, which is what
+`spool` and `drop_oldest` do. An idle spool feed wakes every `IDLE_RECHECK` seconds to adopt
+what dead sibling processes left behind.
 
 The unread counters count this process's own lines; a read that stops on its limits leaves
 the rest to them, so batches stay full as without a spool. Only records the counters cannot
@@ -58,6 +59,7 @@ class SpoolFeed(Feed):
     ) -> None:
         self.spool = spool
         self._append = spool.append
+        self._append_many = spool.append_many
         self.max_bytes = max_bytes
         self._refuse_at_cap = overflow in ("drop_newest", "block")
         self._sync_each_batch = sync_each_batch
@@ -120,6 +122,54 @@ class SpoolFeed(Feed):
             self._ready.notify()
             self._wake_changed()
         self.ensure_worker()
+
+    def put_many(self, lines: list[bytes]) -> int:
+        """Append several lines to the spool, with one write when they fit its current
+        segment, before returning; how many were accepted (refusals counted by reason)."""
+        if self.closed or self._refuse_at_cap:
+            return self._put_many_under_cap(lines)
+        return self._add(lines)
+
+    def _put_many_under_cap(self, lines: list[bytes]) -> int:
+        """Closed, or `drop_newest` / `block`: each line is decided as `put` decides it. The
+        lines sure to fit under the cap go in one append; a line that may not goes through
+        `put` itself, after the lines before it are in (so the cap, and `block`'s wait for
+        the worker, see what N puts would leave)."""
+        if self.closed:
+            with self.lock:
+                self.rejected += len(lines)
+                if lines:
+                    self.stats.count_dropped("closed", len(lines))
+            return 0
+        accepted = start = 0
+        room = self.max_bytes - self.spool.pending_bytes()
+        for i, line in enumerate(lines):
+            need = len(line) + RECORD_OVERHEAD
+            if need <= room:
+                room -= need
+                continue
+            accepted += self._add(lines[start:i]) + self.put(line)
+            start = i + 1
+            room = self.max_bytes - self.spool.pending_bytes()
+        return accepted + self._add(lines[start:])
+
+    def _add(self, lines: list[bytes]) -> int:
+        """Append `lines` and count them as `put` counts each (the unread counters, the first
+        line, one wake-up when they reach a batch, the worker started)."""
+        if not lines:
+            return 0
+        count, size = self._append_many(lines)
+        with self.lock:
+            self.rejected += len(lines) - count  # the spool counted why
+            if count:
+                before = self._unread_events
+                events = self._unread_events = before + count
+                total = self._unread_bytes = self._unread_bytes + size
+                if before == 0 or events >= self._quiet_events or total >= self._quiet_bytes:
+                    if before == 0:
+                        self._first_at = monotonic()
+                    self._put_noticed(events, total)
+        return count
 
     def _has_room(self, size: int) -> bool:
         """`drop_newest` / `block`: does one more record fit under the cap (waiting for the

@@ -103,10 +103,11 @@ class HttpSink:
     """Ships event lines to an HTTP log collector in batches, from a background thread.
 
     `submit` appends to a bounded memory queue (or, with `spool_dir`, to the disk spool with one
-    write) and never touches the network. Delivery is best effort without a spool and at least
-    once with one. Raises ConfigError at construction for an unimplemented `format`, a bad URL,
-    missing TLS files or a spool directory it cannot use; its key is prefixed with
-    `config_key` (such as "sinks[2]") when given.
+    write) and never touches the network; `submit_many` does so for a request's lines at once
+    (one lock, or one spool write), counting each line as `submit` would. Delivery is best
+    effort without a spool and at least once with one. Raises ConfigError at construction for an
+    unimplemented `format`, a bad URL, missing TLS files or a spool directory it cannot use; its
+    key is prefixed with `config_key` (such as "sinks[2]") when given.
     """
 
     def __init__(self, settings: HttpSinkSettings, *, config_key: str | None = None) -> None:
@@ -156,12 +157,8 @@ class HttpSink:
             limits=self._format.limits,
         )
         self.submit = self._engine.submit
-
-    def submit_many(self, lines: list[bytes]) -> int:
-        """Several lines in order; how many were accepted. Placeholder: one `submit` each (one
-        lock, or one spool append, for all of them comes next)."""
-        submit = self.submit
-        return sum(submit(line) for line in lines)
+        # A request's lines under one lock of the memory queue, or in one spool write.
+        self.submit_many = self._engine.submit_many
 
     def flush(self, timeout: float) -> bool:
         """Wait until every accepted line is acknowledged by the collector (or dead-lettered)."""

@@ -11,10 +11,29 @@ from typing import Any
 from bridge.config import HttpSinkSettings
 from bridge.outcome import DELIVERED, Outcome
 
-__all__ = ["ScriptedTransport", "event_line", "fast_settings", "ids_of"]
+__all__ = ["CountingCondition", "ScriptedTransport", "event_line", "fast_settings", "ids_of"]
 
 _counter = iter(range(1 << 62))
 _counter_lock = threading.Lock()
+
+
+class CountingCondition(threading.Condition):
+    """A Condition that counts notify() calls and remembers the timeouts of wait() calls."""
+
+    def __init__(self, lock: Any) -> None:
+        super().__init__(lock)
+        self.notifies = 0
+        self.wait_timeouts: list[float | None] = []
+        self.waiting = threading.Event()
+
+    def notify(self, n: int = 1) -> None:
+        self.notifies += 1
+        super().notify(n)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.wait_timeouts.append(timeout)
+        self.waiting.set()
+        return super().wait(timeout)
 
 
 def event_line(**fields: Any) -> bytes:

@@ -13,26 +13,7 @@ from bridge.delivery.memoryfeed import MemoryFeed
 from bridge.delivery.spool import Spool
 from bridge.delivery.spoolfeed import SpoolFeed
 from bridge.stats import SinkStats
-from tests.delivery.helpers import event_line, ids_of
-
-
-class CountingCondition(threading.Condition):
-    """A Condition that counts notify() calls and remembers the timeouts of wait() calls."""
-
-    def __init__(self, lock: Any) -> None:
-        super().__init__(lock)
-        self.notifies = 0
-        self.wait_timeouts: list[float | None] = []
-        self.waiting = threading.Event()
-
-    def notify(self, n: int = 1) -> None:
-        self.notifies += 1
-        super().notify(n)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.wait_timeouts.append(timeout)
-        self.waiting.set()
-        return super().wait(timeout)
+from tests.delivery.helpers import CountingCondition, event_line, ids_of
 
 
 def memory_feed(

@@ -1,7 +1,7 @@
 """A model-based test of the disk spool: hypothesis drives real `Spool`s on a real directory
-through their public API only (append, read, ack, release, pending_events, close, and a crash
-that drops one without any cleanup) and checks every read against a plain model of what must
-be delivered.
+through their public API only (append, append_many, read, ack, release, pending_events, close,
+and a crash that drops one without any cleanup) and checks every read against a plain model of
+what must be delivered.
 
 The model knows lines, not segments. Each `Spool` instance appends to its own *stream* (its
 lines in append order); a stream's segments stay together, with one live holder at a time:
@@ -57,7 +57,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from bridge.delivery.spool import Spool, SpoolRead, SpoolRecord
+from bridge.delivery.spool import RECORD_OVERHEAD, Spool, SpoolRead, SpoolRecord
 from bridge.stats import SinkStats
 
 T = TypeVar("T")
@@ -236,6 +236,22 @@ class SpoolHarness(RuleBasedStateMachine):
             self.lines[number] = line
         return ok, line
 
+    def append_many(self, live: Live, sizes: list[int], accepted: Callable[[int], bool]) -> None:
+        """One `append_many` of lines of `sizes`; `accepted(size)` says which the spool must
+        take: it returns their number and bytes, and they join the stream in order."""
+        # Numbers as `append` gives them: the kept lines next, then the refused ones (whose
+        # numbers later appends reuse, as after a refused `append`).
+        numbers = iter(range(len(self.lines), len(self.lines) + len(sizes)))
+        refused = iter(range(len(self.lines) + len(sizes), 1 << 62))
+        batch = [make_line(next(numbers if accepted(size) else refused), size) for size in sizes]
+        kept = [data for data in batch if accepted(len(data))]
+        got = self.call(live, lambda spool: spool.append_many(batch))
+        assert (len(kept), sum(map(len, kept))) == got, "append_many took other lines"
+        for data in kept:
+            line = Line(line_number(data), live.stream, len(live.stream.lines), data)
+            live.stream.lines.append(line)
+            self.lines[line.number] = line
+
     def identify(self, data: bytes) -> Line:
         """The appended line `data` is, byte for byte."""
         try:
@@ -306,6 +322,13 @@ class SpoolModel(SpoolHarness):
         for size in data.draw(st.lists(sizes(self.segment_bytes), min_size=1, max_size=12)):
             ok, line = self.append(live, size)
             assert ok, f"append of m{line.number} ({size} bytes) failed, under no cap"
+
+    @rule(data=st.data())
+    def append_many_lines(self, data: st.DataObject) -> None:
+        """One request's lines in one call: every line taken, in order."""
+        live = self.choose_live(data)
+        batch = data.draw(st.lists(sizes(self.segment_bytes), min_size=0, max_size=12))
+        self.append_many(live, batch, lambda size: True)
 
     @rule(
         data=st.data(),
@@ -524,6 +547,16 @@ class SpoolCapModel(SpoolHarness):
             ok, _ = self.append(self.only, size)
             self.refused += not ok
             assert self.only.stats.dropped_by_reason.keys() <= {"spool_full"}
+
+    @rule(data=st.data())
+    def append_many_lines(self, data: st.DataObject) -> None:
+        """One call, some lines larger than the whole cap: exactly those refused, counted."""
+        big = st.integers(self.max_bytes // 4, self.max_bytes * 5 // 4)
+        batch = data.draw(st.lists(st.one_of(sizes(1024), big), min_size=1, max_size=8))
+        before = len(self.lines)
+        self.append_many(self.only, batch, lambda size: size + RECORD_OVERHEAD <= self.max_bytes)
+        self.refused += len(batch) - (len(self.lines) - before)
+        assert self.only.stats.dropped_by_reason.keys() <= {"spool_full"}
 
     @rule(
         max_events=st.integers(1, 40),

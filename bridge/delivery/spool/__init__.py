@@ -13,9 +13,12 @@ flipped; the line; a CRC32 trailer seeded so that a run of intact records checks
 CRC). A segment rolls at `segment_bytes` (4 MiB, or max_bytes / 8 if that is smaller).
 
 When a record counts as accepted. Once `append` returned True: its record was written to the
-owner's current segment with one `os.write`. The page cache survives a killed process; the
-fsync policy covers power loss ("never", "batch": before each send, or every N seconds). A
-failed write is undone and counted `spool_write_failed` (the caller may fall back).
+owner's current segment with one `os.write` (`append_many`: a request's records in one write,
+counted as accepted once it returned). The page cache survives a killed process; the fsync
+policy covers power loss ("never", "batch": before each send, or every N seconds). A failed
+write is undone and counted `spool_write_failed` (the caller may fall back); after a short
+write of several records the whole ones are kept and the file is cut right after them, so a
+segment always ends at a record boundary.
 
 Delivery. The engine `read`s records (handed out per segment as runs, with `SpoolRecord`
 handles: segment key | file offset), sends them, and `ack`s or `release`s them. An ack moves

@@ -44,6 +44,11 @@ class Spool:
     """Write one line to disk; False (counted `spool_write_failed`) when the write failed.
     (`SpoolWriter.append`, bound here: the request thread calls it without a hop.)"""
 
+    append_many: Callable[[list[bytes]], tuple[int, int]]
+    """Write several lines in order, with one write when they fit the current segment; how
+    many were accepted, and their bytes. Each line is decided (rolled, evicted for, refused
+    and counted) exactly as `append` would decide it. (`SpoolWriter.append_many`, bound.)"""
+
     def __init__(
         self,
         directory: Path,
@@ -74,6 +79,7 @@ class Spool:
             rescan_interval=rescan_interval,
         )
         self.append = self._writer.append
+        self.append_many = self._writer.append_many
         self._lock_fd = -1
         self._reset()
         forking.reset_in_child(self)  # `append` checks nothing per call

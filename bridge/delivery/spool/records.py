@@ -31,6 +31,7 @@ __all__ = [
     "Parsed",
     "count_records",
     "encode_record",
+    "encode_records",
     "parse",
     "record_time",
 ]
@@ -53,6 +54,19 @@ def encode_record(line: bytes, time_us: int) -> bytes:
     length = len(line)
     header = _HEADER.pack(MAGIC, length, time_us, length ^ _FLIP)
     return b"".join((header, line, _U32.pack(_crc32(line, _crc32(header, RESIDUE)))))
+
+
+def encode_records(lines: list[bytes], time_us: int) -> bytes:
+    """Frame several lines with one append time, back to back: what `encode_record` gives
+    for each, joined (one buffer for one write)."""
+    pack, pack_u32, crc32 = _HEADER.pack, _U32.pack, _crc32
+    parts: list[bytes] = []
+    add = parts.extend
+    for line in lines:
+        length = len(line)
+        header = pack(MAGIC, length, time_us, length ^ _FLIP)
+        add((header, line, pack_u32(crc32(line, crc32(header, RESIDUE)))))
+    return b"".join(parts)
 
 
 def _payload_length(buf: bytes, pos: int) -> int | None:

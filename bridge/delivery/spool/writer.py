@@ -7,6 +7,11 @@ It compares the segment's `limit` with its `end` (kept current by the bookkeepin
 and leaves every other case (no segment yet, segment full, size cap reached, sealed by the
 bookkeeping, spool closed) to `_make_way`. Lines appended are also kept in memory behind the
 segment (its tail, at most `TAIL_BYTES`) for a reader that keeps up.
+
+`append_many` takes a request's lines: encoded and joined outside the lock, one `os.write`
+when they fit the segment; otherwise one write per run that fits, each line that does not
+going through `_make_way` as its own `append` would, so rolls, evictions and refusals fall
+exactly where N appends put them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Callable
 
 from bridge.delivery.spool import owners
 from bridge.delivery.spool.header import new_segment_header
-from bridge.delivery.spool.records import encode_record
+from bridge.delivery.spool.records import RECORD_OVERHEAD, encode_record, encode_records
 from bridge.delivery.spool.segment import Segment
 from bridge.delivery.spool.table import SegmentTable
 from bridge.diagnostics import report
@@ -97,6 +102,90 @@ class SpoolWriter:
                     seg.drop_tail()  # the reader is far behind: it reads the disk
         return True
 
+    def append_many(self, lines: list[bytes]) -> tuple[int, int]:
+        """Write several lines to disk in order, with one `os.write` when they fit the current
+        segment; how many were accepted, and their bytes. Each line is decided as `append`
+        would decide it, one after the other (a roll, an eviction, a refusal counted by
+        reason), so a batch that does not fit is split at record boundaries."""
+        if not lines:
+            return 0, 0
+        now = time.time_ns() // 1000 if self._wall_clock else int(self._clock() * 1_000_000)
+        data = encode_records(lines, now)
+        size = len(data)
+        with self._lock:
+            seg = self._current
+            if seg is None or seg.limit + size > seg.end:
+                return self._append_in_runs(lines, data, now)
+            kept = self._write_run(seg, data, lines, now)
+        if kept == len(lines):
+            return kept, size - kept * RECORD_OVERHEAD
+        return kept, sum(map(len, lines[:kept]))
+
+    def _append_in_runs(self, lines: list[bytes], data: bytes, now: int) -> tuple[int, int]:
+        """`append_many` when the batch does not fit the current segment (lock held): the
+        lines that fit are written as one run; the line that does not goes through
+        `_make_way` exactly as an `append` of it would, after the run before it is on disk
+        (the roll, the size cap and its evictions see what N appends would leave)."""
+        view = memoryview(data)
+        accepted = accepted_bytes = 0
+        seg = self._current
+        first = start = pos = 0  # the run being gathered: lines[first:i], data[start:pos]
+        for i, line in enumerate(lines):
+            size = len(line) + RECORD_OVERHEAD
+            if seg is None or seg.limit + (pos - start) + size > seg.end:
+                if pos > start:
+                    assert seg is not None
+                    kept = self._write_run(seg, view[start:pos], lines[first:i], now)
+                    accepted += kept
+                    accepted_bytes += sum(map(len, lines[first : first + kept]))
+                    if kept < i - first:  # a failed write: the rest of the batch with it
+                        self._refuse_lines(len(lines) - i, "spool write failed")
+                        return accepted, accepted_bytes
+                seg = self._make_way(size)
+                first, start = i, pos
+                if seg is None:  # refused and counted, as `append` does
+                    first, start = i + 1, pos + size
+            pos += size
+        if pos > start:
+            assert seg is not None
+            kept = self._write_run(seg, view[start:pos], lines[first:], now)
+            accepted += kept
+            accepted_bytes += sum(map(len, lines[first : first + kept]))
+        return accepted, accepted_bytes
+
+    def _write_run(
+        self, seg: Segment, data: bytes | memoryview, lines: list[bytes], now: int
+    ) -> int:
+        """Write the records of `lines` (`data`) to `seg` with one `os.write` (lock held); how
+        many were accepted. After a short write the records that made it whole are kept and
+        the file is cut right after them, so it ends at a record boundary (what a reader and
+        a crash replay expect); the others are refused, counted."""
+        try:
+            written = os.write(self._write_fd, data)
+        except OSError as exc:
+            self._refuse_lines(len(lines), f"spool write failed: {exc}")
+            return 0
+        kept = len(lines)
+        if written != len(data):
+            kept, written = _whole_records(lines, written)
+        seg.limit += written
+        seg.records += kept
+        tail = seg.tail
+        if tail is not None and kept:
+            tail.extend(lines if kept == len(lines) else lines[:kept])
+            if now < seg.tail_floor:
+                seg.tail_floor = now
+            if seg.limit - seg.tail_pos > TAIL_BYTES:
+                seg.drop_tail()  # the reader is far behind: it reads the disk
+        if kept < len(lines):
+            self._undo_short_write(seg)
+            self._refuse_lines(len(lines) - kept, "spool write failed: short write (disk full?)")
+        return kept
+
+    def _refuse_lines(self, count: int, message: str) -> None:
+        self._stats.count_dropped("spool_write_failed", count)
+        report("spool_write_failed", message)
+
     def _make_way(self, size: int) -> Segment | None:
         """The segment to append `size` bytes to (lock held): roll or evict as needed. None
         (counted) when the spool is closed, cannot start a segment, or the line cannot fit."""
@@ -144,7 +233,8 @@ class SpoolWriter:
         return seg
 
     def _undo_short_write(self, seg: Segment) -> None:
-        """Cut a partial record off again; if that fails, never write after it."""
+        """Cut a partial record off again (the file ends at `seg.limit`, a record boundary);
+        if that fails, never write after it."""
         try:
             os.ftruncate(self._write_fd, seg.limit)
         except OSError:
@@ -207,6 +297,18 @@ class SpoolWriter:
                     _fsync(fd)
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+def _whole_records(lines: list[bytes], written: int) -> tuple[int, int]:
+    """How many records of `lines`, from the first, lie whole in `written` bytes; their size."""
+    kept = end = 0
+    for line in lines:
+        size = len(line) + RECORD_OVERHEAD
+        if end + size > written:
+            break
+        kept += 1
+        end += size
+    return kept, end
 
 
 def _fsync(fd: int) -> None:
