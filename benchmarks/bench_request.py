@@ -24,7 +24,14 @@ from typing import Any
 
 from benchmarks.apps import PAGE
 from benchmarks.collector import CountingCollector
-from benchmarks.common import Contender, interleave, markdown_table, median, target_line
+from benchmarks.common import (
+    Contender,
+    interleave,
+    markdown_table,
+    median,
+    scratch_dir,
+    target_line,
+)
 from benchmarks.request_sites import (
     BARE,
     BUILTIN,
@@ -44,7 +51,7 @@ from benchmarks.request_sites import (
     STRING,
     open_site,
 )
-from benchmarks.runner import Factory, Worker, workers
+from benchmarks.runner import Factory, Worker, fixed_layout, workers
 from benchmarks.worker_site import Batch
 
 __all__ = [
@@ -104,10 +111,14 @@ def measure_requests(
                 home = work / f"worker-{len(specs)}"
                 home.mkdir()
                 (home / "page.html").write_text(PAGE)
-                args = (label, home, start_warmup, collector.base)
-                specs[f"{label} #{replica}"] = (open_site, args)
+                specs[f"{label} #{replica}"] = (open_site, (label, home, collector.base))
         tallies = [Tally(label) for label in REQUEST_ROWS]
         with workers(specs) as pool:
+            # One worker at a time, as the batches will be: warming up together, they would
+            # take turns on the CPU and a sink would find its writes slow (and go to its thread).
+            # The warm-up's events are counted here and left out of every batch.
+            for worker in pool.values():
+                worker.batch(0, start_warmup)
             contenders = [
                 tally.contender(
                     [pool[f"{tally.label} #{n}"] for n in range(1, replicas + 1)], batch, warmup
@@ -202,6 +213,13 @@ def request_section(
         "CPU overhead vs its floor",
     )
 
+    layout = (
+        "started without address-space randomization, `setarch -R`, so that a row's median "
+        "repeats between runs"
+        if fixed_layout()
+        else "address-space randomization on: `setarch -R` is not available here"
+    )
+
     def against_string(label: str) -> str:
         return f"{wall.overhead(label) / wall.of[STRING] * 100:+.1f}%"
 
@@ -211,16 +229,17 @@ def request_section(
             "`POST /login`: flashes a message, sends the custom `user-login` signal, renders a "
             "small template (a file, compiled once and cached) with a list. Each variant is its "
             f"own app in {replicas} worker process{'es' if replicas > 1 else ''} of its own "
-            "(identical processes differ in speed by a few %; the row's processes take turns), "
-            "connected once and warmed up before timing starts: a bridge switched on and off "
-            "between batches in one process leaves every later request slower, bare ones too. "
-            f"One process runs at a time, interleaved: {rounds} rounds of one batch of {batch} "
-            f"timed requests per variant, in a shuffled order, each batch after {warmup} "
-            "untimed ones (a process woken after the others ran starts with cold caches). "
-            "Medians of per-request wall time and of per-request CPU time (thread time: what "
-            "the request itself burns, immune to neighbours taking the CPU away; an http "
-            "sink's sending thread is not the request's). Overhead = a row's median minus the "
-            "bare app's.",
+            "(identical processes differ in speed by a few %; the row's processes take turns; "
+            f"{layout}), connected once and warmed up before timing starts: a bridge switched "
+            "on and off between batches in one process leaves every later request slower, bare "
+            "ones too. The workers warm up one at a time; then one runs at a time, "
+            f"interleaved: {rounds} rounds of one batch of {batch} timed requests per variant, "
+            f"in a shuffled order, each batch after {warmup} untimed ones (a process woken "
+            "after the others ran starts with cold caches). Medians of per-request wall time "
+            "and of per-request CPU time (thread time: what the request itself burns, immune "
+            "to neighbours taking the CPU away; an http sink's sending thread is not the "
+            "request's). Overhead = a row's median minus the bare app's. Files are on a memory "
+            "file system where there is one (/dev/shm).",
             "Where the events go: the file rows write a file; the stdout row writes the "
             "worker's fd 1, redirected to a file; the http rows post (sink defaults: NDJSON, "
             "gzip) to a counting collector on 127.0.0.1 in a process of its own. After each "
@@ -266,7 +285,7 @@ def run(
     batch = batch or (10 if quick else 20)
     replicas = replicas or (1 if quick else 2)
     warmup = 3 if quick else 10
-    with TemporaryDirectory(prefix="bench-request-") as tmp:
+    with TemporaryDirectory(prefix="bench-request-", dir=scratch_dir()) as tmp:
         sites = measure_requests(
             (work or Path(tmp)).resolve(),  # the workers run from the repository's root
             rounds=rounds,

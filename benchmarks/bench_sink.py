@@ -29,7 +29,14 @@ from pythonjsonlogger.json import JsonFormatter
 
 from benchmarks.apps import LOGIN
 from benchmarks.collector import CountingCollector
-from benchmarks.common import Contender, interleave, markdown_table, median, target_line
+from benchmarks.common import (
+    Contender,
+    interleave,
+    markdown_table,
+    median,
+    scratch_dir,
+    target_line,
+)
 from bridge import SignalBridge
 
 __all__ = ["BRIDGE_ROWS", "SINK_ROWS", "run"]
@@ -387,6 +394,6 @@ def run(
     """The sink section as Markdown; `quick` (or explicit counts) for a smoke run."""
     rounds = rounds or (2 if quick else 9)
     events = events or (300 if quick else 4000)
-    with TemporaryDirectory(prefix="bench-sink-") as tmp:
+    with TemporaryDirectory(prefix="bench-sink-", dir=scratch_dir()) as tmp:
         writers = measure_sinks(work or Path(tmp), rounds=rounds, events=events)
     return sink_section(writers, rounds=rounds, events=events) + "\n"

@@ -28,6 +28,7 @@ __all__ = [
     "machine_header",
     "markdown_table",
     "median",
+    "scratch_dir",
     "target_line",
     "time_calls",
 ]
@@ -75,6 +76,14 @@ def interleave(contenders: Sequence[Contender], rounds: int, *, seed: int = 1) -
                 contender.samples.extend(contender.batch())
             finally:
                 contender.stop()
+
+
+def scratch_dir() -> str | None:
+    """Where the benchmarks' files go: a memory file system when there is one (/dev/shm), so
+    that a neighbour's disk traffic (fsyncs of a test suite) never stalls a timed `write()`;
+    None (the default temporary directory) otherwise."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
 def median(values: Iterable[float]) -> float:

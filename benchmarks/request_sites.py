@@ -1,7 +1,7 @@
 """The request benchmark's rows, as each one lives in its own worker process.
 
 `open_site(label, ...)` is the worker's factory (see `benchmarks.runner`): it builds that row's
-app, connects its bridge or receivers once for the whole run, and warms it up. `Site.batch`
+app and connects its bridge or receivers once for the whole run. `Site.batch`
 (benchmarks.worker_site) then times requests and reports them with the events that landed
 meanwhile: lines in the row's file, lines on its stdout (fd 1, redirected to a file in the
 worker's directory), or events the counting collector (benchmarks.collector) received on the
@@ -87,13 +87,10 @@ FLOORS = {
 SETTLE_TIMEOUT = 30.0
 
 
-def open_site(label: str, work: Path, warmup: int, collector: str) -> Site:
-    """The worker's factory: build and connect `label`'s row, then warm it up.
-
-    `collector` is the counting collector's base URL (used by the http rows only)."""
-    site = BUILDERS[label](work, collector)
-    site.batch(0, warmup)  # its events are counted here and left out of every batch
-    return site
+def open_site(label: str, work: Path, collector: str) -> Site:
+    """The worker's factory: build and connect `label`'s row (the parent warms it up, one
+    worker at a time). `collector` is the counting collector's base URL (http rows only)."""
+    return BUILDERS[label](work, collector)
 
 
 def bridge_site(
