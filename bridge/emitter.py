@@ -12,6 +12,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from threading import get_ident
+from time import time_ns
 from types import TracebackType
 from typing import Any
 
@@ -21,15 +23,18 @@ from flask.globals import _cv_request
 from bridge import forking
 from bridge.config import HttpSinkSettings, Settings
 from bridge.diagnostics import report
+from bridge.eventlines import EventLines
 from bridge.events import (
     ENVELOPE_KEYS,
     HOST_NAME,
     REQUEST_CONTEXT_KEYS,
+    FinishedResponse,
     exception_fields,
     request_fields,
     request_secrets,
     timestamp_and_id,
 )
+from bridge.pending import MAX_EVENTS, Captured, Pending, current_pending, ship, ship_current
 from bridge.processors import LineEncoder, MakeJsonSafe, Processor, SensitiveKeys
 from bridge.redaction import Scrubber, url_secrets
 from bridge.sinks.base import Sink
@@ -41,6 +46,8 @@ __all__ = ["Emitter"]
 PROTECTED_KEYS = ENVELOPE_KEYS | REQUEST_CONTEXT_KEYS
 
 _pid = os.getpid()
+# The request whose events this thread is writing at its end (`Emitter.write_captured`).
+_shipping = threading.local()
 
 
 @forking.at_fork_in_child
@@ -93,6 +100,7 @@ class Emitter:
         # The user's processors see the real objects; making them safe always comes last.
         self.processors: tuple[Processor, ...] = (*self.user_processors, self.make_safe)
         self.encode = LineEncoder(settings.max_line_bytes, self.make_safe)
+        self.lines = EventLines(settings.service, settings.max_line_bytes)
         self.guard = _Guard(self)
         self.receiver_errors = 0
         self._errors_lock = threading.Lock()
@@ -109,7 +117,7 @@ class Emitter:
         signal: str,
         event: str,
         level: str,
-        fields: Mapping[str, Any] | None = None,
+        fields: Mapping[str, Any] | FinishedResponse | None = None,
         arguments: Mapping[str, Any] | None = None,
         *,
         context: Mapping[str, Any] | None = None,
@@ -123,10 +131,62 @@ class Emitter:
         whole event does, after the user's processors. An argument named like a key of the
         envelope, of the request context or of `fields` is kept as `args.<key>`.
 
+        Inside a request (on its own thread) the event is only captured: the clock, the
+        request, `fields` and `arguments` (which must be a dict the caller does not change
+        afterwards) are noted, and the event is built, encoded and written with the rest of
+        the request's events when the request ends (`bridge.pending`). User processors still
+        run now, since they may read the request. Elsewhere it is written at once.
+
         The request context is the current request's, or `context` when given: the fields a
-        streamed response captured while its request was still there.
+        streamed response captured while its request was still there. `level` is empty when
+        `fields` is a `FinishedResponse`, whose level and fields are read when it is built.
         """
-        timestamp, event_id = timestamp_and_id()
+        if context is None:
+            pending = current_pending()
+            if pending is not None and pending.thread == get_ident():
+                ctx = _cv_request.get(None)
+                if self.user_processors:
+                    if isinstance(fields, FinishedResponse):
+                        level, fields = fields.settle()
+                    self._capture_processed(pending, signal, event, level, fields, arguments)
+                else:
+                    pending.events.append(
+                        (
+                            self,
+                            time_ns(),
+                            signal,
+                            event,
+                            level,
+                            fields,
+                            arguments,
+                            None if ctx is None else ctx.request,
+                        )
+                    )
+                if len(pending.events) >= MAX_EVENTS:
+                    ship(pending)
+                return
+            context = self.request_context()
+        if isinstance(fields, FinishedResponse):
+            level, fields = fields.settle()
+        event_dict = self._event(time_ns(), signal, event, level, fields, arguments, context)
+        if self.user_processors:
+            self.ship(event_dict, level)
+        else:
+            self._write(event_dict)
+
+    def _event(
+        self,
+        now_ns: int,
+        signal: str,
+        event: str,
+        level: str,
+        fields: Mapping[str, Any] | None,
+        arguments: Mapping[str, Any] | None,
+        context: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The event dict: envelope, request context, fields, then the arguments (made safe
+        here unless user processors are to see them first)."""
+        timestamp, event_id = timestamp_and_id(now_ns)
         event_dict: dict[str, Any] = {
             "timestamp": timestamp,
             "level": level,
@@ -137,33 +197,107 @@ class Emitter:
             "host.name": HOST_NAME,
             "process.pid": _pid,
         }
-        if context is None:
-            context = self.request_context()
         if context is not None:
             event_dict.update(context)
         if fields:
             event_dict.update(fields)
         if arguments:
-            data: dict[str, Any] = {}
-            for key, value in arguments.items():
-                if key in PROTECTED_KEYS or (fields and key in fields):
-                    key = f"args.{key}"
-                data[key] = value
+            data = _renamed(arguments, fields)
             if self.user_processors:
                 event_dict.update(data)
             else:
                 event_dict.update(self.make_safe.convert_mapping(data))
-        if self.user_processors:
-            self.ship(event_dict, level)
-        else:
-            self._write(event_dict)
+        return event_dict
+
+    def _capture_processed(
+        self,
+        pending: Pending,
+        signal: str,
+        event: str,
+        level: str,
+        fields: Mapping[str, Any] | None,
+        arguments: Mapping[str, Any] | None,
+    ) -> None:
+        """Inside a request, with user processors: they run now (they may read the request
+        or `g`); making the result safe, encoding and writing wait for the request's end."""
+        event_dict = self._event(
+            time_ns(), signal, event, level, fields, arguments, self.request_context()
+        )
+        processed: Any = event_dict
+        try:
+            for processor in self.user_processors:
+                processed = processor(self, level, processed)
+        except structlog.DropEvent:
+            return
+        ctx = _cv_request.get(None)
+        request = None if ctx is None else ctx.request
+        pending.events.append((self, None, processed, None, None, None, None, request))
+
+    def write_captured(self, captured: list[Captured]) -> None:
+        """Build, encode and write events captured during a request (`bridge.pending`): one
+        pass, then one `submit_many` per sink. Never raises: an event that fails is counted
+        in `receiver_errors` and reported, and the others are still written.
+
+        Lines are spliced (`bridge.eventlines`); an event the splice declines, one processed
+        at capture, or any while `capture_events()` watches, is built as a dict and encoded
+        whole, as outside a request.
+        """
+        lines: list[bytes] = []
+        splice = None if self.taps else self.lines.line
+        convert = self.make_safe.convert_mapping
+        last_request: Any = None
+        context: dict[str, Any] | None = None
+        fragment = b""
+        for _, now_ns, signal, event, level, fields, arguments, request in captured:
+            try:
+                if request is not last_request:
+                    last_request = request
+                    context = None if request is None else self._request_fields(request)
+                    fragment = self.lines.context_fragment(context)
+                    _shipping.request = request
+                line = None
+                if not level:
+                    level, fields = fields.settle()
+                if now_ns is None:  # built and processed at capture (user processors)
+                    event_dict = self.make_safe(self, "", signal)
+                elif splice is not None:
+                    own = fields
+                    if arguments:
+                        safe = convert(_renamed(arguments, fields))
+                        own = {**fields, **safe} if fields else safe
+                    line = splice(now_ns, signal, event, level, own, fragment)
+                    if line is None:
+                        event_dict = self._event(
+                            now_ns, signal, event, level, fields, arguments, context
+                        )
+                else:
+                    event_dict = self._event(
+                        now_ns, signal, event, level, fields, arguments, context
+                    )
+                if line is None:
+                    for tap in self.taps:
+                        tap.append(dict(event_dict))
+                    line = self.encode(event_dict)
+                lines.append(line)
+            except Exception as exc:
+                self.count_error(exc)
+        _shipping.request = None
+        if not lines:
+            return
+        for sink in self.sinks:
+            try:
+                sink.submit_many(lines)
+            except Exception as exc:
+                self.count_error(exc)
 
     def request_context(self) -> dict[str, Any] | None:
         """The fields of the current request (cached in its environ), or None outside one."""
         ctx = _cv_request.get(None)
         if ctx is None:
             return None
-        request = ctx.request
+        return self._request_fields(ctx.request)
+
+    def _request_fields(self, request: Any) -> dict[str, Any]:
         rule = request.url_rule
         return request_fields(
             request.environ, rule.rule if rule else None, self.is_sensitive, request.view_args
@@ -198,8 +332,12 @@ class Emitter:
         return exception_fields(exc, self.scrubber.with_secrets(secrets))
 
     def _scrub_in_request(self, text: str) -> str:
-        """An exception passed as a signal argument: its text is scrubbed of the current
-        request's sensitive values too, as a request's own exception is."""
+        """An exception passed as a signal argument: its text is scrubbed of the sensitive
+        values of its request too (the current one, or the one whose events are being
+        written at its end), as a request's own exception is."""
+        shipping = getattr(_shipping, "request", None)
+        if shipping is not None:
+            return self.scrubber.with_secrets(request_secrets(self.is_sensitive, shipping))(text)
         return self.scrubber.with_secrets(self.request_secrets())(text)
 
     def request_secrets(self) -> list[str]:
@@ -216,6 +354,7 @@ class Emitter:
         )
 
     def flush(self, timeout: float) -> bool:
+        ship_current()  # inside a request: its events so far count as accepted
         return _each_within(self.sinks, timeout, lambda sink, left: sink.flush(left))
 
     def close(self, timeout: float) -> bool:
@@ -226,6 +365,17 @@ class Emitter:
             "sinks": {sink.name: sink.stats() for sink in self.sinks},
             "receiver_errors": self.receiver_errors,
         }
+
+
+def _renamed(arguments: Mapping[str, Any], fields: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """A signal's arguments, each named like a key of the envelope, of the request context or
+    of `fields` renamed `args.<key>` (the common case, none, costs two set checks)."""
+    if PROTECTED_KEYS.isdisjoint(arguments) and (not fields or fields.keys().isdisjoint(arguments)):
+        return arguments
+    return {
+        (f"args.{key}" if key in PROTECTED_KEYS or (fields and key in fields) else key): value
+        for key, value in arguments.items()
+    }
 
 
 def configured_secrets(settings: Settings) -> list[str]:

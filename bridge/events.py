@@ -8,7 +8,6 @@ environ for every later event of the same request; ids and timestamps avoid `uui
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 import time
@@ -26,9 +25,11 @@ __all__ = [
     "ENVELOPE_ORDER",
     "REQUEST_CONTEXT_KEYS",
     "REQUEST_START_KEY",
+    "FinishedResponse",
     "exception_fields",
     "request_fields",
     "request_secrets",
+    "status_level",
     "timestamp_and_id",
 ]
 
@@ -89,8 +90,11 @@ _THREE_DIGITS = tuple(f"{n:03d}" for n in range(1000))  # int formatting costs ~
 _clock = _ClockState()
 
 
-def timestamp_and_id() -> tuple[str, str]:
+def timestamp_and_id(now_ns: int | None = None) -> tuple[str, str]:
     """One clock read for both: the RFC 3339 timestamp and a UUIDv7 `event_id`.
+
+    `now_ns` (from `time.time_ns()`) is the moment an event was captured, when it is built
+    later (at the end of its request); the clock is read when it is not given.
 
     The timestamp is UTC with microseconds (`2026-11-25T08:30:00.123456Z`). The id is a UUIDv7
     (RFC 9562): 48-bit Unix milliseconds, a 12-bit sequence in `rand_a` that restarts every
@@ -102,7 +106,7 @@ def timestamp_and_id() -> tuple[str, str]:
     `uuid.uuid4()` alone.
     """
     clock = _clock
-    micros = time.time_ns() // 1000
+    micros = (time.time_ns() if now_ns is None else now_ns) // 1000
     ms = micros // 1000
     if ms > clock.ms:
         sequence = 0
@@ -207,7 +211,7 @@ def request_fields(
             cached["http.route"] = route
             cached["url.path"] = redact_path(cached["url.path"], view_args, is_sensitive)
         return cached
-    request_id = _header(environ, "HTTP_X_REQUEST_ID") or os.urandom(16).hex()
+    request_id = _header(environ, "HTTP_X_REQUEST_ID") or f"{random.getrandbits(128):032x}"
     fields: dict[str, Any] = {
         "request_id": request_id,
         "http.request.method": environ.get("REQUEST_METHOD", ""),
@@ -231,12 +235,51 @@ def request_fields(
     return fields
 
 
-def request_duration_ms(environ: Mapping[str, Any]) -> float | None:
-    """Milliseconds since the bridge's WSGI middleware saw the request, if it did."""
+def request_duration_ms(environ: Mapping[str, Any], ended: float | None = None) -> float | None:
+    """Milliseconds since the bridge's WSGI middleware saw the request, if it did, until
+    `ended` (a `time.perf_counter()` reading; default: now)."""
     started = environ.get(REQUEST_START_KEY)
     if not isinstance(started, float):
         return None
-    return round((time.perf_counter() - started) * 1000.0, 3)
+    return round(((time.perf_counter() if ended is None else ended) - started) * 1000.0, 3)
+
+
+def status_level(status: int) -> str:
+    """The level of `request.finished`: 5xx error, 4xx warning, else info."""
+    return "error" if status >= 500 else "warning" if status >= 400 else "info"
+
+
+class FinishedResponse:
+    """`request.finished`'s level and fields, read from the response when they are needed.
+
+    The receiver notes the response and the clock (the request's end); the status, the size
+    and the duration are read when the request's events are written, from the same response
+    object Flask sends, which no longer changes once `request_finished` is sent. Reading a
+    response's `content_length` parses a header: done with the other events of the request,
+    it costs the request less than on its own in the receiver.
+    """
+
+    __slots__ = ("ended", "environ", "response")
+
+    def __init__(self, response: Any, environ: Mapping[str, Any] | None) -> None:
+        self.response = response
+        self.environ = environ
+        self.ended = time.perf_counter()
+
+    def settle(self) -> tuple[str, dict[str, Any]]:
+        """(level, fields): `http.response.status_code`, `duration_ms` when the WSGI
+        middleware timed the request, `http.response.body.size` when the response says."""
+        response = self.response
+        status = int(getattr(response, "status_code", 0))
+        fields: dict[str, Any] = {"http.response.status_code": status}
+        if self.environ is not None:
+            duration = request_duration_ms(self.environ, self.ended)
+            if duration is not None:
+                fields["duration_ms"] = duration
+        size = getattr(response, "content_length", None)
+        if size is not None:
+            fields["http.response.body.size"] = size
+        return status_level(status), fields
 
 
 # --- exceptions -------------------------------------------------------------------------------
@@ -284,20 +327,24 @@ _SECRETS_KEY = "_bridge_request_secrets"  # on `g`, for the app context's teardo
 _MAX_SECRETS = 256
 
 
-def request_secrets(is_sensitive: Callable[[str], bool]) -> list[str]:
-    """The values of the current request's sensitive fields, to scrub from exception text.
+def request_secrets(is_sensitive: Callable[[str], bool], request: Any = None) -> list[str]:
+    """The values of the current request's (or `request`'s) sensitive fields, to scrub from
+    exception text.
 
     Query arguments, cookies, headers (`Authorization`, `Cookie`, `X-Api-Key`, ...), URL
     variables, and the form and JSON body only if the application already parsed them: the
     body is never read for this. Kept on `g`, so that the app context's teardown, after the
     request is gone, still knows them. Never raises; empty outside a request.
     """
-    request_ctx = _cv_request.get(None)
-    app_ctx = _cv_app.get(None)
-    if request_ctx is None:
-        found = getattr(app_ctx.g, _SECRETS_KEY, None) if app_ctx is not None else None
-        return found if isinstance(found, list) else []
-    req = request_ctx.request
+    app_ctx = None
+    if request is None:
+        request_ctx = _cv_request.get(None)
+        app_ctx = _cv_app.get(None)
+        if request_ctx is None:
+            found = getattr(app_ctx.g, _SECRETS_KEY, None) if app_ctx is not None else None
+            return found if isinstance(found, list) else []
+        request = request_ctx.request
+    req = request
     cached = req.__dict__  # Werkzeug caches parsed data there (`form`, `_cached_json`)
     found = []
     sources: list[Callable[[], Iterable[tuple[Any, Any]]]] = [

@@ -39,14 +39,19 @@ from bridge.customroute import CustomRoute
 from bridge.delivery.engine import ABORT_GRACE
 from bridge.emitter import Emitter
 from bridge.errors import ConfigError
-from bridge.events import request_duration_ms
 from bridge.logging import attach_loggers
 from bridge.processors import Processor
 from bridge.signals import BuiltinSignal, resolve_signals
 from bridge.sinks.base import Sink
 from bridge.sinks.file import FileSink
 from bridge.sinks.stdout import StdoutSink
-from bridge.streaming import EventName, RequestClock, StreamedRequest, defer, status_level
+from bridge.streaming import (
+    EventName,
+    FinishedResponse,
+    RequestClock,
+    StreamedRequest,
+    defer,
+)
 
 __all__ = ["SignalBridge"]
 
@@ -71,22 +76,29 @@ def build_sink(settings: SinkSettings, index: int) -> Sink:
 
 
 def _builtin_receiver(emitter: Emitter, spec: BuiltinSignal, event: str) -> Receiver:
+    """One built-in signal's receiver. Failures are counted by the emitter, never raised;
+    `try` rather than `with emitter.guard`: it costs nothing when nothing fails."""
     signal_name = spec.signal.name
     fields_of = spec.fields
     describe = emitter.exception_fields
     level = spec.level
+    emit = emitter.emit
 
     if spec.carries_data:  # e.g. a flashed message: application data, made safe like any
 
         def receive_data(sender: Any, /, **kwargs: Any) -> None:
-            with emitter.guard:
-                emitter.emit(signal_name, event, level, arguments=fields_of(kwargs, describe))
+            try:
+                emit(signal_name, event, level, arguments=fields_of(kwargs, describe))
+            except Exception as exc:
+                emitter.count_error(exc)
 
         return receive_data
 
     def receive(sender: Any, /, **kwargs: Any) -> None:
-        with emitter.guard:
-            emitter.emit(signal_name, event, level, fields_of(kwargs, describe))
+        try:
+            emit(signal_name, event, level, fields_of(kwargs, describe))
+        except Exception as exc:
+            emitter.count_error(exc)
 
     return receive
 
@@ -96,28 +108,26 @@ def _finished_receiver(
 ) -> Receiver:
     """`request.finished` (when `finished` is configured); for a streamed response, deferred
     until its body is done, when a failing body also gives `request.exception` (when
-    `exception` is configured): see `bridge.streaming`."""
+    `exception` is configured): see `bridge.streaming`. Inside a request the response is
+    only noted; its status, size and the duration are read when the request's events are
+    written (`FinishedResponse`), from the same, final, response object."""
 
     def on_request_finished(sender: Any, /, response: Any = None, **extra: Any) -> None:
-        with emitter.guard:
+        try:
             ctx = _cv_request.get(None)
-            status = int(getattr(response, "status_code", 0))
-            size = getattr(response, "content_length", None)
             if ctx is not None and getattr(response, "is_streamed", False):
                 environ = ctx.request.environ
+                status = int(getattr(response, "status_code", 0))
+                size = getattr(response, "content_length", None)
                 streamed = StreamedRequest(emitter, finished, exception, environ, status, size)
                 if defer(environ, streamed):
                     return
             if finished is None:
                 return
-            fields: dict[str, Any] = {"http.response.status_code": status}
-            if ctx is not None:
-                duration = request_duration_ms(ctx.request.environ)
-                if duration is not None:
-                    fields["duration_ms"] = duration
-            if size is not None:
-                fields["http.response.body.size"] = size
-            emitter.emit(finished[0], finished[1], status_level(status), fields)
+            noted = FinishedResponse(response, None if ctx is None else ctx.request.environ)
+            emitter.emit(finished[0], finished[1], "", noted)
+        except Exception as exc:
+            emitter.count_error(exc)
 
     return on_request_finished
 

@@ -267,7 +267,7 @@ class LineEncoder:
     result is always one valid line.
     """
 
-    _OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+    OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
 
     def __init__(self, max_bytes: int, make_safe: MakeJsonSafe) -> None:
         self.max_bytes = max_bytes
@@ -275,7 +275,7 @@ class LineEncoder:
 
     def __call__(self, event_dict: EventDict) -> bytes:
         try:
-            line = orjson.dumps(event_dict, option=self._OPTIONS)
+            line = orjson.dumps(event_dict, option=self.OPTIONS)
         except Exception:
             event_dict = self.make_safe(None, "encode", event_dict)
             line = self._dumps_or_envelope(event_dict, reason="encode_failed")
@@ -285,7 +285,7 @@ class LineEncoder:
 
     def _dumps_or_envelope(self, event_dict: EventDict, *, reason: str) -> bytes:
         try:
-            return orjson.dumps(event_dict, option=self._OPTIONS)
+            return orjson.dumps(event_dict, option=self.OPTIONS)
         except Exception:
             return self._envelope_only(event_dict, {"bridge.error": reason})
 
@@ -294,7 +294,7 @@ class LineEncoder:
         try:  # encoded once already: text keys and values orjson knows, safe but too many
             fitted = fit_event(event_dict, ENVELOPE_ORDER, self.max_bytes, original_size)
             if fitted is not None:
-                line = orjson.dumps(fitted, option=self._OPTIONS)
+                line = orjson.dumps(fitted, option=self.OPTIONS)
                 if len(line) <= self.max_bytes:
                     return line
         except Exception:
@@ -306,6 +306,6 @@ class LineEncoder:
         kept = {key: short.convert(event_dict[key]) for key in ENVELOPE_ORDER if key in event_dict}
         kept.update(extra)
         try:
-            return orjson.dumps(kept, option=self._OPTIONS)
+            return orjson.dumps(kept, option=self.OPTIONS)
         except Exception:
-            return orjson.dumps(extra, option=self._OPTIONS)
+            return orjson.dumps(extra, option=self.OPTIONS)

@@ -24,19 +24,27 @@ from typing import Any
 from flask import Flask
 
 from bridge.emitter import Emitter
-from bridge.events import REQUEST_START_KEY, request_duration_ms
+from bridge.events import (
+    REQUEST_START_KEY,
+    FinishedResponse,
+    request_duration_ms,
+    status_level,
+)
+from bridge.pending import close_request, open_request
 
-__all__ = ["EventName", "RequestClock", "StreamedRequest", "defer", "status_level"]
+__all__ = [
+    "EventName",
+    "FinishedResponse",
+    "RequestClock",
+    "StreamedRequest",
+    "defer",
+    "status_level",
+]
 
 EventName = tuple[str, str]  # (signal name, event name)
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _DEFERRED_KEY = "bridge.deferred"
-
-
-def status_level(status: int) -> str:
-    """The level of `request.finished`: 5xx error, 4xx warning, else info."""
-    return "error" if status >= 500 else "warning" if status >= 400 else "info"
 
 
 class StreamedRequest:
@@ -211,14 +219,22 @@ class RequestClock:
         # A list, not a flag: middleware below may copy the environ, and the copy shares it.
         waiting: list[StreamedRequest] = []
         environ[_DEFERRED_KEY] = waiting
-        if self._wsgi_app is not None:
-            app_iter = self._wsgi_app(environ, start_response)
-        else:
-            app = self._app()
-            if app is None:
-                raise RuntimeError("the Flask app behind this WSGI callable was garbage collected")
-            assert self._function is not None
-            app_iter = self._function(app, environ, start_response)
+        # The request's events are collected while the app runs and written once it returned:
+        # before the server sends the response, and before a streamed body starts.
+        pending, token = open_request()
+        try:
+            if self._wsgi_app is not None:
+                app_iter = self._wsgi_app(environ, start_response)
+            else:
+                app = self._app()
+                if app is None:
+                    raise RuntimeError(
+                        "the Flask app behind this WSGI callable was garbage collected"
+                    )
+                assert self._function is not None
+                app_iter = self._function(app, environ, start_response)
+        finally:
+            close_request(pending, token)
         if not waiting:
             return app_iter
         file_wrapper = environ.get("wsgi.file_wrapper")

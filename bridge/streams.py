@@ -17,6 +17,8 @@ both keep the same two promises on the same descriptor:
   reported as `BlockingIOError`, exactly like a full pipe: the writer queues the line for its
   thread and the request goes on. Forked children open the pipe anew, so that the parent's
   lock is never theirs (with an inherited open it would be, and both could write at once).
+  Several lines written together (a request's, `submit_many`) go in writes of whole lines of
+  at most PIPE_BUF bytes in all (`batch_bytes`): each as atomic as one short line.
 
 A writer killed between two parts of a line leaves that line torn (the kernel drops its lock
 as it dies); nothing can tell the next writer. A line abandoned at close is ended with a
@@ -31,6 +33,7 @@ import os
 import select
 import socket
 import stat
+import sys
 import time
 
 from bridge import forking
@@ -68,6 +71,9 @@ class StreamOutput:
         self._lock_busy = False  # the last write failed on the lock, not on a full pipe
         # False when a write could block: a regular file, or a pipe without /proc to reopen
         self.nonblocking = True
+        # Several lines in one write: atomic up to PIPE_BUF on a pipe (with or without the
+        # lock, so that those writers never wait for each other); any size on a file.
+        self.batch_bytes = PIPE_BUF
         if stat.S_ISSOCK(mode):
             self._socket = socket.socket(fileno=os.dup(fd))
         elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
@@ -76,6 +82,7 @@ class StreamOutput:
         else:
             self._fd = os.dup(fd)
             self.nonblocking = False
+            self.batch_bytes = sys.maxsize
         forking.reset_in_child(self)
 
     def write(self, data: bytes) -> int:
@@ -97,6 +104,13 @@ class StreamOutput:
         elif written:
             self._mid_line = True
         return written
+
+    def settle_partial(self, rest: int) -> None:
+        """A write of several lines was cut between two of them: nothing is owed, the lock
+        goes (the lines after it are written one by one, each under the lock as usual)."""
+        if not rest and self._mid_line:
+            self._mid_line = False
+            self._unlock()
 
     def _lock(self, kind: int) -> None:
         """Take the lock without waiting; `BlockingIOError` when another open holds it."""

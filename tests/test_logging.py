@@ -37,6 +37,9 @@ class ListSink:
         self.lines.append(line)
         return True
 
+    def submit_many(self, lines: list[bytes]) -> int:
+        return sum(self.submit(line) for line in lines)
+
     def flush(self, timeout: float) -> bool:
         return True
 

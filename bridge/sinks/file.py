@@ -4,7 +4,8 @@
                                                 `-> SizeRotation (`rotation`, rotate_bytes)
 
 Every line goes out in one `write()` on a descriptor opened with O_APPEND, so gunicorn workers
-appending to the same file never tear or overwrite each other's lines. The sink notices when
+appending to the same file never tear or overwrite each other's lines; the same holds for a
+request's lines written together (`submit_many`: one `write()` of them all). The sink notices when
 logrotate renames or removes the file (it compares the path's inode with its own, at most once
 a second or every few KiB it writes, and at every `flush()`) and reopens it; `copytruncate`
 needs nothing, thanks to O_APPEND. With `rotate_bytes` it rotates by itself, safely across
@@ -37,6 +38,7 @@ import errno
 import fcntl
 import os
 import stat
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,9 @@ class FileOutput:
         "mode",
         "path",
     )
+
+    # One O_APPEND write() to a regular file is never interleaved with another's: any size.
+    batch_bytes = sys.maxsize
 
     def __init__(
         self,
@@ -175,6 +180,11 @@ class FileOutput:
         if written:  # the rest is the next write (LineWriter's promise)
             self._torn = size - written
             self._careful = True
+
+    def settle_partial(self, rest: int) -> None:
+        """A write of several lines was cut: only the rest of the line it cut is owed."""
+        self._torn = rest
+        self._update_careful()
 
     def _write_carefully(self, data: bytes) -> int:
         if self._torn:

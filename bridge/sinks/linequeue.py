@@ -136,6 +136,28 @@ class LineQueue:
             self.wakeup.notify()
         return True
 
+    def put_many(self, lines: list[bytes]) -> int:
+        """Queue `lines` in order, each under the overflow policy as `put` would (with the
+        thread taking none in between, unless a `block` wait lets it); how many were taken."""
+        taken = 0
+        with self.lock:
+            for line in lines:
+                if not overflow.make_room(
+                    self, len(line), self.policy, block_seconds=self.block_seconds
+                ):
+                    self.stats.count_dropped("queue_overflow")
+                elif self.discarded:
+                    self.stats.count_dropped("closed")
+                else:
+                    self.lines.append(line)
+                    self.size += len(line)
+                    self.accepted += 1
+                    taken += 1
+            if taken:
+                self.start_consumer()
+                self.wakeup.notify()
+        return taken
+
     def put_back(self, rest: bytes, *, started: bool) -> None:
         """Queue the rest of a line ahead of everything queued: it is the next thing written.
 

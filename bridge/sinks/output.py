@@ -6,6 +6,12 @@ An output is one destination for bytes (a file that follows rotation, a non-bloc
 socket). It takes one `write()` at a time from its writer, which serializes them, and it keeps
 one promise back: after a partial write, the next `write` is the rest of that same line, so an
 output may hold state for a line in progress (a pipe lock, the count of bytes still owed).
+
+A `write()` may carry several whole lines (`LineWriter.submit_many`), up to `batch_bytes`: the
+most one call can carry and still never mix with another writer's lines (any size on a file
+opened with O_APPEND; PIPE_BUF on a pipe without a lock). When such a write is cut short, the
+writer tells the output what is really owed (`settle_partial`): the rest of the line the cut
+fell in, never the whole lines after it, which go to the writer's queue one by one.
 """
 
 from __future__ import annotations
@@ -25,8 +31,16 @@ class Output(Protocol):
     After a partial write, the next `write` is always the rest of that line.
     """
 
+    # The most bytes of whole lines one `write` may carry without mixing with other writers'.
+    batch_bytes: int
+
     def write(self, data: bytes) -> int:
         """One write() call; may write part of `data`, or raise BlockingIOError or OSError."""
+        ...
+
+    def settle_partial(self, rest: int) -> None:
+        """After a partial write of several lines: only `rest` more bytes (the rest of the
+        line the write cut) are owed; 0 when it cut between two lines."""
         ...
 
     def wait_writable(self, timeout: float) -> None:

@@ -41,9 +41,9 @@ class WriteFaults:
         notes, self.notes = self.notes, []
         return notes
 
-    def write_error(self, exc: OSError) -> Note:
-        """A line dropped because writing it failed: counted; its report returned."""
-        self.stats.count_dropped("write_error")
+    def write_error(self, exc: OSError, lines: int = 1) -> Note:
+        """`lines` dropped because writing them failed: counted; the report returned."""
+        self.stats.count_dropped("write_error", lines)
         self.stats.record_error(f"write failed: {exc}")
         return (f"write-{self.name}", f"sink {self.name}: write failed: {exc}")
 

@@ -14,7 +14,12 @@ pipe) when that cannot stall it, and falls back to the background thread, throug
 - the pipe is full (EAGAIN) or took a partial write: queue the rest;
 - a write took longer than `slow_write_seconds` (a slow disk): queue for `defer_seconds`;
 - the output asks for maintenance (reopen after logrotate, size rotation): queue, and let the
-  background thread do the rename/open work.
+  background thread do the rename/open work. It is asked before a write: a request's lines
+  written together (`submit_many`) may take a file past `rotate_bytes` by their size at most.
+
+`submit_many` (a request's lines) takes one of these paths for all its lines at once, in one
+`write()` on the fast path (`bridge.sinks.batchwrite`); every promise below holds for each of
+them as if it had been submitted alone, and the counters count lines.
 
 Lines queued never overtake each other: the calling thread writes directly only when the queue
 is empty, checked under the write lock the background thread holds while it drains.
@@ -48,6 +53,7 @@ from typing import Any
 
 from bridge import forking
 from bridge.diagnostics import report
+from bridge.sinks.batchwrite import write_once, write_patiently
 from bridge.sinks.linequeue import LineQueue
 from bridge.sinks.output import Output
 from bridge.sinks.writefaults import Note, WriteFaults
@@ -179,15 +185,57 @@ class LineWriter:
             self.stats.count_dropped("closed")
             return False
         if self.sync:
-            return self._write_now(line)
+            return self._write_now([line]) == 1
         return self._queue.put(line)
 
     def submit_many(self, lines: list[bytes]) -> int:
-        """Write or queue several lines in order; how many were accepted.
+        """Write or queue `lines` in order, each as `submit` would; how many were accepted.
 
-        Placeholder: one `submit` each (a single `write()` for all of them comes next).
+        On the fast path all of them go out in one `write()` (`bridge.sinks.batchwrite`).
         """
-        return sum(self.submit(line) for line in lines)
+        if not lines:
+            return 0
+        accepted = 0
+        if self._direct and not self._queued and self._write_lock.acquire(False):
+            note: Note | None = None
+            try:
+                if self._direct and not self._queued:
+                    accepted, lines, note = self._write_direct(lines)
+            finally:
+                self._write_lock.release()
+                if note is not None:
+                    report(*note)
+            if not lines:
+                return accepted
+        if self._closed:
+            self.stats.count_dropped("closed", len(lines))
+            return accepted
+        if self.sync:
+            return accepted + self._write_now(lines)
+        return accepted + self._queue.put_many(lines)
+
+    def _write_direct(self, lines: list[bytes]) -> tuple[int, list[bytes], Note | None]:
+        """Under the write lock: `submit`'s fast path for every line; (accepted, the lines
+        left for the queue, a report). A failure drops, counted, every line not yet out."""
+        started = _monotonic()
+        if self.output.maintenance_due(started):
+            self._defer(started, 0.0)
+            return 0, lines, None
+        whole, cut, failure = write_once(self.output, lines)
+        self._accepted_direct += whole
+        self._written += whole
+        if failure is not None:
+            return whole, [], self._faults.write_error(failure, len(lines) - whole)
+        note = None
+        if _monotonic() - started > self.slow_write_seconds:
+            note = self._slow_write(started)
+        if whole == len(lines):
+            return whole, [], note
+        self._defer(started, 0.0)
+        if cut:  # the rest of the line cut must go out next, whatever the policy
+            self._queue.put_back(lines[whole][cut:], started=True)
+            whole += 1
+        return whole, lines[whole:], note
 
     def _slow_write(self, started: float) -> Note:
         elapsed = _monotonic() - started
@@ -202,11 +250,11 @@ class LineWriter:
         self._direct = False
         self._resume_direct_at = now + seconds
 
-    def _write_now(self, line: bytes) -> bool:
-        """`sync` mode: the line is written (and fsynced if asked) before returning.
+    def _write_now(self, lines: list[bytes]) -> int:
+        """`sync` mode: the lines are written (and fsynced once if asked) before returning.
 
         Rotation and reopening happen here too, on the calling thread: the user chose to
-        wait for the disk. Behind the unfinished rest of a line (a full disk) the line is
+        wait for the disk. Behind the unfinished rest of a line (a full disk) the lines are
         queued instead: the request never waits for the disk to free up.
         """
         with self._write_lock:
@@ -215,46 +263,36 @@ class LineWriter:
                 if self.output.maintenance_due(_monotonic()):
                     self._faults.maintain()
                 before = self._written
-                done = self._write_line(line, started=False)
-                if done is None:
-                    accepted = self._written != before
-                    self._accepted_direct += accepted
-                else:  # part of it is out: the thread finishes it
-                    self._queue.put_back(line[done:], started=bool(done))
-                    accepted = True
-                if accepted and self.fsync_each and not self._queued:
+                accepted, lines = self._write_lines(lines)
+                if self._written != before and self.fsync_each:
                     self._faults.fsync()
             notes = self._faults.take_notes()
         _send(notes)
         if queued:
-            return self._queue.put(line)
-        return accepted
+            return self._queue.put_many(lines)
+        return accepted + (self._queue.put_many(lines) if lines else 0)
 
-    def _write_line(self, line: bytes, *, started: bool) -> int | None:
-        """Under the write lock (`sync`, calling thread): write all of `line`, or of a rest.
-
-        None when the line is finished with: written, or dropped and counted (nothing of it
-        went out, or the output abandoned it). Otherwise how much of it was written before
-        a failure: the caller keeps the rest, which must be the next thing written.
+    def _write_lines(self, lines: list[bytes]) -> tuple[int, list[bytes]]:
+        """Under the write lock (`sync`): (accepted, the lines to queue). A line nothing of
+        which went out is dropped, counted, and the next are tried, as N submits would; once
+        part of one is out, its rest is queued first and the lines after it are for the queue.
         """
-        view = memoryview(line)
-        done = 0
-        while done < len(line):
-            try:
-                written = self.output.write(view[done:])  # type: ignore[arg-type]
-            except BlockingIOError:
-                if self._queue.stopping:  # closing, and the reader is gone: close() counts it
-                    return done
-                self.output.wait_writable(0.1)
-                continue
-            except OSError as exc:
-                return done if self._faults.failed(exc, rest=bool(done or started)) else None
-            if not written:
-                self.output.wait_writable(0.1)
-            done += written
-        self._queue.failing = False
-        self._written += 1
-        return None
+        accepted = 0
+        while lines:
+            whole, cut, failure = write_patiently(self.output, lines, self._queue)
+            self._written += whole
+            self._accepted_direct += whole
+            accepted += whole
+            if whole:
+                self._queue.failing = False
+            if whole == len(lines):
+                break
+            if failure is None or self._faults.failed(failure, rest=bool(cut)):
+                # closing with the pipe full (close() counts it), or part of it is out
+                self._queue.put_back(lines[whole][cut:], started=bool(cut))
+                return accepted + 1, lines[whole + 1 :]
+            lines = lines[whole + 1 :]  # dropped, counted
+        return accepted, []
 
     # --- background thread -------------------------------------------------------------------
 

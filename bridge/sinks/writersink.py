@@ -28,6 +28,8 @@ class WriterSink:
         return self._writer.submit(line)
 
     def submit_many(self, lines: list[bytes]) -> int:
+        """One request's lines: a single `write()` for all of them when the writer can write
+        at once; otherwise each goes where a lone `submit` would send it."""
         return self._writer.submit_many(lines)
 
     def flush(self, timeout: float) -> bool:

@@ -10,10 +10,12 @@ stats (and, for `reopen`, the second sink's). HOW is how the room runs out, for 
   filler is room coming back.
 
 SCENARIO: `complete` (the line cut short is finished once there is room, and the lines
-submitted meanwhile follow it), `reopen` (the sink closes with the line unfinished; a sink
-opened later starts on a fresh line) or `deleted` (the operator deletes the full log to make
-room: the sink lets the deleted file go, gives up the line begun in it, and writes on into
-a new file).
+submitted meanwhile follow it), `batch` (the same with a request's lines written together:
+the one write of them all is cut inside the first), `batch_rotated` (that, with the lines
+after the cut one overflowing a queue of one, and the file renamed once the cut line is
+finished), `reopen` (the sink closes with the line unfinished; a sink opened later starts on
+a fresh line) or `deleted` (the operator deletes the full log to make room: the sink lets the
+deleted file go, gives up the line begun in it, and writes on into a new file).
 """
 
 from __future__ import annotations
@@ -119,6 +121,38 @@ def complete(room: Fsize | Tmpfs, path: Path) -> dict[str, Any]:
     return {"flushed": flushed, "stats": stats}
 
 
+def batch(room: Fsize | Tmpfs, path: Path) -> dict[str, Any]:
+    sink = make_sink(path)
+    sink.submit(line(0, room.first_pad()))
+    assert sink.flush(5.0)
+    room.take_room()
+    accepted = sink.submit_many([line(1), line(2), line(3)])  # only ROOM bytes of line 1 fit
+    wait_for_failure(sink)
+    room.give_room()
+    flushed = sink.flush(10.0)
+    stats = sink.stats()
+    sink.close(5.0)
+    return {"accepted": accepted, "flushed": flushed, "stats": stats}
+
+
+def batch_rotated(room: Fsize | Tmpfs, path: Path) -> dict[str, Any]:
+    settings = FileSinkSettings(type="file", name="file-0", path=path, queue_max_events=1)
+    sink = FileSink(settings, check_interval=0.0)
+    sink.submit(line(0, room.first_pad()))
+    assert sink.flush(5.0)
+    room.take_room()
+    accepted = sink.submit_many([line(1), line(2), line(3)])  # 2 and 3 find the queue full
+    wait_for_failure(sink)
+    room.give_room()
+    flushed = sink.flush(10.0)
+    path.rename(path.with_name(path.name + ".1"))  # logrotate: followed at the next write
+    sink.submit(line(4))
+    flushed = sink.flush(10.0) and flushed
+    stats = sink.stats()
+    sink.close(5.0)
+    return {"accepted": accepted, "flushed": flushed, "stats": stats}
+
+
 def restarted_later(path: Path) -> None:
     """The file as a process restarted a while after the writer died finds it: last written
     a second ago (an append still under way would have touched it just now)."""
@@ -158,7 +192,13 @@ def deleted(room: Fsize | Tmpfs, path: Path) -> dict[str, Any]:
     return {"flushed": flushed, "stats": stats}
 
 
-SCENARIOS = {"complete": complete, "reopen": reopen, "deleted": deleted}
+SCENARIOS = {
+    "complete": complete,
+    "batch": batch,
+    "batch_rotated": batch_rotated,
+    "reopen": reopen,
+    "deleted": deleted,
+}
 
 
 def main() -> None:

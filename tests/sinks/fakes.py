@@ -8,6 +8,11 @@ import threading
 class QuietOutput:
     """An output that never needs waiting, reopening, syncing or closing; subclasses write."""
 
+    batch_bytes = 1 << 62
+
+    def settle_partial(self, rest: int) -> None:
+        return None
+
     def wait_writable(self, timeout: float) -> None:
         return None
 

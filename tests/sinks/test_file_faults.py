@@ -84,6 +84,44 @@ class TestDiskFull:
         )
         assert stats["last_error"].startswith("write failed: [Errno")
 
+    def test_a_batch_cut_short_is_finished_when_room_comes_back(
+        self, tmp_path: Path, how: str, request: pytest.FixtureRequest
+    ) -> None:
+        """A request's lines in one write, cut inside the first: its rest follows once there
+        is room, then the others, each counted once."""
+        path = disk(how, tmp_path, request)
+        result = run_child(how, "batch", path)
+        stats = result["stats"]
+        assert [0, 1, 2, 3] == [json.loads(raw)["n"] for raw in path.read_bytes().splitlines()]
+        assert (3, True, 4, 4, 0) == (
+            result["accepted"],
+            result["flushed"],
+            stats["enqueued"],
+            stats["delivered"],
+            stats["dropped"],
+        )
+
+    def test_a_cut_batch_owes_only_the_cut_line(
+        self, tmp_path: Path, how: str, request: pytest.FixtureRequest
+    ) -> None:
+        """A batch cut inside its first line, the others dropped by a full queue: once that
+        line is finished nothing is owed, so the file renamed next is followed at once."""
+        path = disk(how, tmp_path, request)
+        result = run_child(how, "batch_rotated", path)
+        stats = result["stats"]
+        rotated = path.with_name(path.name + ".1").read_bytes()
+        assert ([0, 1], [4]) == (
+            [json.loads(raw)["n"] for raw in rotated.splitlines()],
+            [json.loads(raw)["n"] for raw in path.read_bytes().splitlines()],
+        )
+        assert (1, True, 3, 3, {"queue_overflow": 2}) == (
+            result["accepted"],
+            result["flushed"],
+            stats["enqueued"],
+            stats["delivered"],
+            stats["dropped_by_reason"],
+        )
+
     def test_a_line_left_unfinished_at_close_is_counted_and_not_continued(
         self, tmp_path: Path, how: str, request: pytest.FixtureRequest
     ) -> None:

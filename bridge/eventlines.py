@@ -1,0 +1,99 @@
+"""A request's captured events as JSON lines, with the parts that repeat encoded once.
+
+Every event of a request carries the same envelope constants (`service.name`, `host.name`,
+`process.pid`) and the same request context, and each signal always gives the same `level`,
+`event` and `signal`. So a line is spliced from fragments: the timestamp and event id made
+for the event, a cached fragment for its signal, one fragment of constants per process, one
+of request context per request, and an `orjson` encoding of only what is the event's own (the
+bridge's fields and the signal's arguments, made safe). The result is byte for byte the line
+`orjson.dumps` gives for the whole event dict (same keys, same order), at about a third of the
+cost; the tests compare the two.
+
+An event that needs more goes the dict way instead (`None` from `EventLines.line`): a line
+over `max_line_bytes` (shrunk by the `LineEncoder`), or a value `orjson` refuses.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from bridge import forking
+from bridge.events import HOST_NAME, timestamp_and_id
+from bridge.processors import LineEncoder
+
+__all__ = ["EventLines"]
+
+_MAX_CACHED_HEADS = 1024  # (signal, event, level) triples: a few per configured signal
+
+
+class EventLines:
+    """Splices the lines of one app's captured events (see the module docstring)."""
+
+    def __init__(self, service: str, max_bytes: int) -> None:
+        self.service = service
+        self.max_bytes = max_bytes
+        self._heads: dict[tuple[str, str, str], bytes] = {}
+        self._constants = self._constant_fragment()
+        forking.reset_in_child(self)
+
+    def after_fork_in_child(self) -> None:
+        """A forked child has its own `process.pid`."""
+        self._constants = self._constant_fragment()
+
+    def _constant_fragment(self) -> bytes:
+        envelope = {
+            "service.name": self.service,
+            "host.name": HOST_NAME,
+            "process.pid": os.getpid(),
+        }
+        return b'",' + orjson.dumps(envelope)[1:-1]
+
+    def _head(self, signal: str, event: str, level: str) -> bytes:
+        key = (signal, event, level)
+        head = self._heads.get(key)
+        if head is None:
+            named = orjson.dumps({"level": level, "event": event, "signal": signal})
+            head = b'",' + named[1:-1] + b',"event_id":"'
+            if len(self._heads) < _MAX_CACHED_HEADS:
+                self._heads[key] = head
+        return head
+
+    @staticmethod
+    def context_fragment(context: Mapping[str, Any] | None) -> bytes:
+        """The request context as members to splice (`,"k":v,...`), once per request."""
+        if not context:
+            return b""
+        return b"," + orjson.dumps(context)[1:-1]
+
+    def line(
+        self,
+        now_ns: int,
+        signal: str,
+        event: str,
+        level: str,
+        own: Mapping[str, Any] | None,
+        context: bytes,
+    ) -> bytes | None:
+        """The event's line; `own` holds its fields and safe arguments, in order. None when
+        the line would be too long or `own` holds something orjson refuses."""
+        timestamp, event_id = timestamp_and_id(now_ns)
+        try:
+            rest = b"," + orjson.dumps(own, option=LineEncoder.OPTIONS)[1:] if own else b"}\n"
+        except orjson.JSONEncodeError:
+            return None
+        line = b"".join(
+            (
+                b'{"timestamp":"',
+                timestamp.encode(),
+                self._head(signal, event, level),
+                event_id.encode(),
+                self._constants,
+                context,
+                rest,
+            )
+        )
+        return line if len(line) <= self.max_bytes else None
