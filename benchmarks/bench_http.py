@@ -1,9 +1,9 @@
 """Events per second into a local HTTP collector, and what `submit` costs the calling thread.
 
-The collector is a separate process on 127.0.0.1 (so it does not share our GIL) that only
-counts events: NDJSON lines, JSON-array items, or one per request otherwise. Contenders, run
-interleaved in this process, each sending the same pre-encoded event lines (or, for the
-logging handlers, the same fields as a log record):
+The collector (`benchmarks.collector`) is a separate process on 127.0.0.1 (so it does not share
+our GIL) that only counts events: NDJSON lines, JSON-array items, or one per request otherwise.
+Contenders, run interleaved in this process, each sending the same pre-encoded event lines (or,
+for the logging handlers, the same fields as a log record):
 
 - our `HttpSink` (ndjson, gzip off and on; and with a disk spool), timed from the first
   `submit` to the end of `flush()`, which returns once the collector acknowledged everything;
@@ -19,16 +19,12 @@ the collector up (the worker sends meanwhile) and down (the worker backs off mea
 
 from __future__ import annotations
 
-import json
 import logging
 import logging.handlers
 import socket
-import subprocess
 import sys
-import threading
 import time
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -36,11 +32,12 @@ from typing import Any
 import orjson
 import requests
 
+from benchmarks.collector import CountingCollector, requests_on
 from benchmarks.common import Contender, interleave, markdown_table, median, target_line
 from bridge.config import HttpSinkSettings
 from bridge.sinks.http import HttpSink
 
-__all__ = ["requests_on", "run", "serve_counting_collector"]
+__all__ = ["requests_on", "run"]
 
 EVENT: dict[str, Any] = {
     "timestamp": "2026-11-25T08:30:00.123456Z",
@@ -78,131 +75,6 @@ def encoded_lines(count: int) -> list[bytes]:
         orjson.dumps({**EVENT, "event_id": f"0190b0c2-7f00-7000-8000-{i:012d}"}) + b"\n"
         for i in range(count)
     ]
-
-
-# -- the counting collector (runs in its own process) -----------------------------------------
-
-
-def _count(content_type: bytes, body: bytes) -> int:
-    if content_type.startswith(b"application/x-ndjson"):
-        return body.count(b"\n")
-    if content_type.startswith(b"application/json"):
-        parsed = json.loads(body)
-        return len(parsed) if isinstance(parsed, list) else 1
-    return 1
-
-
-Request = tuple[bytes, bytes, dict[bytes, bytes], bytes]  # method, path, headers, body
-
-
-def requests_on(conn: socket.socket) -> Iterator[Request]:
-    """The HTTP/1.1 requests arriving on one keep-alive connection, until the client closes
-    it (a minimal reader for the benchmarks' receivers: Content-Length bodies only)."""
-    buf = bytearray()
-    while True:
-        while (end := buf.find(b"\r\n\r\n")) < 0:
-            chunk = conn.recv(262144)
-            if not chunk:
-                return
-            buf += chunk
-        head = bytes(buf[:end]).split(b"\r\n")
-        del buf[: end + 4]
-        method, path = head[0].split(b" ")[:2]
-        headers = {}
-        for line in head[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers.get(b"content-length", b"0"))
-        while len(buf) < length:
-            chunk = conn.recv(max(262144, length - len(buf)))
-            if not chunk:
-                return
-            buf += chunk
-        body = bytes(buf[:length])
-        del buf[:length]
-        yield method, path, headers, body
-
-
-def _connection(conn: socket.socket, total: list[int], lock: threading.Lock) -> None:
-    with conn:
-        for method, _, headers, body in requests_on(conn):
-            if method == b"GET":
-                with lock:
-                    payload = str(total[0]).encode()
-            else:
-                if headers.get(b"content-encoding") == b"gzip":
-                    body = zlib.decompress(body, 31)
-                events = _count(headers.get(b"content-type", b""), body)
-                with lock:
-                    total[0] += events
-                payload = b""
-            close = headers.get(b"connection", b"").lower() == b"close"
-            conn.sendall(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
-                + str(len(payload)).encode()
-                + (b"\r\nConnection: close" if close else b"")
-                + b"\r\n\r\n"
-                + payload
-            )
-            if close:
-                return
-
-
-def serve_counting_collector() -> None:
-    """Listen on 127.0.0.1 (port printed on stdout); count events; `GET /` returns the total.
-    Runs until stdin closes."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    total, lock = [0], threading.Lock()
-
-    def accept() -> None:
-        while True:
-            conn, _ = listener.accept()
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=_connection, args=(conn, total, lock), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    print(listener.getsockname()[1], flush=True)
-    sys.stdin.read()
-
-
-class CountingCollector:
-    """The collector process, seen from here."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from benchmarks.bench_http import serve_counting_collector as s; s()",
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-        assert self.process.stdout is not None
-        self.port = int(self.process.stdout.readline())
-        self.url = f"http://127.0.0.1:{self.port}/ingest"
-        self._session = requests.Session()
-
-    def count(self) -> int:
-        return int(self._session.get(f"http://127.0.0.1:{self.port}/").text)
-
-    def wait_for(self, total: int, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.count() < total:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"collector counted {self.count()} of {total} events")
-            time.sleep(0.002)
-
-    def close(self) -> None:
-        self._session.close()
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.close()
-        self.process.wait(10)
-        self.process.stdout.close()
 
 
 def closed_port_url() -> tuple[str, socket.socket]:

@@ -28,6 +28,7 @@ __all__ = [
     "machine_header",
     "markdown_table",
     "median",
+    "scratch_dir",
     "target_line",
     "time_calls",
 ]
@@ -77,6 +78,14 @@ def interleave(contenders: Sequence[Contender], rounds: int, *, seed: int = 1) -
                 contender.stop()
 
 
+def scratch_dir() -> str | None:
+    """Where the benchmarks' files go: a memory file system when there is one (/dev/shm), so
+    that a neighbour's disk traffic (fsyncs of a test suite) never stalls a timed `write()`;
+    None (the default temporary directory) otherwise."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 def median(values: Iterable[float]) -> float:
     """The median, or NaN for no values (a contender that never ran)."""
     data = list(values)
@@ -124,6 +133,8 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
 
 
 def _numeric(text: str) -> bool:
+    if text == "-":  # no value in this row: the column stays numeric
+        return True
     stripped = text.replace(",", "").replace("%", "").replace("x", "").replace("+", "").strip()
     try:
         float(stripped)
@@ -132,15 +143,17 @@ def _numeric(text: str) -> bool:
     return True
 
 
-def target_line(what: str, actual: float, limit: float, *, unit: str, at_most: bool) -> str:
-    """`- met: ...` or `- **missed** by ...: ...` for one target."""
+def target_line(
+    what: str, actual: float, limit: float, *, unit: str, at_most: bool, digits: int = 1
+) -> str:
+    """`- met: ...` or `- **missed** by ...: ...` for one target, `digits` after the point."""
     met = actual <= limit if at_most else actual >= limit
     sign = "≤" if at_most else "≥"
-    shown = f"{what}: {actual:,.1f}{unit} (target {sign} {limit:,.1f}{unit})"
+    shown = f"{what}: {actual:,.{digits}f}{unit} (target {sign} {limit:,.{digits}f}{unit})"
     if met:
         return f"- met: {shown}"
     gap = actual - limit if at_most else limit - actual
-    return f"- **missed** by {gap:,.1f}{unit}: {shown}"
+    return f"- **missed** by {gap:,.{digits}f}{unit}: {shown}"
 
 
 def _cpu_model() -> str:

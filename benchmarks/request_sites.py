@@ -1,28 +1,26 @@
-"""The request benchmark's contenders, as each one lives in its own worker process.
+"""The request benchmark's rows, as each one lives in its own worker process.
 
-`open_site(label, ...)` is the worker's factory (see `benchmarks.runner`): it builds that
-contender's app, connects its bridge or receivers once for the whole run, and warms it up.
-`Site.batch` then times requests and reports them with the events written meanwhile.
+`open_site(label, ...)` is the worker's factory (see `benchmarks.runner`): it builds that row's
+app and connects its bridge or receivers once for the whole run. `Site.batch`
+(benchmarks.worker_site) then times requests and reports them with the events that landed
+meanwhile: lines in the row's file, lines on its stdout (fd 1, redirected to a file in the
+worker's directory), or events the counting collector (benchmarks.collector) received on the
+row's own path. The plain receivers the bridge is compared with are in `request_peers`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import blinker
-import flask.signals
-import orjson
-from flask import Flask, request
-from flask.testing import FlaskClient
-from pythonjsonlogger.json import JsonFormatter
-
-from benchmarks.apps import BUILTIN_NAMES, LOGIN, LineCounter, build_app, naive_receiver
+from benchmarks.apps import BUILTIN_NAMES, LineCounter, build_app
+from benchmarks.collector import count_at
+from benchmarks.request_peers import floor_site, json_logger_site, naive_site
+from benchmarks.worker_site import Site
 from bridge import SignalBridge
 
 __all__ = [
@@ -30,14 +28,18 @@ __all__ = [
     "BUILTIN",
     "DEFAULT",
     "DEFAULT_LOGIN",
+    "FLOORS",
+    "FLOOR_BUILTIN",
+    "FLOOR_DEFAULT",
+    "HTTP_MEMORY",
+    "HTTP_SPOOL",
     "JSON_LOGGER",
     "MINIMAL",
     "NAIVE",
     "ONE",
     "REQUEST_ROWS",
+    "STDOUT",
     "STRING",
-    "Batch",
-    "Site",
     "open_site",
 ]
 
@@ -46,193 +48,134 @@ ONE = "bridge: user-login only (1 event), file sink"
 DEFAULT = "bridge: default signals, file sink"
 DEFAULT_LOGIN = "bridge: default + user-login, file sink"
 BUILTIN = "bridge: all ten built-ins, file sink"
+STDOUT = "bridge: default signals, stdout sink (fd 1 to a file)"
+HTTP_MEMORY = "bridge: default signals, http sink, memory queue"
+HTTP_SPOOL = "bridge: default signals, http sink, disk spool"
+FLOOR_DEFAULT = "floor: 2 plain receivers (default signals)"
+MINIMAL = "floor: 3 plain receivers (default + user-login)"
+FLOOR_BUILTIN = "floor: 10 plain receivers (all ten built-ins)"
 JSON_LOGGER = "python-json-logger: 3 receivers, FileHandler"
 NAIVE = "naive receiver on all ten built-ins"
-MINIMAL = "floor: 3 plain receivers doing orjson.dumps + os.write"
 STRING = "reference: bare app with render_template_string (compiles every request)"
-REQUEST_ROWS = (BARE, ONE, DEFAULT, DEFAULT_LOGIN, BUILTIN, MINIMAL, JSON_LOGGER, NAIVE, STRING)
+REQUEST_ROWS = (
+    BARE,
+    ONE,
+    DEFAULT,
+    DEFAULT_LOGIN,
+    BUILTIN,
+    STDOUT,
+    HTTP_MEMORY,
+    HTTP_SPOOL,
+    FLOOR_DEFAULT,
+    MINIMAL,
+    FLOOR_BUILTIN,
+    JSON_LOGGER,
+    NAIVE,
+    STRING,
+)
+# Each row compared with a floor, and that floor: the same events, written by plain receivers.
+FLOORS = {
+    DEFAULT: FLOOR_DEFAULT,
+    DEFAULT_LOGIN: MINIMAL,
+    BUILTIN: FLOOR_BUILTIN,
+    STDOUT: FLOOR_DEFAULT,
+    HTTP_MEMORY: FLOOR_DEFAULT,
+    HTTP_SPOOL: FLOOR_DEFAULT,
+    JSON_LOGGER: MINIMAL,
+    NAIVE: FLOOR_BUILTIN,
+}
+SETTLE_TIMEOUT = 30.0
 
 
-class Batch(NamedTuple):
-    """One batch's per-request µs (wall, thread CPU), requests sent and events written."""
-
-    wall: list[float]
-    cpu: list[float]
-    requests: int
-    events: int
+def open_site(label: str, work: Path, collector: str) -> Site:
+    """The worker's factory: build and connect `label`'s row (the parent warms it up, one
+    worker at a time). `collector` is the counting collector's base URL (http rows only)."""
+    return BUILDERS[label](work, collector)
 
 
-def _nothing() -> None:
-    return None
-
-
-def _no_events() -> int:
-    return 0
-
-
-@dataclass
-class Site:
-    """One contender's app, connected for good; `settle` and `events` run outside the timing."""
-
-    label: str
-    app: Flask
-    events: Callable[[], int] = _no_events  # events written so far
-    settle: Callable[[], None] = _nothing  # after a batch: let pending events reach the file
-    shutdown: Callable[[], None] = _nothing
-    counted: int = field(default=0, init=False)
-    client: FlaskClient = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.client = self.app.test_client(use_cookies=False)
-
-    def batch(self, size: int, warmup: int) -> Batch:
-        """`warmup` untimed requests, then `size` timed ones (µs of wall and thread CPU each)."""
-        for _ in range(warmup):
-            status = self.client.post("/login").status_code
-            if status != 200:
-                raise RuntimeError(f"{self.label}: POST /login answered {status}")
-        post, wall, cpu = self.client.post, time.perf_counter_ns, time.thread_time_ns
-        walls, cpus = [], []
-        for _ in range(size):
-            started, started_cpu = wall(), cpu()
-            post("/login")
-            ended_cpu, ended = cpu(), wall()
-            walls.append((ended - started) / 1000.0)
-            cpus.append((ended_cpu - started_cpu) / 1000.0)
-        self.settle()
-        written = self.events()
-        new, self.counted = written - self.counted, written
-        return Batch(walls, cpus, warmup + size, new)
-
-    def close(self) -> None:
-        self.shutdown()
-
-
-def open_site(label: str, work: Path, warmup: int) -> Site:
-    """The worker's factory: build and connect `label`'s contender, then warm it up."""
-    site = BUILDERS[label](work)
-    site.batch(0, warmup)  # its events are counted here and left out of every batch
-    return site
-
-
-def bridge_site(label: str, name: str, work: Path, signals: list[str]) -> Site:
-    path = work / f"{name}.jsonl"
-    app = build_app(
-        name, work, BRIDGE_SIGNALS=signals, BRIDGE_SINKS=[{"type": "file", "path": str(path)}]
-    )
+def bridge_site(
+    label: str,
+    app_name: str,
+    work: Path,
+    signals: list[str],
+    sink: dict[str, Any],
+    events: Callable[[], int],
+    landed: Callable[[SignalBridge], bool] | None = None,
+) -> Site:
+    """A bridge with one sink; `landed(bridge)` (after `flush()`) says every accepted event
+    has arrived where `events` counts it, or is counted as lost by the bridge itself."""
+    app = build_app(app_name, work, BRIDGE_SIGNALS=signals, BRIDGE_SINKS=[sink])
     bridge = SignalBridge(app)
 
     def settle() -> None:
-        if not bridge.flush(timeout=10.0, app=app):
-            raise RuntimeError(f"{label}: the bridge did not flush within 10 s")
+        if not bridge.flush(timeout=SETTLE_TIMEOUT, app=app):
+            raise RuntimeError(f"{label}: the bridge did not flush within {SETTLE_TIMEOUT} s")
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while landed is not None and not landed(bridge):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{label}: events still on their way after {SETTLE_TIMEOUT} s")
+            time.sleep(0.001)
 
     def shutdown() -> None:
         if not bridge.close(timeout=10.0, app=app):
             raise RuntimeError(f"{label}: the bridge did not close within 10 s")
 
-    return Site(label, app, LineCounter(path), settle, shutdown)
+    return Site(label, app, events, settle, shutdown)
 
 
-def json_logger_site(work: Path) -> Site:
-    """The same three events through python-json-logger and a `logging.FileHandler`."""
-    app = build_app("jsonlogger", work)
-    path = work / "jsonlogger.jsonl"
-    logger = logging.getLogger("benchmarks.jsonlogger")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logger.addHandler(handler)
-
-    def request_extra() -> dict[str, Any]:
-        return {
-            "http.request.method": request.method,
-            "url.path": request.path,
-            "client.address": request.remote_addr,
-            "user_agent.original": request.user_agent.string,
-        }
-
-    def on_finished(sender: Any, /, response: Any, **extra: Any) -> None:
-        fields = {**request_extra(), "http.response.status_code": response.status_code}
-        logger.info("request.finished", extra=fields)
-
-    def on_flashed(sender: Any, /, message: str, category: str, **extra: Any) -> None:
-        fields = {**request_extra(), "flash.message": message, "flash.category": category}
-        logger.info("message.flashed", extra=fields)
-
-    def on_login(sender: Any, /, **kwargs: Any) -> None:
-        logger.info("user-login", extra={**request_extra(), **kwargs})
-
-    wiring: list[tuple[blinker.Signal, Callable[..., None]]] = [
-        (flask.signals.request_finished, on_finished),
-        (flask.signals.message_flashed, on_flashed),
-        (LOGIN, on_login),
-    ]
-    connect(app, wiring)
-
-    def shutdown() -> None:
-        logger.removeHandler(handler)
-        handler.close()
-
-    return Site(JSON_LOGGER, app, LineCounter(path), shutdown=shutdown)
+def file_site(label: str, name: str, work: Path, signals: list[str]) -> Site:
+    path = work / f"{name}.jsonl"
+    sink = {"type": "file", "path": str(path)}
+    return bridge_site(label, name, work, signals, sink, LineCounter(path))
 
 
-def naive_site(work: Path) -> Site:
-    app = build_app("naive", work)
-    captured: list[dict[str, Any]] = []
-    seen = [0]
-    connect(app, [(getattr(flask.signals, n), naive_receiver(captured, n)) for n in BUILTIN_NAMES])
-
-    def settle() -> None:  # counted and dropped, so the list does not grow over the run
-        seen[0] += len(captured)
-        captured.clear()
-
-    return Site(NAIVE, app, lambda: seen[0], settle)
-
-
-def minimal_site(work: Path) -> Site:
-    """The least a receiver can do on the default set: encode what it got, one `write()`."""
-    app = build_app("minimal", work)
-    path = work / "minimal.jsonl"
+def stdout_site(label: str, work: Path) -> Site:
+    """The stdout sink on this worker's fd 1, redirected to a file so its lines can be counted
+    (the worker talks to its parent over pipes of its own; nothing else writes to fd 1)."""
+    path = work / "stdout.jsonl"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-
-    def write(fields: dict[str, Any]) -> None:
-        os.write(fd, orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE))
-
-    def on_finished(sender: Any, /, response: Any, **extra: Any) -> None:
-        write({"event": "request.finished", "status": response.status_code})
-
-    def on_flashed(sender: Any, /, message: str, category: str, **extra: Any) -> None:
-        write({"event": "message.flashed", "message": message, "category": category})
-
-    def on_login(sender: Any, /, **kwargs: Any) -> None:
-        write({"event": "user-login", **kwargs})
-
-    wiring: list[tuple[blinker.Signal, Callable[..., None]]] = [
-        (flask.signals.request_finished, on_finished),
-        (flask.signals.message_flashed, on_flashed),
-        (LOGIN, on_login),
-    ]
-    connect(app, wiring)
-    return Site(MINIMAL, app, LineCounter(path), shutdown=lambda: os.close(fd))
+    os.dup2(fd, 1)
+    os.close(fd)
+    sys.stdout = sys.stderr  # a stray print() must not add lines to the count
+    return bridge_site(label, "stdout", work, ["default"], {"type": "stdout"}, LineCounter(path))
 
 
-def connect(app: Flask, wiring: list[tuple[blinker.Signal, Callable[..., None]]]) -> None:
-    """Connect each receiver to its signal for `app` only, strongly, for the whole run."""
-    for signal, receiver in wiring:
-        signal.connect(receiver, sender=app, weak=False)
+def http_site(label: str, work: Path, collector: str, *, spool: bool) -> Site:
+    """The http sink (defaults otherwise) posting to the collector on a path of this worker's
+    own; settled once the collector counted every event the sink accepted and did not drop."""
+    url = f"{collector}/{work.name}"
+    sink: dict[str, Any] = {"type": "http", "url": url}
+    if spool:
+        sink["spool_dir"] = str(work / "spool")
+
+    def landed(bridge: SignalBridge) -> bool:
+        stats = bridge.stats()["sinks"].values()
+        lost = sum(s["dropped"] + s["dead_lettered"] for s in stats)
+        return count_at(url) + lost >= sum(s["enqueued"] for s in stats)
+
+    name = "http-spool" if spool else "http"
+    return bridge_site(label, name, work, ["default"], sink, lambda: count_at(url), landed)
 
 
-BUILDERS: dict[str, Callable[[Path], Site]] = {
-    BARE: lambda work: Site(BARE, build_app("bare", work)),
-    ONE: lambda work: bridge_site(ONE, "one", work, ["user-login"]),
-    DEFAULT: lambda work: bridge_site(DEFAULT, "default", work, ["default"]),
-    DEFAULT_LOGIN: lambda work: bridge_site(
+BUILDERS: dict[str, Callable[[Path, str], Site]] = {
+    BARE: lambda work, _: Site(BARE, build_app("bare", work)),
+    ONE: lambda work, _: file_site(ONE, "one", work, ["user-login"]),
+    DEFAULT: lambda work, _: file_site(DEFAULT, "default", work, ["default"]),
+    DEFAULT_LOGIN: lambda work, _: file_site(
         DEFAULT_LOGIN, "default-login", work, ["default", "user-login"]
     ),
-    BUILTIN: lambda work: bridge_site(BUILTIN, "builtin", work, ["builtin"]),
-    MINIMAL: minimal_site,
-    JSON_LOGGER: json_logger_site,
-    NAIVE: naive_site,
-    STRING: lambda work: Site(STRING, build_app("string", work, from_string=True)),
+    BUILTIN: lambda work, _: file_site(BUILTIN, "builtin", work, ["builtin"]),
+    STDOUT: lambda work, _: stdout_site(STDOUT, work),
+    HTTP_MEMORY: lambda work, url: http_site(HTTP_MEMORY, work, url, spool=False),
+    HTTP_SPOOL: lambda work, url: http_site(HTTP_SPOOL, work, url, spool=True),
+    FLOOR_DEFAULT: lambda work, _: floor_site(
+        FLOOR_DEFAULT, "floor-default", work, ("request_finished", "message_flashed")
+    ),
+    MINIMAL: lambda work, _: floor_site(
+        MINIMAL, "floor-login", work, ("request_finished", "message_flashed", "user-login")
+    ),
+    FLOOR_BUILTIN: lambda work, _: floor_site(FLOOR_BUILTIN, "floor-builtin", work, BUILTIN_NAMES),
+    JSON_LOGGER: lambda work, _: json_logger_site(JSON_LOGGER, work),
+    NAIVE: lambda work, _: naive_site(NAIVE, work),
+    STRING: lambda work, _: Site(STRING, build_app("string", work, from_string=True)),
 }

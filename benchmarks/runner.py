@@ -7,6 +7,11 @@ and checks senders on built-in ones). So each contender gets its own process: it
 connected once, warms up, then waits on a pipe. The parent asks one worker at a time for a
 batch, so they never compete for the CPU; the others sleep in `recv()`.
 
+Identical processes differ in speed by a few % with address-space layout randomization (code
+and data land at other offsets, so caches and branch predictors see other conflicts): workers
+start under `setarch -R` where it works, with the same layout every run, which makes a row's
+median repeat between runs (`fixed_layout()` says whether it applies).
+
 A worker is a fresh interpreter (`python -m benchmarks.runner`), not a multiprocessing child:
 nothing of the caller's main module is re-imported, no helper process is left running, and
 every worker gets the same hash seed, so dict and set layouts do not differ between them.
@@ -16,7 +21,9 @@ parent dies reads end-of-file on its pipe and exits on its own.
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import subprocess
 import sys
 import traceback
@@ -26,13 +33,27 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["Bench", "Factory", "Worker", "WorkerError", "workers"]
+__all__ = ["Bench", "Factory", "Worker", "WorkerError", "fixed_layout", "workers"]
 
 ROOT = Path(__file__).resolve().parent.parent  # holds the `benchmarks` package
 HASH_SEED = "0"
 READY_TIMEOUT = 120.0
 BATCH_TIMEOUT = 300.0
 STOP_TIMEOUT = 30.0
+
+
+@functools.cache
+def fixed_layout() -> tuple[str, ...]:
+    """The command prefix that starts a worker without address-space randomization
+    (`setarch -R`), or () where there is no such command or it is not allowed."""
+    setarch = shutil.which("setarch")
+    if setarch is None:
+        return ()
+    try:
+        subprocess.run([setarch, "-R", "true"], check=True, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return (setarch, "-R")
 
 
 class Bench(Protocol):
@@ -94,7 +115,14 @@ class Worker:
         self._replies = Connection(reply_read, writable=False)
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.runner", str(command_read), str(reply_write)],
+                [
+                    *fixed_layout(),
+                    sys.executable,
+                    "-m",
+                    "benchmarks.runner",
+                    str(command_read),
+                    str(reply_write),
+                ],
                 cwd=ROOT,
                 env={**os.environ, "PYTHONHASHSEED": HASH_SEED},
                 stdin=subprocess.DEVNULL,

@@ -38,7 +38,7 @@ def assert_rows(markdown: str, expected: Iterable[str]) -> None:
 
 @pytest.fixture(scope="module")
 def request_section() -> str:
-    """One quick run shared by the tests below: two workers per row taking turns (~4 s)."""
+    """One quick run shared by the tests below: two workers per row taking turns (~10 s)."""
     return bench_request.run(quick=True, rounds=2, batch=2, replicas=2)
 
 
@@ -46,10 +46,11 @@ class TestBenchRequest:
     def test_quick_run_has_every_variant(self, request_section: str) -> None:
         """The request section has a row per variant and a verdict per target."""
         assert_rows(request_section, bench_request.REQUEST_ROWS)
-        assert 4 == len(re.findall(r"^- (met|\*\*missed\*\*)", request_section, flags=re.M))
+        assert 14 == len(re.findall(r"^- (met|\*\*missed\*\*)", request_section, flags=re.M))
 
     def test_bridge_variants_write_their_events(self, request_section: str) -> None:
-        """Each variant's events per request match the signals it captures, over its workers."""
+        """Each variant's events per request match the signals it captures, over its workers
+        (counted in its file, on its redirected stdout, or by the collector)."""
         events = {
             line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1]
             for line in request_section.splitlines()
@@ -61,7 +62,12 @@ class TestBenchRequest:
             bench_request.DEFAULT: "2.0",
             bench_request.DEFAULT_LOGIN: "3.0",
             bench_request.BUILTIN: "9.0",
+            bench_request.STDOUT: "2.0",
+            bench_request.HTTP_MEMORY: "2.0",
+            bench_request.HTTP_SPOOL: "2.0",
+            bench_request.FLOOR_DEFAULT: "2.0",
             bench_request.MINIMAL: "3.0",
+            bench_request.FLOOR_BUILTIN: "9.0",
             bench_request.JSON_LOGGER: "3.0",
             bench_request.NAIVE: "9.0",
             bench_request.STRING: "0.0",
@@ -146,10 +152,11 @@ class TestBenchCapture:
 
 class TestBenchSink:
     def test_quick_run_has_every_writer(self, tmp_path: Path) -> None:
-        """The sink section has a row per writer and both verdicts."""
+        """The sink section has a row per writer (each checked to land every event) and both
+        verdicts per bridge row."""
         text = bench_sink.run(quick=True, rounds=1, events=5, work=tmp_path)
         assert_rows(text, bench_sink.SINK_ROWS)
-        assert 2 == len(re.findall(r"^- (met|\*\*missed\*\*)", text, flags=re.MULTILINE))
+        assert 8 == len(re.findall(r"^- (met|\*\*missed\*\*)", text, flags=re.MULTILINE))
 
 
 class TestBenchBreakdown:
