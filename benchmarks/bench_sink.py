@@ -25,6 +25,7 @@ from benchmarks.loop_writers import (
     SINK_ROWS,
     Writer,
     bare_receiver_writer,
+    batched_bridge_writer,
     file_bridge_writer,
     floor_writer,
     http_bridge_writer,
@@ -41,6 +42,7 @@ def measure_sinks(work: Path, *, rounds: int, events: int) -> list[Writer]:
     try:
         writers = [
             file_bridge_writer(work),
+            batched_bridge_writer(work),
             stdout_bridge_writer(work),
             http_bridge_writer(HTTP_MEMORY, work, collector, spool=False),
             http_bridge_writer(HTTP_SPOOL, work, collector, spool=True),

@@ -30,6 +30,7 @@ from bridge import SignalBridge
 
 __all__ = [
     "BARE",
+    "BATCHED",
     "BRIDGE",
     "BRIDGE_ROWS",
     "FIELDS",
@@ -43,6 +44,7 @@ __all__ = [
     "STRUCTLOG",
     "Writer",
     "bare_receiver_writer",
+    "batched_bridge_writer",
     "file_bridge_writer",
     "floor_writer",
     "http_bridge_writer",
@@ -67,11 +69,13 @@ PREBUILT = {
 NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 BRIDGE = "bridge, file sink (signal send + flush)"
+BATCH_DELAY = 0.05
+BATCHED = f"bridge, file sink, batch_outside_requests = {BATCH_DELAY:g}"
 STDOUT = "bridge, stdout sink (fd 1 to a file)"
 HTTP_MEMORY = "bridge, http sink, memory queue"
 HTTP_SPOOL = "bridge, http sink, disk spool"
 HTTP_ROWS = (HTTP_MEMORY, HTTP_SPOOL)
-BRIDGE_ROWS = (BRIDGE, STDOUT, *HTTP_ROWS)
+BRIDGE_ROWS = (BRIDGE, BATCHED, STDOUT, *HTTP_ROWS)
 JSON_LOGGER = "python-json-logger + FileHandler"
 STRUCTLOG = "structlog + orjson, BytesLogger"
 FLOOR = "floor: orjson.dumps + buffered write"
@@ -127,15 +131,20 @@ def lines_in(path: Path) -> Callable[[], int]:
 
 
 def bridge_writer(
-    name: str, work: Path, sink: Callable[[], dict[str, Any]], landed: Callable[[], int]
+    name: str,
+    work: Path,
+    sink: Callable[[], dict[str, Any]],
+    landed: Callable[[], int],
+    **config: Any,
 ) -> Writer:
-    """The bridge on `user-login` with one sink (`sink()` builds its config for each round);
-    a batch ends when `flush()` returned: written, or acknowledged by the collector."""
+    """The bridge on `user-login` with one sink (`sink()` builds its config for each round)
+    and `config` (app.config keys); a batch ends when `flush()` returned: written, or
+    acknowledged by the collector."""
     app = Flask("sink")
     bridge = SignalBridge()
 
     def open_() -> None:
-        app.config.update(BRIDGE_SIGNALS=["user-login"], BRIDGE_SINKS=[sink()])
+        app.config.update(BRIDGE_SIGNALS=["user-login"], BRIDGE_SINKS=[sink()], **config)
         bridge.init_app(app)
 
     def write(n: int) -> None:
@@ -156,6 +165,15 @@ def file_bridge_writer(work: Path) -> Writer:
     path = work / "bridge.jsonl"
     sink = {"type": "file", "path": str(path)}
     return bridge_writer(BRIDGE, work, lambda: sink, lines_in(path))
+
+
+def batched_bridge_writer(work: Path) -> Writer:
+    """The file sink with `batch_outside_requests`: the loop's events written 128 at a time."""
+    path = work / "batched.jsonl"
+    sink = {"type": "file", "path": str(path)}
+    return bridge_writer(
+        BATCHED, work, lambda: sink, lines_in(path), BRIDGE_BATCH_OUTSIDE_REQUESTS=BATCH_DELAY
+    )
 
 
 def stdout_bridge_writer(work: Path) -> Writer:

@@ -106,6 +106,8 @@ class Settings:
     max_line_bytes: int
     shutdown_timeout: float
     loggers: tuple[str, ...]
+    # Seconds an event sent outside a request may wait to be written with others; 0: at once.
+    batch_outside_requests: float = 0.0
     sinks: tuple[SinkSettings, ...]
     ignored_environment: tuple[str, ...] = ()  # BRIDGE_* variables that name no key
 
@@ -116,6 +118,9 @@ class Settings:
         return DEFAULT_REDACT_TERMS + tuple(t for t in extra if t not in DEFAULT_REDACT_TERMS)
 
 
+# The longest `batch_outside_requests`: a small bounded delay, not a flush interval.
+MAX_BATCH_DELAY = 1.0
+
 # --- schemas ------------------------------------------------------------------------------------
 
 _TOP_LEVEL: dict[str, v.Checker] = {
@@ -125,6 +130,7 @@ _TOP_LEVEL: dict[str, v.Checker] = {
     "redact": v.string_list,
     "max_line_bytes": v.positive_int,
     "shutdown_timeout": v.duration,
+    "batch_outside_requests": v.duration,
     "loggers": v.string_list,
     "sinks": lambda key, value: value,  # checked per sink below
 }
@@ -186,6 +192,7 @@ _DEFAULTS: dict[str, Any] = {
     "redact": [],
     "max_line_bytes": 64 * 1024,
     "shutdown_timeout": 5.0,
+    "batch_outside_requests": 0.0,
     "loggers": [],
     "sinks": [{"type": "stdout"}],
 }
@@ -293,6 +300,12 @@ def load_settings(
         problems.add("sinks.name", name, "a name used by one sink only")
     if values["max_line_bytes"] < 1024:
         problems.add("max_line_bytes", values["max_line_bytes"], "at least 1024 bytes")
+    if values["batch_outside_requests"] > MAX_BATCH_DELAY:
+        problems.add(
+            "batch_outside_requests",
+            values["batch_outside_requests"],
+            f"at most {MAX_BATCH_DELAY:g} seconds (0 writes at once)",
+        )
     if problems.found:
         raise ConfigError.of(problems.found)
     return Settings(
@@ -302,6 +315,7 @@ def load_settings(
         redact=values["redact"],
         max_line_bytes=values["max_line_bytes"],
         shutdown_timeout=values["shutdown_timeout"],
+        batch_outside_requests=values["batch_outside_requests"],
         loggers=values["loggers"],
         sinks=tuple(s for s in checked_sinks if s is not None),
         ignored_environment=ignored,

@@ -38,6 +38,7 @@ from bridge.pending import MAX_EVENTS, Captured, Pending, current_pending, ship,
 from bridge.processors import LineEncoder, MakeJsonSafe, Processor, SensitiveKeys
 from bridge.redaction import Scrubber, url_secrets
 from bridge.sinks.base import Sink
+from bridge.threadbuffers import allow_delay, buffer_of_this_thread, drain_all, settle
 
 __all__ = ["Emitter"]
 
@@ -101,6 +102,16 @@ class Emitter:
         self.processors: tuple[Processor, ...] = (*self.user_processors, self.make_safe)
         self.encode = LineEncoder(settings.max_line_bytes, self.make_safe)
         self.lines = EventLines(settings.service, settings.max_line_bytes)
+        # Outside a request, events wait (briefly) for a batch when the user allowed it
+        # (`batch_outside_requests`), never with a `sync` sink (written when sent, by
+        # request) or processors (they may read thread-local state).
+        self.buffered = (
+            settings.batch_outside_requests > 0
+            and not self.user_processors
+            and not any(getattr(sink, "sync", False) for sink in settings.sinks)
+        )
+        if self.buffered:
+            allow_delay(settings.batch_outside_requests)
         self.guard = _Guard(self)
         self.receiver_errors = 0
         self._errors_lock = threading.Lock()
@@ -165,10 +176,37 @@ class Emitter:
                 if len(pending.events) >= MAX_EVENTS:
                     ship(pending)
                 return
+            if self.buffered and not self.taps:  # outside a request: `bridge.threadbuffers`
+                ctx = _cv_request.get(None)
+                buffer_of_this_thread().append(
+                    (
+                        self,
+                        time_ns(),
+                        signal,
+                        event,
+                        level,
+                        fields,
+                        arguments,
+                        None if ctx is None else ctx.request,
+                    )
+                )
+                return
             context = self.request_context()
         if isinstance(fields, FinishedResponse):
             level, fields = fields.settle()
-        event_dict = self._event(time_ns(), signal, event, level, fields, arguments, context)
+        now_ns = time_ns()
+        if not self.user_processors and not self.taps:
+            own = fields
+            if arguments:
+                safe = self.make_safe.convert_mapping(_renamed(arguments, fields))
+                own = {**fields, **safe} if fields else safe
+            fragment = self.lines.context_fragment(context) if context else b""
+            line = self.lines.line(now_ns, signal, event, level, own, fragment)
+            if line is not None:
+                for sink in self.sinks:
+                    sink.submit(line)
+                return
+        event_dict = self._event(now_ns, signal, event, level, fields, arguments, context)
         if self.user_processors:
             self.ship(event_dict, level)
         else:
@@ -352,9 +390,12 @@ class Emitter:
 
     def flush(self, timeout: float) -> bool:
         ship_current()  # inside a request: its events so far count as accepted
+        drain_all()  # and every thread's events outside requests
         return _each_within(self.sinks, timeout, lambda sink, left: sink.flush(left))
 
     def close(self, timeout: float) -> bool:
+        ship_current()
+        settle(min(timeout, 1.0))
         return _each_within(self.sinks, timeout, lambda sink, left: sink.close(left))
 
     def stats(self) -> dict[str, Any]:

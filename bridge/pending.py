@@ -34,7 +34,18 @@ from typing import Any, Protocol
 
 from bridge import forking
 
-__all__ = ["MAX_EVENTS", "Captured", "Pending", "Shipper", "current", "open_request", "ship"]
+__all__ = [
+    "MAX_EVENTS",
+    "Captured",
+    "Pending",
+    "Shipper",
+    "close_request",
+    "current",
+    "open_request",
+    "ship",
+    "ship_current",
+    "write_grouped",
+]
 
 MAX_EVENTS = 128
 
@@ -106,8 +117,17 @@ def ship(pending: Pending) -> None:
     pending.events = []
     if pending.pid != _pid:
         return  # a forked child: these are the parent's, and the parent ships them
+    write_grouped(events)
+
+
+def write_grouped(events: list[Captured]) -> None:
+    """Hand `events` to their pipelines: all at once when one app captured them all (the
+    usual case), else each app's in order."""
     first = events[0][0]
-    if all(item[0] is first for item in events):
+    for item in events:
+        if item[0] is not first:
+            break
+    else:
         first.write_captured(events)
         return
     by_shipper: dict[int, tuple[Shipper, list[Captured]]] = {}
