@@ -62,6 +62,17 @@ def write_once(output: Output, lines: list[bytes]) -> Stop:
     """
     start = 0
     limit = output.batch_bytes
+    data = b"".join(lines)
+    if len(data) <= limit:  # the usual case, without the run bookkeeping: one write
+        try:
+            written = output.write(data)
+        except BlockingIOError:
+            return 0, 0, None
+        except OSError as exc:
+            return 0, 0, exc
+        if written == len(data):
+            return len(lines), 0, None
+        return *_cut(output, lines, 0, written), None
     while True:
         end, data = next_run(lines, start, limit)
         try:
