@@ -23,11 +23,9 @@ from flask.globals import _cv_request
 from bridge import forking
 from bridge.config import HttpSinkSettings, Settings
 from bridge.diagnostics import report
-from bridge.eventlines import EventLines
+from bridge.eventlines import EventLines, renamed
 from bridge.events import (
-    ENVELOPE_KEYS,
     HOST_NAME,
-    REQUEST_CONTEXT_KEYS,
     FinishedResponse,
     exception_fields,
     request_fields,
@@ -41,10 +39,6 @@ from bridge.sinks.base import Sink
 from bridge.threadbuffers import allow_delay, buffer_of_this_thread, drain_all, settle
 
 __all__ = ["Emitter"]
-
-# Keys an application value (a signal argument, a log record's `extra`) may not take: it is
-# kept as `args.<key>` instead, so that the envelope and the request context stay the bridge's.
-PROTECTED_KEYS = ENVELOPE_KEYS | REQUEST_CONTEXT_KEYS
 
 _pid = os.getpid()
 # The request whose events this thread is writing at its end (`Emitter.write_captured`).
@@ -101,7 +95,7 @@ class Emitter:
         # The user's processors see the real objects; making them safe always comes last.
         self.processors: tuple[Processor, ...] = (*self.user_processors, self.make_safe)
         self.encode = LineEncoder(settings.max_line_bytes, self.make_safe)
-        self.lines = EventLines(settings.service, settings.max_line_bytes)
+        self.lines = EventLines(settings.service, settings.max_line_bytes, self.make_safe)
         # Outside a request, events wait (briefly) for a batch when the user allowed it
         # (`batch_outside_requests`), never with a `sync` sink (written when sent, by
         # request) or processors (they may read thread-local state).
@@ -196,12 +190,8 @@ class Emitter:
             level, fields = fields.settle()
         now_ns = time_ns()
         if not self.user_processors and not self.taps:
-            own = fields
-            if arguments:
-                safe = self.make_safe.convert_mapping(_renamed(arguments, fields))
-                own = {**fields, **safe} if fields else safe
             fragment = self.lines.context_fragment(context) if context else b""
-            line = self.lines.line(now_ns, signal, event, level, own, fragment)
+            line = self.lines.splice(now_ns, signal, event, level, fields, arguments, fragment)
             if line is not None:
                 for sink in self.sinks:
                     sink.submit(line)
@@ -240,7 +230,7 @@ class Emitter:
         if fields:
             event_dict.update(fields)
         if arguments:
-            data = _renamed(arguments, fields)
+            data = renamed(arguments, fields)
             if self.user_processors:
                 event_dict.update(data)
             else:
@@ -281,8 +271,7 @@ class Emitter:
         whole, as outside a request.
         """
         lines: list[bytes] = []
-        splice = None if self.taps else self.lines.line
-        convert = self.make_safe.convert_mapping
+        splice = None if self.taps else self.lines.splice
         last_request: Any = None
         context: dict[str, Any] | None = None
         fragment = b""
@@ -299,12 +288,8 @@ class Emitter:
                 line = None
                 if not level:  # request.finished: read from its response now
                     level, fields = fields.settle()
-                if splice is not None:
-                    own = fields
-                    if arguments:
-                        safe = convert(_renamed(arguments, fields))
-                        own = {**fields, **safe} if fields else safe
-                    line = splice(now_ns, signal, event, level, own, fragment)
+                if splice:
+                    line = splice(now_ns, signal, event, level, fields, arguments, fragment)
                 if line is None:
                     event_dict = self._event(
                         now_ns, signal, event, level, fields, arguments, context
@@ -403,17 +388,6 @@ class Emitter:
             "sinks": {sink.name: sink.stats() for sink in self.sinks},
             "receiver_errors": self.receiver_errors,
         }
-
-
-def _renamed(arguments: Mapping[str, Any], fields: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    """A signal's arguments, each named like a key of the envelope, of the request context or
-    of `fields` renamed `args.<key>` (the common case, none, costs two set checks)."""
-    if PROTECTED_KEYS.isdisjoint(arguments) and (not fields or fields.keys().isdisjoint(arguments)):
-        return arguments
-    return {
-        (f"args.{key}" if key in PROTECTED_KEYS or (fields and key in fields) else key): value
-        for key, value in arguments.items()
-    }
 
 
 def configured_secrets(settings: Settings) -> list[str]:

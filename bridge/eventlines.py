@@ -22,10 +22,14 @@ from typing import Any
 import orjson
 
 from bridge import forking
-from bridge.events import HOST_NAME, timestamp_and_id
-from bridge.processors import LineEncoder
+from bridge.events import ENVELOPE_KEYS, HOST_NAME, REQUEST_CONTEXT_KEYS, timestamp_and_id
+from bridge.processors import LineEncoder, MakeJsonSafe
 
-__all__ = ["EventLines"]
+__all__ = ["PROTECTED_KEYS", "EventLines", "renamed"]
+
+# Keys an application value (a signal argument, a log record's `extra`) may not take: it is
+# kept as `args.<key>` instead, so that the envelope and the request context stay the bridge's.
+PROTECTED_KEYS = ENVELOPE_KEYS | REQUEST_CONTEXT_KEYS
 
 _MAX_CACHED_HEADS = 1024  # (signal, event, level) triples: a few per configured signal
 
@@ -33,9 +37,10 @@ _MAX_CACHED_HEADS = 1024  # (signal, event, level) triples: a few per configured
 class EventLines:
     """Splices the lines of one app's captured events (see the module docstring)."""
 
-    def __init__(self, service: str, max_bytes: int) -> None:
+    def __init__(self, service: str, max_bytes: int, make_safe: MakeJsonSafe) -> None:
         self.service = service
         self.max_bytes = max_bytes
+        self.make_safe = make_safe
         self._heads: dict[tuple[str, str, str], bytes] = {}
         self._constants = self._constant_fragment()
         forking.reset_in_child(self)
@@ -97,3 +102,42 @@ class EventLines:
             )
         )
         return line if len(line) <= self.max_bytes else None
+
+    def splice(
+        self,
+        now_ns: int,
+        signal: str,
+        event: str,
+        level: str,
+        fields: Mapping[str, Any] | None,
+        arguments: Mapping[str, Any] | None,
+        fragment: bytes,
+    ) -> bytes | None:
+        """The line of an event captured with `fields` and `arguments`, or None: then the
+        dict way. The arguments are renamed (`renamed`) and made safe first.
+
+        Arguments the safe walk would leave as they are (`MakeJsonSafe.plain`) skip it; the
+        line then tells whether one of their strings could be too long.
+        """
+        own = fields
+        plain = None
+        if arguments:
+            data = renamed(arguments, fields)
+            plain = self.make_safe.plain(data)
+            safe = plain if plain is not None else self.make_safe.convert_mapping(data)
+            own = {**fields, **safe} if fields else safe
+        line = self.line(now_ns, signal, event, level, own, fragment)
+        if line is not None and plain is not None and len(line) > self.make_safe.max_string_chars:
+            return None
+        return line
+
+
+def renamed(arguments: Mapping[str, Any], fields: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """A signal's arguments, each named like a key of the envelope, of the request context or
+    of `fields` renamed `args.<key>` (the common case, none, costs two set checks)."""
+    if PROTECTED_KEYS.isdisjoint(arguments) and (not fields or fields.keys().isdisjoint(arguments)):
+        return arguments
+    return {
+        (f"args.{key}" if key in PROTECTED_KEYS or (fields and key in fields) else key): value
+        for key, value in arguments.items()
+    }

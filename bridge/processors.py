@@ -50,6 +50,7 @@ _MAX_DEPTH = 10
 _MAX_ITEMS = 1000
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson encodes natively
 _SURROGATES = re.compile("[\ud800-\udfff]")
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
 _STR_TYPES = (PurePath, uuid.UUID, Decimal, IPv4Address, IPv6Address, IPv4Network, IPv6Network)
 
 
@@ -107,6 +108,8 @@ class MakeJsonSafe:
         self.scrub = scrub
         # key -> (cleaned key, redact?); the same few keys recur on every event
         self._keys: dict[str, tuple[str, bool]] = {}
+        # a signal's set of argument names -> may its values pass as they are (`plain`)
+        self._plain_keys: dict[tuple[Any, ...], bool] = {}
 
     def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
         return self.convert_mapping(event_dict, top_level=True)
@@ -121,6 +124,25 @@ class MakeJsonSafe:
         if type(raw_key) is str and len(raw_key) <= 256 and len(self._keys) < 4096:
             self._keys[raw_key] = known
         return known
+
+    def plain(self, mapping: Mapping[Any, Any]) -> Mapping[Any, Any] | None:
+        """`mapping` itself when the walk would leave it as it is, or None.
+
+        That is: every key a short text, neither sensitive nor needing cleaning (a verdict
+        cached per set of keys), and every value exactly a str, int, float, bool or None. The
+        walk's other rules then are the encoder's to check on the line: orjson refuses an
+        int beyond 64 bits and a lone surrogate, and a line no longer than
+        `max_string_chars` bytes holds no string longer than that (the caller's checks).
+        """
+        if not _PLAIN_TYPES.issuperset(map(type, mapping.values())):
+            return None
+        keys = tuple(mapping)
+        verdict = self._plain_keys.get(keys)
+        if verdict is None:
+            verdict = all(type(key) is str and self._key(key) == (key, False) for key in keys)
+            if len(self._plain_keys) < 1024:
+                self._plain_keys[keys] = verdict
+        return mapping if verdict else None
 
     def convert_mapping(
         self,
@@ -137,8 +159,11 @@ class MakeJsonSafe:
         if len(mapping) > _MAX_ITEMS:
             items = list(items)[:_MAX_ITEMS]  # type: ignore[assignment]
             out[TRUNCATED_ITEMS] = len(mapping)
+        known_keys = self._keys
         for raw_key, value in items:
-            key, sensitive = self._key(raw_key)
+            # The key's cached verdict, looked up here: a call per key costs more than the rest
+            known = known_keys.get(raw_key) if type(raw_key) is str else None
+            key, sensitive = known if known is not None else self._key(raw_key)
             cls = type(value)
             if sensitive and not (top_level and key in ENVELOPE_KEYS):
                 out[key] = REDACTED

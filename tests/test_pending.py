@@ -25,7 +25,8 @@ from bridge import SignalBridge, capture_events
 from bridge.eventlines import EventLines
 from bridge.events import HOST_NAME
 from bridge.pending import MAX_EVENTS, current, ship
-from bridge.processors import LineEncoder
+from bridge.processors import LineEncoder, MakeJsonSafe
+from bridge.redaction import SensitiveKeys
 from tests.conftest import LOGIN_SIGNAL, BridgedApp, read_events
 from tests.forks import run_in_child
 
@@ -303,7 +304,7 @@ class TestSplicedLines:
     ) -> None:
         """Byte for byte what orjson gives for the whole event dict, in the same key order."""
         signal, event, level = names
-        lines = EventLines("svc", 1 << 20)
+        lines = EventLines("svc", 1 << 20, MakeJsonSafe(SensitiveKeys(()), 16384))
         real = bridge.eventlines.timestamp_and_id
         bridge.eventlines.timestamp_and_id = lambda now_ns: STAMP  # type: ignore[assignment]
         try:
@@ -324,12 +325,12 @@ class TestSplicedLines:
 
     def test_a_line_over_the_limit_is_left_to_the_encoder(self) -> None:
         """Too long to splice within `max_line_bytes`: None, and the dict way shrinks it."""
-        lines = EventLines("svc", 300)
+        lines = EventLines("svc", 300, MakeJsonSafe(SensitiveKeys(()), 16384))
         assert None is lines.line(0, "s", "e", "info", {"big": "x" * 400}, b"")
 
     def test_a_value_orjson_refuses_is_left_to_the_encoder(self) -> None:
         """An int beyond 64 bits in a field: None, so the safe walk can turn it into text."""
-        lines = EventLines("svc", 1 << 20)
+        lines = EventLines("svc", 1 << 20, MakeJsonSafe(SensitiveKeys(()), 16384))
         assert None is lines.line(0, "s", "e", "info", {"huge": 2**70}, b"")
 
     def test_an_oversized_event_of_a_request_is_still_one_valid_line(
@@ -358,3 +359,52 @@ class TestOutsideARequest:
         with bridged.app.app_context():
             LOGIN_SIGNAL.send(bridged.app, user_id=4)
             assert [4] == [event["user_id"] for event in read_events(bridged.path)]
+
+
+plain_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=30),
+)
+
+
+class TestPlainArguments:
+    @settings(max_examples=200, deadline=None)
+    @given(arguments=st.dictionaries(st.text(min_size=1, max_size=20), plain_values, max_size=8))
+    def test_arguments_passed_as_they_are_are_what_the_walk_gives(
+        self, arguments: dict[str, Any]
+    ) -> None:
+        """Whenever `plain` lets arguments through untouched, the safe walk would have left
+        them equal (sensitive keys never pass: they are redacted by the walk)."""
+        make_safe = MakeJsonSafe(SensitiveKeys(("password", "token")), 16384)
+        if make_safe.plain(arguments) is not None:
+            assert make_safe.convert_mapping(arguments) == arguments
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            ("x" * 20_000, "x" * 16384 + "...[truncated]"),
+            ("bad \ud800 text", "bad \ufffd text"),
+            (2**70, str(2**70)),
+        ],
+        ids=["string over the limit", "lone surrogate", "int beyond 64 bits"],
+    )
+    def test_what_only_the_walk_can_fix_is_still_fixed_in_a_request(
+        self, make_bridged: MakeBridged, value: Any, expected: str
+    ) -> None:
+        """A plain-looking argument the encoder or the length check refuses goes the walk:
+        cut, its surrogate replaced, its huge int written as text."""
+        bridged = make_bridged(signals=["user-login"])
+        app = bridged.app
+
+        @app.route("/odd")
+        def odd() -> str:
+            LOGIN_SIGNAL.send(app, note=value, user_id=2)
+            return "ok"
+
+        bridged.client.get("/odd")
+        [event] = bridged.events()
+        assert expected == event["note"]
+        assert 2 == event["user_id"]

@@ -14,6 +14,7 @@ import pytest
 from flask import Flask
 
 from bridge import ConfigError, SignalBridge, capture_events
+from bridge.threadbuffers import buffer_of_this_thread
 from tests.conftest import LOGIN_SIGNAL, BridgedApp, read_events
 from tests.forks import run_in_child
 
@@ -124,7 +125,11 @@ class TestBatchOutsideRequests:
             assert bridged.bridge.flush(timeout=5.0)
             return len(read_events(bridged.path))
 
-        assert 0 == run_in_child(in_child, deadline=20.0)
+        # The parent's flusher must not write the event while the child looks: it waits on
+        # the drain lock of this thread's buffer, held until the child is done.
+        drain_lock = buffer_of_this_thread().drain_lock
+        with drain_lock:
+            assert 0 == run_in_child(in_child, deadline=20.0)
         assert bridged.bridge.flush(timeout=5.0)
         assert [5] == [event["user_id"] for event in read_events(bridged.path)]
 
