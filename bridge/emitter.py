@@ -1,9 +1,12 @@
-"""One app's pipeline: event dict -> processors -> one JSON line -> every sink.
+"""One app's pipeline: capture, then event -> one JSON line -> every sink.
 
 Built once per app in `init_app`; everything the hot path needs is precomputed here, so a
-receiver does no configuration look-ups. Receivers call `emit` inside `with emitter.guard:`,
-so a failing processor, encoder or sink is counted in `receiver_errors` and reported on stderr
-at most once a minute, never raised into the request.
+receiver does no configuration look-ups. Inside a request `emit` only captures (the request's
+list, `bridge.pending`) and `write_captured` builds and writes the request's events when it
+ends; outside one, `emit` writes at once (or buffers, `bridge.threadbuffers`). Receivers call
+`emit` inside `try` (or `with emitter.guard:`), so a failing processor, encoder or sink is
+counted in `receiver_errors` and reported on stderr at most once a minute, never raised into
+the request.
 """
 
 from __future__ import annotations

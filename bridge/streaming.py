@@ -1,6 +1,9 @@
-"""The WSGI side of `request.finished`: when a request started, and when its body was done.
+"""The WSGI side of a request: when it started, its events written once, and a streamed body.
 
-`RequestClock` wraps an app's WSGI callable and notes when each request arrived. Flask sends
+`RequestClock` wraps an app's WSGI callable and notes when each request arrived. It opens the
+request's list of captured events (`bridge.pending`) before calling the app and ships it when
+the app has returned, before the server sends a byte of the response (even when the app
+raised). Flask sends
 `request_finished` before the server iterates the response body, which is right for a body
 already in memory, but a streamed one (a generator, `stream_with_context`, `send_file`) is
 produced afterwards, usually once the request context is gone, and an exception it raises
