@@ -14,7 +14,8 @@ Rules that keep this safe:
 
 - Only the thread that opened the list appends to it; another thread that inherited the
   context (a thread started with `copy_context()`, asgiref running an async view) emits at
-  once, as outside a request. So a list is never appended to while it is shipped.
+  once, as outside a request. So a list is never appended to while it is shipped, nor
+  after its request is over (a context copied in the request, run later on the same thread).
 - A list holds at most `MAX_EVENTS`: a request that sends thousands of signals ships them in
   rounds, on its own thread, and never holds unbounded memory.
 - A forked child never ships its parent's list (the parent does).
@@ -75,7 +76,7 @@ class Pending:
 
     def __init__(self) -> None:
         self.events: list[Captured] = []
-        self.thread = get_ident()
+        self.thread: int | None = get_ident()  # None once the request is over
         self.pid = _pid
 
 
@@ -99,8 +100,13 @@ def open_request() -> tuple[Pending, Token[Pending | None]]:
 
 
 def close_request(pending: Pending, token: Token[Pending | None]) -> None:
-    """Stop collecting and ship what was collected (the WSGI wrapper, when the app returned)."""
+    """Stop collecting and ship what was collected (the WSGI wrapper, when the app returned).
+
+    The list then belongs to no thread: a context copied during the request and run later
+    on the same thread (a `call_on_close` callback) still holds it, and must emit at once.
+    """
     _pending.reset(token)
+    pending.thread = None
     ship(pending)
 
 
@@ -145,3 +151,4 @@ def ship_current() -> None:
     pending = current()
     if pending is not None:
         ship(pending)
+
