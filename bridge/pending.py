@@ -29,6 +29,8 @@ events (they were never written), as it could lose an event between capture and 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from threading import get_ident
 from typing import Any, Protocol
@@ -45,6 +47,7 @@ __all__ = [
     "open_request",
     "ship",
     "ship_current",
+    "watched",
     "write_grouped",
 ]
 
@@ -152,3 +155,19 @@ def ship_current() -> None:
     if pending is not None:
         ship(pending)
 
+
+@contextmanager
+def watched() -> Iterator[None]:
+    """Inside the block this thread's events are written when sent, not at the request's end
+    (`capture_events()` opened inside a view lists them in the block, as when every event was
+    written at once); what the request captured before is shipped first, in order."""
+    pending = current()
+    if pending is None:  # outside a request: events are written when sent already
+        yield
+        return
+    ship(pending)
+    token = _pending.set(None)
+    try:
+        yield
+    finally:
+        _pending.reset(token)
