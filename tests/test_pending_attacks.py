@@ -69,6 +69,34 @@ class TestAContextCopiedInARequest:
         assert [42] == [event["user_id"] for event in bridged.events()]
 
 
+class TestAChildForkedInARequest:
+    def test_the_child_s_own_events_are_written_by_its_flush(
+        self, make_bridged: MakeBridged
+    ) -> None:
+        """A child forked inside a request (multiprocessing's fork, a job spawned by a view)
+        that sends a signal and flushes writes its event; the parent's event of the request
+        is still written once, by the parent."""
+        bridged = make_bridged(signals=["user-login"])
+        app = bridged.app
+        results: list[Any] = []
+
+        @app.route("/fork-job")
+        def fork_job() -> str:
+            LOGIN_SIGNAL.send(app, user_id=21)
+
+            def in_child() -> list[int]:
+                LOGIN_SIGNAL.send(app, user_id=99)
+                assert bridged.bridge.flush(timeout=5.0)
+                return [event["user_id"] for event in read_events(bridged.path)]
+
+            results.append(run_in_child(in_child, deadline=20.0))
+            return "ok"
+
+        assert 200 == bridged.client.get("/fork-job").status_code
+        assert [[99]] == results
+        assert [21, 99] == sorted(event["user_id"] for event in bridged.events())
+
+
 _CHAIN_LOGGER = "tests.pending_attacks.users"
 
 
