@@ -18,7 +18,8 @@ Rules that keep this safe:
   after its request is over (a context copied in the request, run later on the same thread).
 - A list holds at most `MAX_EVENTS`: a request that sends thousands of signals ships them in
   rounds, on its own thread, and never holds unbounded memory.
-- A forked child never ships its parent's list (the parent does).
+- A forked child never ships its parent's list (the parent does): the list of the request
+  it was forked in starts over empty, and holds the child's own events.
 - `ship_current()` lets `flush()` called inside a request see the request's events so far,
   as it did when every event was written at once.
 
@@ -66,12 +67,6 @@ class Shipper(Protocol):
 _pid = os.getpid()  # not a system call per request
 
 
-@forking.at_fork_in_child
-def _note_pid() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
 class Pending:
     """The events one request captured so far, in order; owned by the thread that opened it."""
 
@@ -86,6 +81,19 @@ class Pending:
 _pending: ContextVar[Pending | None] = ContextVar("bridge_pending", default=None)
 # Read on every captured event: the bound method, without the attribute hop.
 current_pending = _pending.get
+
+
+@forking.at_fork_in_child
+def _note_pid() -> None:
+    """In the child, the request the forking thread was in (hooks run in its context) keeps
+    a list, emptied: what it held is the parent's to write, and what the child sends from
+    now on is the child's, shipped by its own `flush()`, rounds or the request's end."""
+    global _pid
+    _pid = os.getpid()
+    pending = _pending.get()
+    if pending is not None:
+        pending.events = []
+        pending.pid = _pid
 
 
 def current() -> Pending | None:
