@@ -47,6 +47,26 @@ class TestCaptureEventsInsideAView:
         assert [3] == [event["user_id"] for event in bridged.events()]
 
 
+class TestFlushInsideAnAsyncView:
+    def test_flush_sees_the_events_the_request_captured_before_the_view(
+        self, make_bridged: MakeBridged
+    ) -> None:
+        """`flush()` in an async view (run by asgiref on another thread) sees the request's
+        events so far, `request.started` among them, as it did when each was written at
+        once and as a sync view's `flush()` does."""
+        bridged = make_bridged(signals=["request_started", "user-login"])
+        seen: list[list[str]] = []
+
+        @bridged.app.route("/async-audit")
+        async def async_audit() -> str:
+            assert bridged.bridge.flush(timeout=5.0)
+            seen.append([event["event"] for event in read_events(bridged.path)])
+            return "ok"
+
+        assert 200 == bridged.client.get("/async-audit").status_code
+        assert [["request.started"]] == seen
+
+
 class TestAContextCopiedInARequest:
     def test_an_event_sent_through_it_after_the_request_is_written(
         self, make_bridged: MakeBridged
