@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from flask import Response, current_app, g, make_response
+from flask import Response, current_app, g, make_response, stream_with_context
 
 from bridge import capture_events
 from bridge.events import timestamp_and_id
@@ -156,6 +156,49 @@ class TestBufferedEventsThatLog:
             ]
 
         assert [200, 200] == run_in_child(in_child, deadline=15.0)
+
+
+class TestBatchOutsideRequestsLeavesRequestsAlone:
+    def test_a_streamed_body_s_event_is_written_when_the_response_closes(
+        self, make_bridged: MakeBridged
+    ) -> None:
+        """With `batch_outside_requests`, an event a streamed body sends (inside its request,
+        `stream_with_context`) is in the file when the response is closed, before its
+        `request.finished`, as without the key: it is the request's, not a script's."""
+        bridged = make_bridged(signals=["default", "user-login"], BRIDGE_BATCH_OUTSIDE_REQUESTS=1.0)
+        app = bridged.app
+
+        @app.route("/stream-login")
+        def stream_login() -> Response:
+            def body() -> Iterator[str]:
+                yield "a"
+                LOGIN_SIGNAL.send(app, user_id=5)
+                yield "b"
+
+            return Response(stream_with_context(body()))
+
+        response = bridged.client.get("/stream-login")
+        assert b"ab" == response.get_data()
+        response.close()
+        written = [event["event"] for event in read_events(bridged.path)]
+        assert ["user-login", "request.finished"] == written
+
+    def test_an_async_view_s_event_is_written_before_the_response(
+        self, make_bridged: MakeBridged
+    ) -> None:
+        """With `batch_outside_requests`, an async view's event (sent on asgiref's thread) is
+        written before the response is returned, like the rest of its request's."""
+        bridged = make_bridged(signals=["default", "user-login"], BRIDGE_BATCH_OUTSIDE_REQUESTS=1.0)
+        app = bridged.app
+
+        @app.route("/async-login")
+        async def async_login() -> str:
+            LOGIN_SIGNAL.send(app, user_id=6)
+            return "ok"
+
+        assert 200 == bridged.client.get("/async-login").status_code
+        written = [event["event"] for event in read_events(bridged.path)]
+        assert ["user-login", "request.finished"] == written
 
 
 def _expected_timestamp(now_ns: int) -> str:
