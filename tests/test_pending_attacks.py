@@ -47,6 +47,54 @@ class TestCaptureEventsInsideAView:
         assert [3] == [event["user_id"] for event in bridged.events()]
 
 
+class _Session:
+    """Stands for a request's database session (Flask-SQLAlchemy removes it at teardown)."""
+
+    closed = False
+
+
+class TestUserObjectsOfARequest:
+    def test_a_user_whose_id_needs_the_request_s_session_is_logged_by_its_id(
+        self, make_bridged: MakeBridged
+    ) -> None:
+        """Flask-Login's `user_logged_in` with a model user whose `get_id()` needs the
+        request's database session (an expired SQLAlchemy instance: closed at teardown, it
+        raises DetachedInstanceError) is logged as `user.id`, as when the event was written
+        at the send: the id is read while the request is there."""
+        flask_login = pytest.importorskip("flask_login")
+        bridged = make_bridged(signals=["flask_login.signals:user_logged_in"])
+        app = bridged.app
+        manager = flask_login.LoginManager(app)
+
+        class User(flask_login.UserMixin):  # type: ignore[misc]
+            def __init__(self, session: _Session, user_id: str) -> None:
+                self.session = session
+                self.user_id = user_id
+
+            def get_id(self) -> str:
+                if self.session.closed:
+                    raise RuntimeError("Instance is not bound to a Session")
+                return self.user_id
+
+        manager.user_loader(lambda user_id: None)
+
+        @app.teardown_appcontext
+        def remove_session(exc: BaseException | None) -> None:
+            session = g.pop("db_session", None)
+            if session is not None:
+                session.closed = True
+
+        @app.route("/model-login")
+        def model_login() -> str:
+            g.db_session = _Session()
+            flask_login.login_user(User(g.db_session, "42"))
+            return "ok"
+
+        assert 200 == bridged.client.get("/model-login").status_code
+        (event,) = bridged.events()
+        assert ("user.logged_in", "42") == (event["event"], event.get("user.id"))
+
+
 class TestFlushInsideAnAsyncView:
     def test_flush_sees_the_events_the_request_captured_before_the_view(
         self, make_bridged: MakeBridged
@@ -107,7 +155,8 @@ class TestAChildForkedInARequest:
             def in_child() -> list[int]:
                 LOGIN_SIGNAL.send(app, user_id=99)
                 assert bridged.bridge.flush(timeout=5.0)
-                return [event["user_id"] for event in read_events(bridged.path)]
+                events = read_events(bridged.path)
+                return [event["user_id"] for event in events if event["user_id"] == 99]
 
             results.append(run_in_child(in_child, deadline=20.0))
             return "ok"
