@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import ipaddress
 import logging
 import sys
 import threading
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from flask import Response, current_app, g, make_response, stream_with_context
+from flask import Response, current_app, g, make_response, request, stream_with_context
 
 from bridge import capture_events
 from bridge.events import timestamp_and_id
@@ -299,6 +300,36 @@ class TestTimestampsOfCapturedEvents:
         assert _expected_timestamp(now_ns) == timestamp_and_id(now_ns)[0]
         assert _expected_timestamp(past_ns) == timestamp_and_id(past_ns)[0]
         assert dt.datetime.fromisoformat(timestamp_and_id(past_ns)[0]) < dt.datetime.now(dt.UTC)
+
+
+class TestARequestContextOrjsonRefuses:
+    def test_every_event_is_written_with_its_context_and_secrets_scrubbed(
+        self, make_bridged: MakeBridged
+    ) -> None:
+        """A middleware that stores the client address as an `ipaddress` object (a request
+        context value orjson refuses) costs no event: all are written with the request's
+        context made safe, and an exception argument still loses the request's secret."""
+        bridged = make_bridged(signals=["default", "user-login"])
+        app = bridged.app
+        inner = app.wsgi_app
+
+        def real_ip(environ: dict[str, Any], start_response: Any) -> Any:
+            environ["REMOTE_ADDR"] = ipaddress.ip_address("10.0.0.7")
+            return inner(environ, start_response)
+
+        app.wsgi_app = real_ip  # type: ignore[method-assign]
+
+        @app.route("/token-check")
+        def token_check() -> str:
+            LOGIN_SIGNAL.send(app, user_id=1)
+            LOGIN_SIGNAL.send(app, error=ValueError(f"bad {request.args['token']}"))
+            return "ok"
+
+        assert 200 == bridged.client.get("/token-check?token=s3cr3t-token-value").status_code
+        events = bridged.events()
+        assert ["user-login", "user-login", "request.finished"] == [e["event"] for e in events]
+        assert ["10.0.0.7"] * 3 == [event.get("client.address") for event in events]
+        assert b"s3cr3t-token-value" not in bridged.path.read_bytes()
 
 
 class TestValuesReadAtCapture:
