@@ -67,7 +67,7 @@ class TestUserObjectsOfARequest:
         app = bridged.app
         manager = flask_login.LoginManager(app)
 
-        class User(flask_login.UserMixin):  # type: ignore[misc]
+        class User(flask_login.UserMixin):
             def __init__(self, session: _Session, user_id: str) -> None:
                 self.session = session
                 self.user_id = user_id
