@@ -302,6 +302,39 @@ class TestTimestampsOfCapturedEvents:
         assert dt.datetime.fromisoformat(timestamp_and_id(past_ns)[0]) < dt.datetime.now(dt.UTC)
 
 
+_FILES_LOGGER = "tests.pending_attacks.files"
+
+
+class TestALogMessageOrjsonRefuses:
+    def test_a_message_with_a_lone_surrogate_is_still_a_line(
+        self, make_bridged: MakeBridged
+    ) -> None:
+        """A record whose message quotes a file name decoded with `surrogateescape` (lone
+        surrogates, which orjson refuses in the event name) is still written, inside a
+        request and outside, as one line with the surrogate replaced: none is lost."""
+        bridged = make_bridged(signals=["default"], BRIDGE_LOGGERS=[_FILES_LOGGER])
+        app = bridged.app
+        logger = logging.getLogger(_FILES_LOGGER)
+        logger.setLevel(logging.INFO)
+        name = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
+
+        @app.route("/files")
+        def files() -> str:
+            logger.warning("cannot read %s", name)
+            return "ok"
+
+        assert 200 == bridged.client.get("/files").status_code
+        with app.app_context():
+            logger.warning("outside: cannot read %s", name)
+        events = bridged.events()
+        assert [
+            "cannot read caf\ufffd.txt",
+            "request.finished",
+            "outside: cannot read caf\ufffd.txt",
+        ] == [event["event"] for event in events]
+        assert 0 == bridged.bridge.stats()["receiver_errors"]
+
+
 class TestARequestContextOrjsonRefuses:
     def test_every_event_is_written_with_its_context_and_secrets_scrubbed(
         self, make_bridged: MakeBridged
