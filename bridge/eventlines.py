@@ -10,7 +10,8 @@ bridge's fields and the signal's arguments, made safe). The result is byte for b
 cost; the tests compare the two.
 
 An event that needs more goes the dict way instead (`None` from `EventLines.line`): a line
-over `max_line_bytes` (shrunk by the `LineEncoder`), or a value `orjson` refuses.
+over `max_line_bytes` (shrunk by the `LineEncoder`), or a value `orjson` refuses (in its own
+fields, or in its name: a log message with lone surrogates).
 """
 
 from __future__ import annotations
@@ -85,16 +86,18 @@ class EventLines:
     ) -> bytes | None:
         """The event's line; `own` holds its fields and safe arguments, in order. None when
         the line would be too long or `own` holds something orjson refuses."""
-        timestamp, event_id = timestamp_and_id(now_ns)
         try:
+            # The head too: an event name is a log message, which may hold lone surrogates.
+            head = self._head(signal, event, level)
             rest = b"," + orjson.dumps(own, option=LineEncoder.OPTIONS)[1:] if own else b"}\n"
         except orjson.JSONEncodeError:
             return None
+        timestamp, event_id = timestamp_and_id(now_ns)
         line = b"".join(
             (
                 b'{"timestamp":"',
                 timestamp.encode(),
-                self._head(signal, event, level),
+                head,
                 event_id.encode(),
                 self._constants,
                 context,

@@ -14,10 +14,12 @@ Rules that keep this safe:
 
 - Only the thread that opened the list appends to it; another thread that inherited the
   context (a thread started with `copy_context()`, asgiref running an async view) emits at
-  once, as outside a request. So a list is never appended to while it is shipped.
+  once, as outside a request. So a list is never appended to while it is shipped, nor
+  after its request is over (a context copied in the request, run later on the same thread).
 - A list holds at most `MAX_EVENTS`: a request that sends thousands of signals ships them in
   rounds, on its own thread, and never holds unbounded memory.
-- A forked child never ships its parent's list (the parent does).
+- A forked child never ships its parent's list (the parent does): the list of the request
+  it was forked in starts over empty, and holds the child's own events.
 - `ship_current()` lets `flush()` called inside a request see the request's events so far,
   as it did when every event was written at once.
 
@@ -28,6 +30,8 @@ events (they were never written), as it could lose an event between capture and 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from threading import get_ident
 from typing import Any, Protocol
@@ -44,6 +48,7 @@ __all__ = [
     "open_request",
     "ship",
     "ship_current",
+    "watched",
     "write_grouped",
 ]
 
@@ -62,12 +67,6 @@ class Shipper(Protocol):
 _pid = os.getpid()  # not a system call per request
 
 
-@forking.at_fork_in_child
-def _note_pid() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
 class Pending:
     """The events one request captured so far, in order; owned by the thread that opened it."""
 
@@ -75,13 +74,26 @@ class Pending:
 
     def __init__(self) -> None:
         self.events: list[Captured] = []
-        self.thread = get_ident()
+        self.thread: int | None = get_ident()  # None once the request is over
         self.pid = _pid
 
 
 _pending: ContextVar[Pending | None] = ContextVar("bridge_pending", default=None)
 # Read on every captured event: the bound method, without the attribute hop.
 current_pending = _pending.get
+
+
+@forking.at_fork_in_child
+def _note_pid() -> None:
+    """In the child, the request the forking thread was in (hooks run in its context) keeps
+    a list, emptied: what it held is the parent's to write, and what the child sends from
+    now on is the child's, shipped by its own `flush()`, rounds or the request's end."""
+    global _pid
+    _pid = os.getpid()
+    pending = _pending.get()
+    if pending is not None:
+        pending.events = []
+        pending.pid = _pid
 
 
 def current() -> Pending | None:
@@ -99,8 +111,13 @@ def open_request() -> tuple[Pending, Token[Pending | None]]:
 
 
 def close_request(pending: Pending, token: Token[Pending | None]) -> None:
-    """Stop collecting and ship what was collected (the WSGI wrapper, when the app returned)."""
+    """Stop collecting and ship what was collected (the WSGI wrapper, when the app returned).
+
+    The list then belongs to no thread: a context copied during the request and run later
+    on the same thread (a `call_on_close` callback) still holds it, and must emit at once.
+    """
     _pending.reset(token)
+    pending.thread = None
     ship(pending)
 
 
@@ -145,3 +162,20 @@ def ship_current() -> None:
     pending = current()
     if pending is not None:
         ship(pending)
+
+
+@contextmanager
+def watched() -> Iterator[None]:
+    """Inside the block this thread's events are written when sent, not at the request's end
+    (`capture_events()` opened inside a view lists them in the block, as when every event was
+    written at once); what the request captured before is shipped first, in order."""
+    pending = current()
+    if pending is None:  # outside a request: events are written when sent already
+        yield
+        return
+    ship(pending)
+    token = _pending.set(None)
+    try:
+        yield
+    finally:
+        _pending.reset(token)

@@ -14,6 +14,7 @@ from typing import Any
 from flask import Flask
 
 from bridge.extension import SignalBridge, open_emitters
+from bridge.pending import watched
 
 __all__ = ["capture_events"]
 
@@ -23,6 +24,9 @@ def capture_events(
     bridge: SignalBridge | None = None, *, app: Flask | None = None
 ) -> Iterator[list[dict[str, Any]]]:
     """Collect the events emitted inside the block.
+
+    Opened inside a request (a view, a test's request context), the request's events sent in
+    the block are written as they are sent, so the list has them before the block ends.
 
     With no arguments every bridged app in the process is watched; pass `bridge` (and `app`,
     when the bridge serves several apps) to watch one.
@@ -36,7 +40,8 @@ def capture_events(
     for emitter in emitters:
         emitter.taps.append(captured)
     try:
-        yield captured
+        with watched():
+            yield captured
     finally:
         for emitter in emitters:
             emitter.taps.remove(captured)

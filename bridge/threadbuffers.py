@@ -39,11 +39,12 @@ __all__ = ["ThreadBuffer", "allow_delay", "buffer_of_this_thread", "drain_all", 
 class ThreadBuffer:
     """One thread's captured events, in order."""
 
-    __slots__ = ("drain_lock", "events", "thread")
+    __slots__ = ("drain_lock", "drainer", "events", "thread")
 
     def __init__(self) -> None:
         self.events: deque[Captured] = deque()
         self.drain_lock = threading.Lock()
+        self.drainer: int | None = None  # the thread writing this buffer now
         self.thread = threading.current_thread()
 
     def append(self, captured: Captured) -> None:
@@ -58,13 +59,24 @@ class ThreadBuffer:
             self.drain()
 
     def drain(self) -> None:
-        """Write every event the buffer holds now, in order. Never raises."""
+        """Write every event the buffer holds now, in order. Never raises.
+
+        Writing a batch may send events on this same thread (a user object's `get_id()`
+        that logs through a routed logger), which land in this buffer: a drain they start
+        returns at once (the lock is not reentrant), and the loop under way writes them.
+        """
+        if self.drainer == threading.get_ident():
+            return
         with self.drain_lock:
-            events = self.events
-            popleft = events.popleft
-            while events:
-                batch = [popleft() for _ in range(min(len(events), MAX_EVENTS))]
-                write_grouped(batch)
+            self.drainer = threading.get_ident()
+            try:
+                events = self.events
+                popleft = events.popleft
+                while events:
+                    batch = [popleft() for _ in range(min(len(events), MAX_EVENTS))]
+                    write_grouped(batch)
+            finally:
+                self.drainer = None
 
 
 class _Buffers:
