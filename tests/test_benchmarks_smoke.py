@@ -20,6 +20,7 @@ from benchmarks import (
 )
 from benchmarks.common import markdown_table, target_line
 from bridge import formats
+from bridge.pending import MAX_EVENTS
 
 
 def table_rows(markdown: str) -> list[str]:
@@ -144,10 +145,18 @@ class TestWorkers:
 
 class TestBenchCapture:
     def test_quick_run_has_every_receiver(self, tmp_path: Path) -> None:
-        """The capture section has a row per receiver and both verdicts."""
+        """The capture section has a row per receiver on each path (real request, context
+        pushed by hand) and both verdicts per path."""
         text = bench_capture.run(quick=True, rounds=1, sends=5, work=tmp_path)
         assert_rows(text, bench_capture.CAPTURE_ROWS)
-        assert 2 == len(re.findall(r"^- (met|\*\*missed\*\*)", text, flags=re.MULTILINE))
+        assert 6 == len(bench_capture.CAPTURE_ROWS)
+        assert 4 == len(re.findall(r"^- (met|\*\*missed\*\*)", text, flags=re.MULTILINE))
+
+    def test_bridge_rows_write_every_event(self, tmp_path: Path) -> None:
+        """Both bridge rows land every event of a batch longer than one round of captures."""
+        sends = MAX_EVENTS + 3
+        text = bench_capture.run(quick=True, rounds=1, sends=sends, work=tmp_path)
+        assert_rows(text, (bench_capture.CAPTURE_BRIDGE, bench_capture.IMMEDIATE_BRIDGE))
 
 
 class TestBenchSink:
