@@ -209,7 +209,8 @@ def capture_section(wall: Samples, cpu: Samples, *, rounds: int, sends: int) -> 
             "no WSGI wrapper saw, so the bridge builds, splices and writes each event when it "
             "is sent (one `write()` each), as outside a request. Cost per event = median per "
             "send minus the no-receiver row of the same path (the request, or the send, with "
-            "nothing connected); wall time and thread CPU time. The captured path costs less "
+            "nothing connected; the bridge's WSGI wrapper stays on the app for every real-"
+            "request row); wall time and thread CPU time. The captured path costs less "
             "because the request's events share their request fields, warm code and one "
             "system call per round; each batch's file was checked to hold every event.",
             markdown_table(headers, rows),
