@@ -20,6 +20,7 @@ from benchmarks import (
 )
 from benchmarks.common import markdown_table, target_line
 from bridge import formats
+from bridge.pending import MAX_EVENTS
 
 
 def table_rows(markdown: str) -> list[str]:
@@ -144,10 +145,18 @@ class TestWorkers:
 
 class TestBenchCapture:
     def test_quick_run_has_every_receiver(self, tmp_path: Path) -> None:
-        """The capture section has a row per receiver and both verdicts."""
+        """The capture section has a row per receiver on each path (real request, context
+        pushed by hand) and both verdicts per path."""
         text = bench_capture.run(quick=True, rounds=1, sends=5, work=tmp_path)
         assert_rows(text, bench_capture.CAPTURE_ROWS)
-        assert 2 == len(re.findall(r"^- (met|\*\*missed\*\*)", text, flags=re.MULTILINE))
+        assert 6 == len(bench_capture.CAPTURE_ROWS)
+        assert 4 == len(re.findall(r"^- (met|\*\*missed\*\*)", text, flags=re.MULTILINE))
+
+    def test_bridge_rows_write_every_event(self, tmp_path: Path) -> None:
+        """Both bridge rows land every event of a batch longer than one round of captures."""
+        sends = MAX_EVENTS + 3
+        text = bench_capture.run(quick=True, rounds=1, sends=sends, work=tmp_path)
+        assert_rows(text, (bench_capture.CAPTURE_BRIDGE, bench_capture.IMMEDIATE_BRIDGE))
 
 
 class TestBenchSink:
@@ -162,13 +171,22 @@ class TestBenchSink:
 
 class TestBenchBreakdown:
     def test_quick_run_has_every_piece(self, tmp_path: Path) -> None:
-        """The breakdown times every piece of the capture path."""
+        """The breakdown times every piece of the capture path and of the write at the
+        request's end, with the events a real request captured."""
         text = bench_breakdown.run(quick=True, calls=3, repeats=1, work=tmp_path)
         assert_rows(text, bench_breakdown.BREAKDOWN_ROWS)
 
+    def test_captures_are_timed_in_chunks_below_a_round(self, tmp_path: Path) -> None:
+        """More calls than one request's list holds are still only captured, never written
+        inside the timed part (the Pending list is checked after every chunk)."""
+        text = bench_breakdown.run(quick=True, calls=MAX_EVENTS * 2 + 1, repeats=1, work=tmp_path)
+        assert_rows(text, bench_breakdown.CAPTURING)
+
     def test_profile_names_the_pipeline(self) -> None:
-        """The cProfile report covers the emitter."""
-        assert "emitter.py" in bench_breakdown.profile_capture(sends=5, top=50)
+        """The cProfile report covers the emitter's capture and its write at the request's end."""
+        report = bench_breakdown.profile_capture(sends=5, top=50)
+        assert "emitter.py" in report
+        assert "(write_captured)" in report
 
 
 class TestBenchFormats:
