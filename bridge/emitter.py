@@ -20,6 +20,7 @@ from time import time_ns
 from types import TracebackType
 from typing import Any
 
+import orjson
 import structlog
 from flask.globals import _cv_request
 
@@ -44,8 +45,6 @@ from bridge.threadbuffers import allow_delay, buffer_of_this_thread, drain_all, 
 __all__ = ["Emitter"]
 
 _pid = os.getpid()
-# The request whose events this thread is writing at its end (`Emitter.write_captured`).
-_shipping = threading.local()
 
 
 @forking.at_fork_in_child
@@ -151,41 +150,20 @@ class Emitter:
         """
         if context is None:
             pending = current_pending()
+            ctx = _cv_request.get(None)
             if pending is not None and pending.thread == get_ident():
-                ctx = _cv_request.get(None)
                 if self.user_processors:
-                    if isinstance(fields, FinishedResponse):
-                        level, fields = fields.settle()
                     self._capture_processed(pending, signal, event, level, fields, arguments)
                 else:
                     pending.events.append(
-                        (
-                            self,
-                            time_ns(),
-                            signal,
-                            event,
-                            level,
-                            fields,
-                            arguments,
-                            None if ctx is None else ctx.request,
-                        )
+                        self._captured(signal, event, level, fields, arguments, ctx)
                     )
                 if len(pending.events) >= MAX_EVENTS:
                     ship(pending)
                 return
-            if self.buffered and not self.taps:  # outside a request: `bridge.threadbuffers`
-                ctx = _cv_request.get(None)
+            if self.buffered and ctx is None and not self.taps:  # `bridge.threadbuffers`
                 buffer_of_this_thread().append(
-                    (
-                        self,
-                        time_ns(),
-                        signal,
-                        event,
-                        level,
-                        fields,
-                        arguments,
-                        None if ctx is None else ctx.request,
-                    )
+                    self._captured(signal, event, level, fields, arguments, None)
                 )
                 return
             context = self.request_context()
@@ -193,12 +171,17 @@ class Emitter:
             level, fields = fields.settle()
         now_ns = time_ns()
         if not self.user_processors and not self.taps:
-            fragment = self.lines.context_fragment(context) if context else b""
-            line = self.lines.splice(now_ns, signal, event, level, fields, arguments, fragment)
-            if line is not None:
-                for sink in self.sinks:
-                    sink.submit(line)
-                return
+            try:
+                fragment = self.lines.context_fragment(context)
+            except orjson.JSONEncodeError:  # a value middleware put in the environ
+                fragment = None
+            if fragment is not None:
+                safe = self.lines.safe_arguments(arguments, fields)
+                line = self.lines.splice(now_ns, signal, event, level, fields, safe, fragment)
+                if line is not None:
+                    for sink in self.sinks:
+                        sink.submit(line)
+                    return
         event_dict = self._event(now_ns, signal, event, level, fields, arguments, context)
         if self.user_processors:
             self.ship(event_dict, level)
@@ -240,17 +223,45 @@ class Emitter:
                 event_dict.update(self.make_safe.convert_mapping(data))
         return event_dict
 
+    def _captured(
+        self,
+        signal: str,
+        event: str,
+        level: str,
+        fields: Mapping[str, Any] | FinishedResponse | None,
+        arguments: Mapping[str, Any] | None,
+        ctx: Any,
+    ) -> Captured:
+        """What an event's line is built from later. Everything is read now: the request's
+        fields (cached in its environ: a URL variable the app pops later stays redacted)
+        and the arguments, made safe (a user object's `get_id()` may need the request's
+        database session, gone at its end; a list changed afterwards is logged as it was).
+        The request object is kept for the context's fragment."""
+        now_ns = time_ns()
+        request = None
+        if ctx is not None:
+            request = ctx.request
+            self._request_fields(request)
+        if arguments:
+            arguments = self.lines.safe_arguments(
+                arguments, None if isinstance(fields, FinishedResponse) else fields
+            )
+        return (self, now_ns, signal, event, level, fields, arguments, request)
+
     def _capture_processed(
         self,
         pending: Pending,
         signal: str,
         event: str,
         level: str,
-        fields: Mapping[str, Any] | None,
+        fields: Mapping[str, Any] | FinishedResponse | None,
         arguments: Mapping[str, Any] | None,
     ) -> None:
         """Inside a request, with user processors: they run now (they may read the request
-        or `g`); making the result safe, encoding and writing wait for the request's end."""
+        or `g`), and the result is made safe now; encoding and writing wait for the
+        request's end."""
+        if isinstance(fields, FinishedResponse):
+            level, fields = fields.settle()
         event_dict = self._event(
             time_ns(), signal, event, level, fields, arguments, self.request_context()
         )
@@ -260,9 +271,8 @@ class Emitter:
                 processed = processor(self, level, processed)
         except structlog.DropEvent:
             return
-        ctx = _cv_request.get(None)
-        request = None if ctx is None else ctx.request
-        pending.events.append((self, None, processed, None, None, None, None, request))
+        safe = self.make_safe(self, level, processed)
+        pending.events.append((self, None, safe, None, None, None, None, None))
 
     def write_captured(self, captured: list[Captured]) -> None:
         """Build, encode and write events captured during a request (`bridge.pending`): one
@@ -277,31 +287,30 @@ class Emitter:
         splice = None if self.taps else self.lines.splice
         last_request: Any = None
         context: dict[str, Any] | None = None
-        fragment = b""
-        for _, now_ns, signal, event, level, fields, arguments, request in captured:
+        fragment: bytes | None = b""
+        for _, now_ns, signal, event, level, fields, safe, request in captured:
             try:
+                if now_ns is None:  # built, processed and made safe at capture (processors)
+                    lines.append(self._encode_watched(signal))
+                    continue
                 if request is not last_request:
                     last_request = request
                     context = None if request is None else self._request_fields(request)
-                    fragment = self.lines.context_fragment(context)
-                    _shipping.request = request
-                if now_ns is None:  # built and processed at capture (user processors)
-                    lines.append(self._encode_watched(self.make_safe(self, "", signal)))
-                    continue
-                line = None
+                    try:
+                        fragment = self.lines.context_fragment(context)
+                    except orjson.JSONEncodeError:  # a value middleware put in the environ:
+                        fragment = None  # the dict way makes it safe
                 if not level:  # request.finished: read from its response now
                     level, fields = fields.settle()
-                if splice:
-                    line = splice(now_ns, signal, event, level, fields, arguments, fragment)
+                line = None
+                if splice and fragment is not None:
+                    line = splice(now_ns, signal, event, level, fields, safe, fragment)
                 if line is None:
-                    event_dict = self._event(
-                        now_ns, signal, event, level, fields, arguments, context
-                    )
+                    event_dict = self._event(now_ns, signal, event, level, fields, safe, context)
                     line = self._encode_watched(event_dict)
                 lines.append(line)
             except Exception as exc:
                 self.count_error(exc)
-        _shipping.request = None
         if not lines:
             return
         for sink in self.sinks:
@@ -355,12 +364,8 @@ class Emitter:
         return exception_fields(exc, self.scrubber.with_secrets(secrets))
 
     def _scrub_in_request(self, text: str) -> str:
-        """An exception passed as a signal argument: its text is scrubbed of the sensitive
-        values of its request too (the current one, or the one whose events are being
-        written at its end), as a request's own exception is."""
-        shipping = getattr(_shipping, "request", None)
-        if shipping is not None:
-            return self.scrubber.with_secrets(request_secrets(self.is_sensitive, shipping))(text)
+        """An exception passed as a signal argument: its text is scrubbed of the current
+        request's sensitive values too, as a request's own exception is."""
         return self.scrubber.with_secrets(self.request_secrets())(text)
 
     def request_secrets(self) -> list[str]:

@@ -64,8 +64,9 @@ class EventLines:
         if head is None:
             named = orjson.dumps({"level": level, "event": event, "signal": signal})
             head = b'",' + named[1:-1] + b',"event_id":"'
-            if len(self._heads) < _MAX_CACHED_HEADS:
-                self._heads[key] = head
+            if len(self._heads) >= _MAX_CACHED_HEADS:
+                self._heads.clear()  # log messages are events too: relearn the few that recur
+            self._heads[key] = head
         return head
 
     @staticmethod
@@ -106,6 +107,17 @@ class EventLines:
         )
         return line if len(line) <= self.max_bytes else None
 
+    def safe_arguments(
+        self, arguments: Mapping[str, Any] | None, fields: Mapping[str, Any] | None
+    ) -> Mapping[str, Any] | None:
+        """A signal's arguments renamed (`renamed`) and made safe, read now: plain ones (the
+        walk would leave them as they are, `MakeJsonSafe.plain`) as they are."""
+        if not arguments:
+            return None
+        data = renamed(arguments, fields)
+        plain = self.make_safe.plain(data)
+        return plain if plain is not None else self.make_safe.convert_mapping(data)
+
     def splice(
         self,
         now_ns: int,
@@ -113,24 +125,17 @@ class EventLines:
         event: str,
         level: str,
         fields: Mapping[str, Any] | None,
-        arguments: Mapping[str, Any] | None,
+        safe: Mapping[str, Any] | None,
         fragment: bytes,
     ) -> bytes | None:
-        """The line of an event captured with `fields` and `arguments`, or None: then the
-        dict way. The arguments are renamed (`renamed`) and made safe first.
-
-        Arguments the safe walk would leave as they are (`MakeJsonSafe.plain`) skip it; the
-        line then tells whether one of their strings could be too long.
-        """
+        """The line of an event with the bridge's `fields` and the `safe` arguments, or None:
+        then the dict way. A line longer than the longest string allowed may hold a plain
+        argument's string that is too long: the dict way cuts it."""
         own = fields
-        plain = None
-        if arguments:
-            data = renamed(arguments, fields)
-            plain = self.make_safe.plain(data)
-            safe = plain if plain is not None else self.make_safe.convert_mapping(data)
+        if safe:
             own = {**fields, **safe} if fields else safe
         line = self.line(now_ns, signal, event, level, own, fragment)
-        if line is not None and plain is not None and len(line) > self.make_safe.max_string_chars:
+        if line is not None and safe and len(line) > self.make_safe.max_string_chars:
             return None
         return line
 

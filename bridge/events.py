@@ -72,19 +72,18 @@ HOST_NAME = socket.gethostname()
 # --- time and ids -----------------------------------------------------------------------------
 
 
-class _ClockState:
-    """What the last call formatted, so that most calls format only the microseconds."""
-
-    second = -1
-    second_text = ""  # "2026-11-25T08:30:00."
-    stamp_ms = -1
-    stamp_prefix = ""  # "2026-11-25T08:30:00.123", the timestamp up to its millisecond
-    ms = 0
-    id_prefix = ""
-    sequence = 0
-
-
 _THREE_DIGITS = tuple(f"{n:03d}" for n in range(1000))  # int formatting costs ~2k instructions
+
+
+class _ClockState:
+    """What the last calls formatted, so that most calls format only the microseconds. Each
+    pair is replaced whole, never changed in place: a thread formatting another second than
+    its neighbour (the end of one request, an event of another) reads one consistent pair."""
+
+    second: tuple[int, str] = (-1, "")  # (second, "2026-11-25T08:30:00.")
+    stamp: tuple[int, str] = (-1, "")  # (ms, "2026-11-25T08:30:00.123"): up to the millisecond
+    id_ms: tuple[int, str] = (0, "")  # (ms, "0193abcd-ef01-7"): the id's time and version
+    sequence = 0
 
 
 _clock = _ClockState()
@@ -96,37 +95,43 @@ def timestamp_and_id(now_ns: int | None = None) -> tuple[str, str]:
     `now_ns` (from `time.time_ns()`) is the moment an event was captured, when it is built
     later (at the end of its request); the clock is read when it is not given.
 
-    The timestamp is UTC with microseconds (`2026-11-25T08:30:00.123456Z`). The id is a UUIDv7
-    (RFC 9562): 48-bit Unix milliseconds, a 12-bit sequence in `rand_a` that restarts every
-    millisecond (§6.2, method 1; when it runs out the id borrows the next millisecond, so one
-    thread's ids sort in emission order), and 62 random bits. No lock: threads racing on the
-    state may share a sequence value, and the random bits still keep their ids apart
-    (`random` is reseeded in forked children by the standard library). Both are formatted
-    once per millisecond and completed from tables: ~1.2 us for both, against ~5 us for
-    `uuid.uuid4()` alone.
+    The timestamp is UTC with microseconds (`2026-11-25T08:30:00.123456Z`), the event's own.
+    The id is a UUIDv7 (RFC 9562): 48-bit Unix milliseconds, a 12-bit sequence in `rand_a`
+    that restarts every millisecond (section 6.2, method 1; when it runs out the id borrows
+    the next millisecond), and 62 random bits. Ids are made in the order events are built,
+    so one thread's ids sort in that order: an event built after a later one (the end of a
+    request, after another thread's event) takes that later millisecond for its id. No lock:
+    threads racing on the state may share a sequence value, and the random bits still keep
+    their ids apart (`random` is reseeded in forked children by the standard library). Both
+    are formatted once per millisecond and completed from tables: about 1 us for both,
+    against about 5 us for `uuid.uuid4()` alone.
     """
     clock = _clock
     micros = (time.time_ns() if now_ns is None else now_ns) // 1000
     ms = micros // 1000
-    if ms > clock.ms:
+    id_ms, id_prefix = clock.id_ms
+    if ms > id_ms:
         sequence = 0
         id_ms = ms
+        id_prefix = ""
     else:
-        id_ms, sequence = clock.ms, clock.sequence + 1
+        sequence = clock.sequence + 1
         if sequence > 0xFFF:
-            id_ms, sequence = id_ms + 1, 0
-    if id_ms != clock.ms:
+            id_ms, sequence, id_prefix = id_ms + 1, 0, ""
+    if not id_prefix:
         hex_ms = f"{id_ms:012x}"
-        clock.id_prefix = f"{hex_ms[:8]}-{hex_ms[8:]}-7"
-        clock.ms = id_ms
+        id_prefix = f"{hex_ms[:8]}-{hex_ms[8:]}-7"
+        clock.id_ms = (id_ms, id_prefix)
     clock.sequence = sequence
-    if ms != clock.stamp_ms:
+    stamp_ms, stamp_prefix = clock.stamp
+    if ms != stamp_ms:
         second, millis = divmod(ms, 1000)
-        if second != clock.second:
-            clock.second_text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-            clock.second = second
-        clock.stamp_prefix = clock.second_text + _THREE_DIGITS[millis]
-        clock.stamp_ms = ms
+        known_second, second_text = clock.second
+        if second != known_second:
+            second_text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+            clock.second = (second, second_text)
+        stamp_prefix = second_text + _THREE_DIGITS[millis]
+        clock.stamp = (ms, stamp_prefix)
     # "sss-vrrr-rrrrrrrrrrrr": sequence, variant 0b10 and 62 random bits, as 10 bytes of hex
     tail = (
         ((sequence << 64) | 0x8000000000000000 | random.getrandbits(62))
@@ -134,8 +139,8 @@ def timestamp_and_id(now_ns: int | None = None) -> tuple[str, str]:
         .hex("-", 6)
     )
     return (
-        clock.stamp_prefix + _THREE_DIGITS[micros % 1000] + "Z",
-        f"{clock.id_prefix}{tail[1:4]}-{tail[4:]}",
+        stamp_prefix + _THREE_DIGITS[micros % 1000] + "Z",
+        f"{id_prefix}{tail[1:4]}-{tail[4:]}",
     )
 
 
@@ -327,24 +332,20 @@ _SECRETS_KEY = "_bridge_request_secrets"  # on `g`, for the app context's teardo
 _MAX_SECRETS = 256
 
 
-def request_secrets(is_sensitive: Callable[[str], bool], request: Any = None) -> list[str]:
-    """The values of the current request's (or `request`'s) sensitive fields, to scrub from
-    exception text.
+def request_secrets(is_sensitive: Callable[[str], bool]) -> list[str]:
+    """The values of the current request's sensitive fields, to scrub from exception text.
 
     Query arguments, cookies, headers (`Authorization`, `Cookie`, `X-Api-Key`, ...), URL
     variables, and the form and JSON body only if the application already parsed them: the
     body is never read for this. Kept on `g`, so that the app context's teardown, after the
     request is gone, still knows them. Never raises; empty outside a request.
     """
-    app_ctx = None
-    if request is None:
-        request_ctx = _cv_request.get(None)
-        app_ctx = _cv_app.get(None)
-        if request_ctx is None:
-            found = getattr(app_ctx.g, _SECRETS_KEY, None) if app_ctx is not None else None
-            return found if isinstance(found, list) else []
-        request = request_ctx.request
-    req = request
+    request_ctx = _cv_request.get(None)
+    app_ctx = _cv_app.get(None)
+    if request_ctx is None:
+        found = getattr(app_ctx.g, _SECRETS_KEY, None) if app_ctx is not None else None
+        return found if isinstance(found, list) else []
+    req = request_ctx.request
     cached = req.__dict__  # Werkzeug caches parsed data there (`form`, `_cached_json`)
     found = []
     sources: list[Callable[[], Iterable[tuple[Any, Any]]]] = [
