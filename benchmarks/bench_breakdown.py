@@ -34,13 +34,13 @@ from benchmarks.common import markdown_table, median, scratch_dir, time_calls
 from bridge import SignalBridge
 from bridge.customroute import CustomRoute
 from bridge.emitter import Emitter
-from bridge.events import FinishedResponse, request_fields, timestamp_and_id
+from bridge.events import REQUEST_CACHE_KEY, FinishedResponse, request_fields, timestamp_and_id
 from bridge.pending import MAX_EVENTS, Captured, close_request, open_request
 
 __all__ = ["BREAKDOWN_ROWS", "profile_capture", "run"]
 
 FIELDS: dict[str, Any] = {"user_id": 7, "username": "ada", "remember": True}
-_CACHE_KEY = "bridge.request_fields"  # where events.request_fields caches its answer
+_CACHE_KEY = REQUEST_CACHE_KEY  # where events.request_fields caches its answer
 
 CALL = "empty function call (loop floor)"
 SEND_NONE = "blinker send, no receiver"

@@ -30,6 +30,7 @@ from bridge.diagnostics import report
 from bridge.eventlines import EventLines, renamed
 from bridge.events import (
     HOST_NAME,
+    REQUEST_CACHE_KEY,
     FinishedResponse,
     exception_fields,
     request_fields,
@@ -241,7 +242,8 @@ class Emitter:
         request = None
         if ctx is not None:
             request = ctx.request
-            self._request_fields(request)
+            if REQUEST_CACHE_KEY not in request.environ:  # the request's first event
+                self._request_fields(request)
         if arguments:
             arguments = self.lines.safe_arguments(
                 arguments, None if isinstance(fields, FinishedResponse) else fields

@@ -23,6 +23,7 @@ from bridge.redaction import scrub_known
 __all__ = [
     "ENVELOPE_KEYS",
     "ENVELOPE_ORDER",
+    "REQUEST_CACHE_KEY",
     "REQUEST_CONTEXT_KEYS",
     "REQUEST_START_KEY",
     "FinishedResponse",
@@ -61,7 +62,7 @@ REQUEST_CONTEXT_KEYS = frozenset(
     }
 )
 REQUEST_START_KEY = "bridge.request_start"
-_REQUEST_CACHE_KEY = "bridge.request_fields"
+REQUEST_CACHE_KEY = "bridge.request_fields"
 _MAX_HEADER_CHARS = 512
 _MAX_PATH_CHARS = 2048
 _MAX_STACK_CHARS = 16 * 1024
@@ -210,7 +211,7 @@ def request_fields(
     before (ProxyFix rewriting REMOTE_ADDR) is already reflected. The values of sensitive URL
     variables (`view_args`, as routing matched them) are redacted in `url.path`.
     """
-    cached: dict[str, Any] | None = environ.get(_REQUEST_CACHE_KEY)
+    cached: dict[str, Any] | None = environ.get(REQUEST_CACHE_KEY)
     if cached is not None:
         if route is not None and "http.route" not in cached:
             cached["http.route"] = route
@@ -236,7 +237,7 @@ def request_fields(
     agent = _header(environ, "HTTP_USER_AGENT")
     if agent:
         fields["user_agent.original"] = agent
-    environ[_REQUEST_CACHE_KEY] = fields
+    environ[REQUEST_CACHE_KEY] = fields
     return fields
 
 
