@@ -100,8 +100,8 @@ class Emitter:
         self.encode = LineEncoder(settings.max_line_bytes, self.make_safe)
         self.lines = EventLines(settings.service, settings.max_line_bytes, self.make_safe)
         # Outside a request, events wait (briefly) for a batch when the user allowed it
-        # (`batch_outside_requests`), never with a `sync` sink (written when sent, by
-        # request) or processors (they may read thread-local state).
+        # (`batch_outside_requests`), never with a `sync` sink (its user waits for the disk
+        # when the signal is sent) or processors (they may read thread-local state).
         self.buffered = (
             settings.batch_outside_requests > 0
             and not self.user_processors
@@ -139,11 +139,12 @@ class Emitter:
         whole event does, after the user's processors. An argument named like a key of the
         envelope, of the request context or of `fields` is kept as `args.<key>`.
 
-        Inside a request (on its own thread) the event is only captured: the clock, the
-        request, `fields` and `arguments` (which must be a dict the caller does not change
-        afterwards) are noted, and the event is built, encoded and written with the rest of
-        the request's events when the request ends (`bridge.pending`). User processors still
-        run now, since they may read the request. Elsewhere it is written at once.
+        Inside a request (on its own thread) the event is only captured (`_captured`: the
+        clock, the request and its fields, `fields`, the arguments made safe), and built,
+        encoded and written with the rest of the request's events when the request ends
+        (`bridge.pending`); user processors run now, since they may read the request.
+        Elsewhere it is written at once, or waits in its thread's buffer when
+        `batch_outside_requests` allows (`bridge.threadbuffers`).
 
         The request context is the current request's, or `context` when given: the fields a
         streamed response captured while its request was still there. `level` is empty when
