@@ -9,8 +9,11 @@ batch, so they never compete for the CPU; the others sleep in `recv()`.
 
 Identical processes differ in speed by a few % with address-space layout randomization (code
 and data land at other offsets, so caches and branch predictors see other conflicts): workers
-start under `setarch -R` where it works, with the same layout every run, which makes a row's
-median repeat between runs (`fixed_layout()` says whether it applies).
+start under `setarch -R` where it works (`fixed_layout()` says whether it applies), with the
+same layout every run, which makes a row's median repeat between runs. That one layout can
+favour or handicap a row for good, though (seen: one bridge ahead of another with the same
+layout trick, and behind it with four random layouts each), so the request section starts its
+workers with `fixed=False` and several per row instead.
 
 A worker is a fresh interpreter (`python -m benchmarks.runner`), not a multiprocessing child:
 nothing of the caller's main module is re-imported, no helper process is left running, and
@@ -107,7 +110,9 @@ def serve(commands: Connection, replies: Connection) -> None:
 class Worker:
     """The parent's handle on one worker process."""
 
-    def __init__(self, name: str, factory: Factory, args: tuple[Any, ...]) -> None:
+    def __init__(
+        self, name: str, factory: Factory, args: tuple[Any, ...], *, fixed: bool = True
+    ) -> None:
         self.name = name
         command_read, command_write = os.pipe()
         reply_read, reply_write = os.pipe()
@@ -116,7 +121,7 @@ class Worker:
         try:
             self._process = subprocess.Popen(
                 [
-                    *fixed_layout(),
+                    *(fixed_layout() if fixed else ()),
                     sys.executable,
                     "-m",
                     "benchmarks.runner",
@@ -193,8 +198,13 @@ class Worker:
 
 
 @contextmanager
-def workers(specs: Mapping[str, tuple[Factory, tuple[Any, ...]]]) -> Iterator[dict[str, Worker]]:
+def workers(
+    specs: Mapping[str, tuple[Factory, tuple[Any, ...]]], *, fixed: bool = True
+) -> Iterator[dict[str, Worker]]:
     """Start one worker per `name: (factory, args)`, wait until all are ready, stop all after.
+
+    `fixed=False` keeps address-space randomization: each worker gets a layout of its own,
+    so that a row of several workers averages over layouts instead of repeating one.
 
     Workers start together (building and warming up is not timed); once this yields, the
     caller asks them for batches one at a time.
@@ -203,7 +213,7 @@ def workers(specs: Mapping[str, tuple[Factory, tuple[Any, ...]]]) -> Iterator[di
     finished = False
     try:
         for name, (factory, args) in specs.items():
-            started[name] = Worker(name, factory, args)
+            started[name] = Worker(name, factory, args, fixed=fixed)
         for worker in started.values():
             worker.wait_ready()
         yield started
