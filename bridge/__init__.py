@@ -4,6 +4,7 @@ from bridge import SignalBridge
 bridge = SignalBridge(app)
 """
 
+from bridge.correlation import request_id
 from bridge.errors import BridgeError, ConfigError, DeliveryError, FatalError, RetryableError
 from bridge.extension import SignalBridge
 from bridge.testing import capture_events
@@ -19,4 +20,5 @@ __all__ = [
     "SignalBridge",
     "__version__",
     "capture_events",
+    "request_id",
 ]

@@ -12,6 +12,7 @@ absolute against the working directory of `init_app`, once.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,10 @@ class Settings:
     loggers: tuple[str, ...]
     # Seconds an event sent outside a request may wait to be written with others; 0: at once.
     batch_outside_requests: float = 0.0
+    # Incoming headers whose (valid) value becomes the request id, first found wins.
+    request_id_from: tuple[str, ...] = ("X-Request-ID",)
+    # The response header that echoes the request id; "" echoes nothing.
+    request_id_echo: str = "X-Request-ID"
     sinks: tuple[SinkSettings, ...]
     ignored_environment: tuple[str, ...] = ()  # BRIDGE_* variables that name no key
 
@@ -118,6 +123,7 @@ class Settings:
         return DEFAULT_REDACT_TERMS + tuple(t for t in extra if t not in DEFAULT_REDACT_TERMS)
 
 
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
 # The longest `batch_outside_requests`: a small bounded delay, not a flush interval.
 MAX_BATCH_DELAY = 1.0
 
@@ -131,6 +137,8 @@ _TOP_LEVEL: dict[str, v.Checker] = {
     "max_line_bytes": v.positive_int,
     "shutdown_timeout": v.duration,
     "batch_outside_requests": v.duration,
+    "request_id_from": v.string_list,
+    "request_id_echo": v.string,
     "loggers": v.string_list,
     "sinks": lambda key, value: value,  # checked per sink below
 }
@@ -193,6 +201,8 @@ _DEFAULTS: dict[str, Any] = {
     "max_line_bytes": 64 * 1024,
     "shutdown_timeout": 5.0,
     "batch_outside_requests": 0.0,
+    "request_id_from": ["X-Request-ID"],
+    "request_id_echo": "X-Request-ID",
     "loggers": [],
     "sinks": [{"type": "stdout"}],
 }
@@ -300,6 +310,11 @@ def load_settings(
         problems.add("sinks.name", name, "a name used by one sink only")
     if values["max_line_bytes"] < 1024:
         problems.add("max_line_bytes", values["max_line_bytes"], "at least 1024 bytes")
+    named = [("request_id_from", name) for name in values["request_id_from"]]
+    named.append(("request_id_echo", values["request_id_echo"]))
+    for key, name in named:
+        if name and not _HEADER_NAME.fullmatch(name):
+            problems.add(key, name, "an HTTP header name (letters, digits and -)")
     if values["batch_outside_requests"] > MAX_BATCH_DELAY:
         problems.add(
             "batch_outside_requests",
@@ -316,6 +331,8 @@ def load_settings(
         max_line_bytes=values["max_line_bytes"],
         shutdown_timeout=values["shutdown_timeout"],
         batch_outside_requests=values["batch_outside_requests"],
+        request_id_from=values["request_id_from"],
+        request_id_echo=values["request_id_echo"],
         loggers=values["loggers"],
         sinks=tuple(s for s in checked_sinks if s is not None),
         ignored_environment=ignored,

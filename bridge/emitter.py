@@ -169,6 +169,8 @@ class Emitter:
                 )
                 return
             context = self.request_context()
+            if context is None and pending is not None and pending.request_id:
+                context = {"request_id": pending.request_id}  # a thread of the request
         if isinstance(fields, FinishedResponse):
             level, fields = fields.settle()
         now_ns = time_ns()

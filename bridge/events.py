@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 from flask.globals import _cv_app, _cv_request
 
+from bridge.correlation import REQUEST_ID_KEY, header_key, incoming_request_id, trace_context
 from bridge.redaction import scrub_known
 
 __all__ = [
@@ -62,6 +63,7 @@ REQUEST_CONTEXT_KEYS = frozenset(
     }
 )
 REQUEST_START_KEY = "bridge.request_start"
+_DEFAULT_ID_HEADERS = (header_key("X-Request-ID"),)  # without the WSGI wrapper's settings
 REQUEST_CACHE_KEY = "bridge.request_fields"
 _MAX_HEADER_CHARS = 512
 _MAX_PATH_CHARS = 2048
@@ -208,7 +210,9 @@ def request_fields(
     """Fields describing the current request, computed once and cached in its environ.
 
     Reads the environ when the first event of the request is captured, so middleware that ran
-    before (ProxyFix rewriting REMOTE_ADDR) is already reflected. The values of sensitive URL
+    before (ProxyFix rewriting REMOTE_ADDR) is already reflected. The request id is the one the
+    WSGI wrapper chose (`bridge.correlation`); the trace ids, the active span's or the
+    `traceparent` header's. The values of sensitive URL
     variables (`view_args`, as routing matched them) are redacted in `url.path`.
     """
     cached: dict[str, Any] | None = environ.get(REQUEST_CACHE_KEY)
@@ -217,7 +221,9 @@ def request_fields(
             cached["http.route"] = route
             cached["url.path"] = redact_path(cached["url.path"], view_args, is_sensitive)
         return cached
-    request_id = _header(environ, "HTTP_X_REQUEST_ID") or f"{random.getrandbits(128):032x}"
+    request_id = environ.get(REQUEST_ID_KEY)  # chosen by the WSGI wrapper, if it saw it
+    if not isinstance(request_id, str):
+        request_id = incoming_request_id(environ, _DEFAULT_ID_HEADERS)
     fields: dict[str, Any] = {
         "request_id": request_id,
         "http.request.method": environ.get("REQUEST_METHOD", ""),
@@ -237,6 +243,9 @@ def request_fields(
     agent = _header(environ, "HTTP_USER_AGENT")
     if agent:
         fields["user_agent.original"] = agent
+    trace = trace_context(environ)
+    if trace is not None:
+        fields["trace_id"], fields["span_id"] = trace
     environ[REQUEST_CACHE_KEY] = fields
     return fields
 

@@ -275,7 +275,12 @@ class SignalBridge:
         if settings.loggers:
             binding.detach_loggers = attach_loggers(settings.loggers, emitter, app)
         if not isinstance(app.wsgi_app, RequestClock):
-            app.wsgi_app = RequestClock(app, app.wsgi_app)  # type: ignore[method-assign]
+            app.wsgi_app = RequestClock(  # type: ignore[method-assign]
+                app,
+                app.wsgi_app,
+                request_id_headers=settings.request_id_from,
+                response_header=settings.request_id_echo,
+            )
         app.extensions["bridge"] = self
         self._bindings[app] = binding
         _open_emitters.add(emitter)

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from flask import Flask
 
+from bridge.correlation import REQUEST_ID_KEY, header_key, incoming_request_id
 from bridge.emitter import Emitter
 from bridge.events import (
     REQUEST_START_KEY,
@@ -200,13 +201,36 @@ def _hook_file_wrapper(app_iter: Any, waiting: list[StreamedRequest]) -> bool:
     return True
 
 
+def _echoing(
+    start_response: Callable[..., Any], header: str, request_id: str
+) -> Callable[..., Any]:
+    """`start_response` that adds `header: request_id`, unless the app set that header."""
+    lowered = header.lower()
+
+    def start_with_id(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if not any(name.lower() == lowered for name, _ in headers):
+            headers = [*headers, (header, request_id)]
+        return start_response(status, headers, exc_info)
+
+    return start_with_id
+
+
 class RequestClock:
     """WSGI middleware: notes when each request arrived, and when a streamed body is done."""
 
-    __slots__ = ("_app", "_function", "_wsgi_app")
+    __slots__ = ("_app", "_echo", "_function", "_id_keys", "_wsgi_app")
 
-    def __init__(self, app: Flask, wsgi_app: WsgiApp) -> None:
+    def __init__(
+        self,
+        app: Flask,
+        wsgi_app: WsgiApp,
+        *,
+        request_id_headers: Sequence[str] = ("X-Request-ID",),
+        response_header: str = "X-Request-ID",
+    ) -> None:
         self._app = weakref.ref(app)
+        self._id_keys = tuple(header_key(name) for name in request_id_headers)
+        self._echo = response_header
         function = getattr(wsgi_app, "__func__", None)
         if function is not None and getattr(wsgi_app, "__self__", None) is app:
             self._function: Callable[..., Iterable[bytes]] | None = function
@@ -225,6 +249,10 @@ class RequestClock:
         # The request's events are collected while the app runs and written once it returned:
         # before the server sends the response, and before a streamed body starts.
         pending, token = open_request()
+        request_id = incoming_request_id(environ, self._id_keys)
+        environ[REQUEST_ID_KEY] = pending.request_id = request_id
+        if self._echo:
+            start_response = _echoing(start_response, self._echo, request_id)
         try:
             if self._wsgi_app is not None:
                 app_iter = self._wsgi_app(environ, start_response)
