@@ -113,6 +113,8 @@ class Settings:
     request_id_from: tuple[str, ...] = ("X-Request-ID",)
     # The response header that echoes the request id; "" echoes nothing.
     request_id_echo: str = "X-Request-ID"
+    # `user.id` on a request's events from the user Flask-Login already loaded.
+    log_user_id: bool = True
     sinks: tuple[SinkSettings, ...]
     ignored_environment: tuple[str, ...] = ()  # BRIDGE_* variables that name no key
 
@@ -139,6 +141,7 @@ _TOP_LEVEL: dict[str, v.Checker] = {
     "batch_outside_requests": v.duration,
     "request_id_from": v.string_list,
     "request_id_echo": v.string,
+    "log_user_id": v.boolean,
     "loggers": v.string_list,
     "sinks": lambda key, value: value,  # checked per sink below
 }
@@ -203,6 +206,7 @@ _DEFAULTS: dict[str, Any] = {
     "batch_outside_requests": 0.0,
     "request_id_from": ["X-Request-ID"],
     "request_id_echo": "X-Request-ID",
+    "log_user_id": True,
     "loggers": [],
     "sinks": [{"type": "stdout"}],
 }
@@ -333,6 +337,7 @@ def load_settings(
         batch_outside_requests=values["batch_outside_requests"],
         request_id_from=values["request_id_from"],
         request_id_echo=values["request_id_echo"],
+        log_user_id=values["log_user_id"],
         loggers=values["loggers"],
         sinks=tuple(s for s in checked_sinks if s is not None),
         ignored_environment=ignored,

@@ -13,6 +13,10 @@ is used only if it is safe to echo and to index: 1 to 128 characters of letters,
 span is recording this request, else from a W3C `traceparent` header
 (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`; lowercase hex, neither id all zeros,
 version `ff` invalid, a later version may append fields). Anything else is ignored.
+
+`user.id`: the logged-in user's `get_id()`, only when Flask-Login has already loaded the user
+for this request (it keeps it on `g`): reading it never loads a user, and an ORM object whose
+attributes are expired (which would query the database) is left alone.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flask.globals import _cv_request
+from flask.globals import _cv_app, _cv_request
 
 from bridge.pending import current_pending
 
 __all__ = [
     "REQUEST_ID_KEY",
+    "current_user_id",
     "header_key",
     "incoming_request_id",
     "request_id",
@@ -99,3 +104,24 @@ def request_id() -> str | None:
         return None
     found = ctx.request.environ.get(REQUEST_ID_KEY)
     return found if isinstance(found, str) else None
+
+
+def current_user_id() -> str | None:
+    """`get_id()` of the user Flask-Login already loaded for this request, or None (no app
+    context, nobody loaded, anonymous, or an answer that would cost a database query)."""
+    app_ctx = _cv_app.get(None)
+    if app_ctx is None:
+        return None
+    user = app_ctx.g.__dict__.get("_login_user")  # Flask-Login's cache: never load it here
+    if user is None:
+        return None
+    try:
+        if not user.is_authenticated:
+            return None
+        state = getattr(user, "_sa_instance_state", None)  # SQLAlchemy: expired -> a query
+        if state is not None and getattr(state, "expired_attributes", None):
+            return None
+        user_id = user.get_id()
+    except Exception:
+        return None
+    return None if user_id is None else str(user_id)[:256]

@@ -26,6 +26,7 @@ from flask.globals import _cv_request
 
 from bridge import forking
 from bridge.config import HttpSinkSettings, Settings
+from bridge.correlation import current_user_id
 from bridge.diagnostics import report
 from bridge.eventlines import EventLines, renamed
 from bridge.events import (
@@ -113,6 +114,7 @@ class Emitter:
         self.receiver_errors = 0
         self._errors_lock = threading.Lock()
         self.service = settings.service
+        self.log_user_id = settings.log_user_id
         self.taps: list[list[dict[str, Any]]] = []  # bridge.testing.capture_events
         forking.reset_in_child(self)
 
@@ -168,7 +170,7 @@ class Emitter:
                     self._captured(signal, event, level, fields, arguments, None)
                 )
                 return
-            context = self.request_context()
+            context = self._context_with_user()
             if context is None and pending is not None and pending.request_id:
                 context = {"request_id": pending.request_id}  # a thread of the request
         if isinstance(fields, FinishedResponse):
@@ -181,6 +183,10 @@ class Emitter:
                 fragment = None
             if fragment is not None:
                 safe = self.lines.safe_arguments(arguments, fields)
+                if safe and "user.id" in safe and context and "user.id" in context:
+                    # the signal's own user (a logout's) wins: the dict way keeps it
+                    fragment = None
+            if fragment is not None:
                 line = self.lines.splice(now_ns, signal, event, level, fields, safe, fragment)
                 if line is not None:
                     for sink in self.sinks:
@@ -243,15 +249,20 @@ class Emitter:
         The request object is kept for the context's fragment."""
         now_ns = time_ns()
         request = None
+        user_id = None
         if ctx is not None:
             request = ctx.request
             if REQUEST_CACHE_KEY not in request.environ:  # the request's first event
                 self._request_fields(request)
+            if self.log_user_id:
+                user_id = current_user_id()
         if arguments:
             arguments = self.lines.safe_arguments(
                 arguments, None if isinstance(fields, FinishedResponse) else fields
             )
-        return (self, now_ns, signal, event, level, fields, arguments, request)
+            if arguments and "user.id" in arguments:  # the signal's own user (a logout's)
+                user_id = None
+        return (self, now_ns, signal, event, level, fields, arguments, request, user_id)
 
     def _capture_processed(
         self,
@@ -268,7 +279,7 @@ class Emitter:
         if isinstance(fields, FinishedResponse):
             level, fields = fields.settle()
         event_dict = self._event(
-            time_ns(), signal, event, level, fields, arguments, self.request_context()
+            time_ns(), signal, event, level, fields, arguments, self._context_with_user()
         )
         processed: Any = event_dict
         try:
@@ -277,7 +288,7 @@ class Emitter:
         except structlog.DropEvent:
             return
         safe = self.make_safe(self, level, processed)
-        pending.events.append((self, None, safe, None, None, None, None, None))
+        pending.events.append((self, None, safe, None, None, None, None, None, None))
 
     def write_captured(self, captured: list[Captured]) -> None:
         """Build, encode and write events captured during a request (`bridge.pending`): one
@@ -291,16 +302,19 @@ class Emitter:
         lines: list[bytes] = []
         splice = None if self.taps else self.lines.splice
         last_request: Any = None
+        last_user: str | None = None
         context: dict[str, Any] | None = None
         fragment: bytes | None = b""
-        for _, now_ns, signal, event, level, fields, safe, request in captured:
+        for _, now_ns, signal, event, level, fields, safe, request, user_id in captured:
             try:
                 if now_ns is None:  # built, processed and made safe at capture (processors)
                     lines.append(self._encode_watched(signal))
                     continue
-                if request is not last_request:
-                    last_request = request
+                if request is not last_request or user_id != last_user:
+                    last_request, last_user = request, user_id
                     context = None if request is None else self._request_fields(request)
+                    if context is not None and user_id is not None:
+                        context = {**context, "user.id": user_id}
                     try:
                         fragment = self.lines.context_fragment(context)
                     except orjson.JSONEncodeError:  # a value middleware put in the environ:
@@ -333,9 +347,16 @@ class Emitter:
     def request_context(self) -> dict[str, Any] | None:
         """The fields of the current request (cached in its environ), or None outside one."""
         ctx = _cv_request.get(None)
-        if ctx is None:
-            return None
-        return self._request_fields(ctx.request)
+        return None if ctx is None else self._request_fields(ctx.request)
+
+    def _context_with_user(self) -> dict[str, Any] | None:
+        """The current request's fields, with `user.id` when Flask-Login has its user."""
+        context = self.request_context()
+        if context is not None and self.log_user_id:
+            user_id = current_user_id()
+            if user_id is not None:
+                context = {**context, "user.id": user_id}
+        return context
 
     def _request_fields(self, request: Any) -> dict[str, Any]:
         rule = request.url_rule

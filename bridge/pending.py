@@ -54,7 +54,8 @@ __all__ = [
 
 MAX_EVENTS = 128
 
-# (shipper, time_ns, signal, event, level, fields, arguments, request): what a receiver noted.
+# (shipper, time_ns, signal, event, level, fields, arguments, request, user id): what a
+# receiver noted.
 Captured = tuple[Any, ...]
 
 

@@ -190,3 +190,120 @@ class TestTraceContext:
         bridged.client.get("/traced", headers={"traceparent": f"00-{TRACE}-{SPAN}-01"})
         [event] = bridged.events()
         assert ("a" * 32, "b" * 16) == (event["trace_id"], event["span_id"])
+
+
+class FakeUser:
+    """A Flask-Login user; counts `get_id()` calls."""
+
+    def __init__(self, user_id: str, *, expired: bool = False) -> None:
+        self.id = user_id
+        self.calls = 0
+        self.is_authenticated = True
+        self.is_active = True
+        self.is_anonymous = False
+        if expired:  # what SQLAlchemy keeps on an instance whose attributes expired
+            self._sa_instance_state = type("State", (), {"expired_attributes": {"id"}})()
+
+    def get_id(self) -> str:
+        self.calls += 1
+        return self.id
+
+
+def login_app(make_bridged: MakeBridged, users: dict[str, FakeUser], **config: Any) -> BridgedApp:
+    """A bridged app with Flask-Login; `loads` counts how often it loaded a user."""
+    from flask_login import LoginManager, login_required, login_user, logout_user
+
+    bridged = make_bridged(name="login", signals=["default", "user-login"], **config)
+    app = bridged.app
+    manager = LoginManager(app)
+    loads: list[str] = []
+
+    @manager.user_loader
+    def load(user_id: str) -> FakeUser | None:
+        loads.append(user_id)
+        return users.get(user_id)
+
+    @app.post("/in/<user_id>")
+    def sign_in(user_id: str) -> str:
+        login_user(users[user_id])
+        return "in"
+
+    @app.get("/private")
+    @login_required
+    def private() -> str:
+        LOGIN_SIGNAL.send(app, note="seen")
+        return "private"
+
+    @app.get("/public")
+    def public() -> str:
+        LOGIN_SIGNAL.send(app, note="public")
+        return "public"
+
+    @app.post("/out")
+    def sign_out() -> str:
+        logout_user()
+        return "out"
+
+    @app.post("/about/<user_id>")
+    @login_required
+    def about(user_id: str) -> str:
+        LOGIN_SIGNAL.send(app, user=users[user_id])
+        return "ok"
+
+    app.config["loads"] = loads
+    return bridged
+
+
+class TestUserId:
+    def test_a_loaded_user_is_on_the_request_s_events(self, make_bridged: MakeBridged) -> None:
+        """Once Flask-Login loaded the user (here: login_required), the request's events carry
+        `user.id`."""
+        users = {"7": FakeUser("7")}
+        bridged = login_app(make_bridged, users)
+        bridged.client.post("/in/7")
+        bridged.client.get("/private")
+        private = [e for e in bridged.events() if e.get("url.path") == "/private"]
+        assert {"7"} == {event["user.id"] for event in private}
+        assert 2 == len(private)
+
+    def test_no_user_is_loaded_for_it(self, make_bridged: MakeBridged) -> None:
+        """A request that never asked for the user gets no `user.id`, and no user load."""
+        users = {"7": FakeUser("7")}
+        bridged = login_app(make_bridged, users)
+        bridged.client.post("/in/7")
+        loads_before = list(bridged.app.config["loads"])
+        bridged.client.get("/public")
+        public = [e for e in bridged.events() if e.get("url.path") == "/public"]
+        assert all("user.id" not in event for event in public)
+        assert loads_before == bridged.app.config["loads"]
+
+    def test_the_signal_s_own_user_wins(self, make_bridged: MakeBridged) -> None:
+        """Logged in as 7, an event about user 9 (`user=` argument) keeps 9; the request's
+        other events carry 7. One `user.id` per line."""
+        users = {"7": FakeUser("7"), "9": FakeUser("9")}
+        bridged = login_app(make_bridged, users)
+        bridged.client.post("/in/7")
+        bridged.client.post("/about/9")
+        about = {e["event"]: e for e in bridged.events() if e.get("url.path") == "/about/9"}
+        assert ("9", "7") == (about["user-login"]["user.id"], about["request.finished"]["user.id"])
+        assert all(line.count(b'"user.id"') <= 1 for line in bridged.path.read_bytes().splitlines())
+
+    def test_it_can_be_switched_off(self, make_bridged: MakeBridged) -> None:
+        """`log_user_id = false`: no `user.id` from Flask-Login."""
+        users = {"7": FakeUser("7")}
+        bridged = login_app(make_bridged, users, BRIDGE_LOG_USER_ID=False)
+        bridged.client.post("/in/7")
+        bridged.client.get("/private")
+        assert all("user.id" not in event for event in bridged.events())
+
+    def test_an_expired_orm_user_is_left_alone(self, make_bridged: MakeBridged) -> None:
+        """A SQLAlchemy instance whose attributes expired would query the database to answer
+        `get_id()`: the bridge does not ask."""
+        users = {"7": FakeUser("7", expired=True)}
+        bridged = login_app(make_bridged, users)
+        bridged.client.post("/in/7")
+        calls_before = users["7"].calls
+        bridged.client.get("/private")
+        private = [e for e in bridged.events() if e.get("url.path") == "/private"]
+        assert all("user.id" not in event for event in private)
+        assert calls_before == users["7"].calls
