@@ -274,7 +274,10 @@ class TestDeployment:
         login_service = compose["services"]["login"]
         assert {"context": ".", "dockerfile": "examples/Dockerfile"} == login_service["build"]
         assert (ROOT / login_service["build"]["dockerfile"]).is_file()
-        assert ["audit-logs:/app/logs"] == login_service["volumes"]
+        assert [
+            "audit-logs:/app/logs",
+            "./config/bridge/bridge.toml:/etc/bridge/bridge.toml:ro",
+        ] == login_service["volumes"]
         assert "audit-logs" in compose["volumes"]
 
     def test_dockerfile_serves_the_wsgi_app_with_gunicorn(self) -> None:
