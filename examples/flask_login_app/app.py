@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import blinker
-from flask import Flask, current_app, flash, redirect, render_template_string, request, url_for
+from flask import Flask, flash, redirect, render_template_string, request, url_for
 from flask_login import LoginManager, current_user, login_required, login_user, logout_user
 from werkzeug.security import check_password_hash
 from werkzeug.wrappers import Response
@@ -129,7 +129,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if user is None:
             # The sender is the app, so with several bridged apps in one process the event
             # goes to this app's bridge (in a blueprint: current_app._get_current_object()).
-            login_failed.send(current_app._get_current_object(), username=username, reason=reason)
+            login_failed.send(app, username=username, reason=reason)
             page = render_template_string(
                 PAGE, error="Wrong user name or password.", next=request.args.get("next")
             )
