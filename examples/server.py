@@ -49,13 +49,17 @@ def _control_socket_args() -> list[str]:
 
 class GunicornServer:
     """`with GunicornServer("examples.login_log.app:app", cwd=...) as server:` then
-    `server.url`; leaving the block stops it (SIGTERM, then SIGKILL past the deadline)."""
+    `server.url`; leaving the block stops it (SIGTERM, then SIGKILL past the deadline).
+
+    With `config_file` (a gunicorn.conf.py), the file sets the workers and timeouts, and its
+    `wsgi_app` is served when `app` is None; the port is always the server's own."""
 
     def __init__(
         self,
-        app: str,
+        app: str | None,
         *,
         cwd: Path,
+        config_file: Path | None = None,
         workers: int = 2,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
@@ -63,6 +67,7 @@ class GunicornServer:
     ) -> None:
         self.app = app
         self.cwd = cwd
+        self.config_file = config_file
         self.workers = workers
         self.extra_args = tuple(extra_args)
         self.env = dict(os.environ if env is None else env)
@@ -78,23 +83,23 @@ class GunicornServer:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self, port: int) -> list[str]:
+        if self.config_file is not None:  # its workers, timeouts and (without app) wsgi_app
+            settings = ["--config", str(self.config_file)]
+        else:
+            settings = ["--workers", str(self.workers), "--worker-class", "sync"]
+            settings += ["--graceful-timeout", "10"]
         return [
             sys.executable,
             "-m",
             "gunicorn",
-            "--workers",
-            str(self.workers),
-            "--worker-class",
-            "sync",
-            "--bind",
+            *settings,
+            "--bind",  # the command line wins over a config file's `bind`
             f"127.0.0.1:{port}",
             "--pythonpath",
             str(ROOT),
-            "--graceful-timeout",
-            "10",
             *_control_socket_args(),
             *self.extra_args,
-            self.app,
+            *([self.app] if self.app is not None else []),
         ]
 
     def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
