@@ -29,8 +29,8 @@ from bridge.tail import (
     LEVEL_COLORS,
     EventFilter,
     EventLine,
-    format_event,
     format_invalid,
+    format_lines,
     json_for_terminal,
     read_file,
     tail_lines,
@@ -191,14 +191,23 @@ def stats_command() -> None:
 # --- tail -----------------------------------------------------------------------------------
 
 
+def _colour() -> bool | None:
+    """False when NO_COLOR is set (https://no-color.org); else None: click colours only a
+    terminal, never a pipe or a file."""
+    return False if os.environ.get("NO_COLOR") else None
+
+
 def _show(line: EventLine, *, as_json: bool, verbose: bool) -> None:
+    colour = _colour()
     if line.event is None:
-        click.secho(format_invalid(line), fg="magenta", err=as_json)
+        click.secho(format_invalid(line), fg="magenta", err=as_json, color=colour)
     elif as_json:
         click.echo(json_for_terminal(line.raw))
     else:
-        text, level = format_event(line.event, verbose=verbose)
-        click.secho(text, fg=LEVEL_COLORS.get(level))
+        (text, *trace), level = format_lines(line.event, verbose=verbose)
+        click.secho(text, fg=LEVEL_COLORS.get(level), color=colour)
+        for part in trace:  # the stack trace, under its event, in the terminal's own colour
+            click.echo(part)
 
 
 @bridge_command.command("tail")
@@ -207,6 +216,8 @@ def _show(line: EventLine, *, as_json: bool, verbose: bool) -> None:
 @click.option("--event", "events", multiple=True, help="Event name or glob (repeatable).")
 @click.option("--level", type=click.Choice(["debug", "info", "warning", "error"]), help="At least.")
 @click.option("--grep", help="Only lines containing this text (case-insensitive).")
+@click.option("--user", help="Only events of this user (user.id, else user_id).")
+@click.option("--request-id", help="Only events of this request (request_id).")
 @click.option("--json", "as_json", is_flag=True, help="Print matching lines as JSON.")
 @click.option("-n", "--lines", "last", type=click.IntRange(min=0), help="Start with the last N.")
 @click.option("--max-events", type=click.IntRange(min=1), help="Stop after N events shown.")
@@ -217,19 +228,23 @@ def tail_command(
     events: tuple[str, ...],
     level: str | None,
     grep: str | None,
+    user: str | None,
+    request_id: str | None,
     as_json: bool,
     last: int | None,
     max_events: int | None,
     verbose: bool,
 ) -> None:
-    """Pretty-print a JSON-lines event file: one line per event (time, level, event, then
-    key=value). Invalid lines are shown as such (on stderr with --json). With --follow, keeps
-    reading like `tail -F`, across logrotate renames and truncation. Control characters,
-    escape sequences and bidi overrides from the file are shown as escapes (\\x1b, \\u202e),
-    never sent to the terminal."""
+    """Pretty-print a JSON-lines event file: one line per event (time, level, event, request
+    id, user, then key=value), a stack trace as indented lines under its event, coloured by
+    level on a terminal (never with NO_COLOR set). Invalid lines are shown as such (on stderr
+    with --json). With --follow, keeps reading like `tail -F`, across logrotate renames and
+    truncation, until Ctrl-C or --max-events. Control characters, escape sequences and bidi
+    overrides from the file are shown as escapes (\\x1b, \\u202e), never sent to the
+    terminal."""
     if not follow_mode and not file.exists():
         raise click.BadParameter(f"{file} does not exist", param_hint="FILE")
-    keep = EventFilter(events, level, grep)
+    keep = EventFilter(events, level, grep, user=user, request_id=request_id)
     lines = tail_lines(file, keep, follow_mode=follow_mode, last=last, sleep=_sleep)
     try:
         with closing(lines):
