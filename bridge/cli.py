@@ -22,7 +22,7 @@ from flask.cli import ScriptInfo
 from bridge.config import HttpSinkSettings, SinkSettings, load_settings
 from bridge.errors import NO_VALUE, BridgeError, ConfigError
 from bridge.extension import SignalBridge
-from bridge.probes import describe_sink, probe_sink
+from bridge.probes import probe_sink, sink_kind_and_target
 from bridge.signals import resolve_signals
 from bridge.sinks.base import Sink
 from bridge.tail import (
@@ -97,10 +97,12 @@ def _explain(exc: ConfigError) -> None:
 @click.option("--timeout", default=3.0, show_default=True, help="Seconds per network probe.")
 @click.pass_context
 def check_command(ctx: click.Context, timeout: float) -> None:
-    """Validate the configuration, list sinks and signals, probe each sink.
+    """Validate the configuration, list the signals, probe each sink (a table: sink, type,
+    target, verdict, detail) and end with one verdict line.
 
     Exit status: 0 all good, 1 the configuration is wrong (or the app failed to load),
-    3 valid but a sink cannot be reached.
+    3 valid but a sink cannot be written to (a directory, a collector that is unreachable or
+    refuses the credentials).
     """
     try:
         app = _load_app()
@@ -134,15 +136,32 @@ def check_command(ctx: click.Context, timeout: float) -> None:
         names = ", ".join(settings.ignored_environment)
         click.echo(f"ignored environment variables (they name no bridge key): {names}")
     click.echo("sinks:")
-    failed = False
+    rows = []
     for sink in settings.sinks:
         ok, message = probe_sink(sink, timeout)
-        failed = failed or not ok
-        mark = ("ok", "green") if ok else ("FAIL", "red")
-        click.echo(f"  {describe_sink(sink)}: " + click.style(mark[0], fg=mark[1]) + f", {message}")
+        rows.append((sink.name, *sink_kind_and_target(sink), "ok" if ok else "FAIL", message))
+    _table(("sink", "type", "target", "verdict", "detail"), rows)
+    failed = sum(1 for row in rows if row[3] != "ok")
     if failed:
+        click.secho(
+            f"verdict: FAIL, {failed} of {_sinks(len(rows))} cannot be written to", fg="red"
+        )
         ctx.exit(EXIT_PROBE)
-    click.secho("configuration ok", fg="green")
+    click.secho(f"verdict: ok, configuration valid and {_sinks(len(rows))} ready", fg="green")
+
+
+def _sinks(count: int) -> str:
+    return f"{count} sink" if count == 1 else f"{count} sinks"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell; the verdict column coloured, the last one free."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
+    for number, row in enumerate((header, *rows)):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        if number:
+            cells[3] = click.style(cells[3], fg="green" if row[3] == "ok" else "red")
+        click.echo("  " + "  ".join([*cells, row[-1]]))
 
 
 # --- emit-test and stats ----------------------------------------------------------------------
