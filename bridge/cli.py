@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,7 @@ def _sinks(count: int) -> str:
     return f"{count} sink" if count == 1 else f"{count} sinks"
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     """Columns padded to their widest cell; the verdict column coloured, the last one free."""
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
     for number, row in enumerate((header, *rows)):
