@@ -176,23 +176,54 @@ def _sink_line(name: str, counters: dict[str, Any]) -> str:
     return f"  {name}: {text}"
 
 
+def _count(counters: dict[str, Any], key: str) -> int:
+    value = counters.get(key, 0)
+    return int(value) if isinstance(value, int) else 0
+
+
+def _delivery_verdict(before: dict[str, Any], after: dict[str, Any], timeout: float) -> str:
+    """ "ok", or why this sink did not deliver the test event (from its counters' change)."""
+    if _count(after, "delivered") > _count(before, "delivered"):
+        return "ok"
+    if _count(after, "dead_lettered") > _count(before, "dead_lettered"):
+        return "FAIL, refused by the collector (dead-lettered)"
+    if _count(after, "dropped") > _count(before, "dropped"):
+        return "FAIL, dropped"
+    return f"FAIL, not delivered within {timeout:g}s"
+
+
 @bridge_command.command("emit-test")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for delivery.")
 def emit_test_command(timeout: float) -> None:
-    """Send one `bridge.test` event through every sink, flush, and show each sink's counters."""
+    """Send one `bridge.test` event through every sink, flush, and show each sink's verdict
+    (ok once the sink delivered it: file written, collector acknowledged) and counters.
+    Exits 1 when a sink did not deliver it within --timeout."""
     app, bridge = _bridged_app()
-    bridge.emitter(app).emit(
+    emitter = bridge.emitter(app)
+    before = {sink.name: sink.stats() for sink in emitter.sinks}
+    emitter.emit(
         "bridge-test", "bridge.test", "info", {"message": "test event from flask bridge emit-test"}
     )
-    flushed = bridge.flush(timeout, app=app)
-    stats = bridge.stats(app=app)
+    bridge.flush(timeout, app=app)
     click.echo("bridge.test sent; sinks:")
-    for name, counters in stats["sinks"].items():
-        click.echo(_sink_line(name, counters))
-    dropped = sum(int(c.get("dropped", 0)) for c in stats["sinks"].values())
-    if not flushed or dropped:
+    failed = dropped = 0
+    for sink in emitter.sinks:
+        after = sink.stats()
+        verdict = _delivery_verdict(before[sink.name], after, timeout)
+        if verdict != "ok" and sink.flush(0.2):  # a sink that got none of the shared deadline
+            after = sink.stats()
+            verdict = _delivery_verdict(before[sink.name], after, timeout)
+        failed += verdict != "ok"
+        dropped += _count(after, "dropped") - _count(before[sink.name], "dropped")
+        name, counters = _sink_line(sink.name, after).split(": ", 1)
+        colour = "green" if verdict == "ok" else "red"
+        click.echo(f"{name}: " + click.style(verdict, fg=colour) + f", {counters}")
+    if failed:
         reason = f"{dropped} dropped" if dropped else f"not delivered within {timeout:g}s"
-        raise click.ClickException(f"the test event did not reach every sink: {reason}")
+        raise click.ClickException(
+            f"the test event did not reach every sink: {reason} "
+            f"({failed} of {_sinks(len(emitter.sinks))} failed)"
+        )
     click.secho("delivered", fg="green")
 
 

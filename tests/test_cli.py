@@ -324,7 +324,7 @@ class TestEmitTest:
         result = invoke(bridged.app, "emit-test")
         assert 0 == result.exit_code, result.output
         assert (
-            "  file-0: enqueued=1 delivered=1 dropped=0 spooled=0 dead_lettered=0 queue_depth=0"
+            "  file-0: ok, enqueued=1 delivered=1 dropped=0 spooled=0 dead_lettered=0 queue_depth=0"
             in result.output.splitlines()
         )
         [event] = read_events(bridged.path)

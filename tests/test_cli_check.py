@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 import socket
+from pathlib import Path
 
 from flask import Flask
 
 from bridge import SignalBridge
 from bridge.cli import bridge_command
-from tests.conftest import build_app
+from tests.collector import Collector
+from tests.conftest import build_app, read_events
 
 
 def refused_url() -> str:
@@ -62,3 +64,51 @@ class TestCheckVerdicts:
         assert 0 == result.exit_code, result.output
         last = result.output.splitlines()[-1]
         assert "\x1b[32mverdict: ok, configuration valid and 1 sink ready\x1b[0m" == last
+
+
+class TestEmitTestVerdicts:
+    def test_refused_collector_fails_its_row(self, tmp_path: Path) -> None:
+        """The file sink delivers, the http sink on a refused port does not within --timeout:
+        one verdict per sink, exit 1."""
+        url = refused_url()
+        path = tmp_path / "events.jsonl"
+        app = build_app(
+            BRIDGE_SINKS=[{"type": "file", "path": str(path)}, {"type": "http", "url": url}]
+        )
+        bridge = SignalBridge(app)
+        try:
+            result = app.test_cli_runner().invoke(bridge_command, ["emit-test", "--timeout", "1"])
+        finally:
+            bridge.close(timeout=1.0)
+        assert 1 == result.exit_code, result.output
+        verdicts = {
+            line.split(":")[0].strip(): line.split(": ", 1)[1].split(", ")[:2]
+            for line in result.output.splitlines()
+            if line.startswith("  ")
+        }
+        assert {
+            "file-0": [
+                "ok",
+                "enqueued=1 delivered=1 dropped=0 spooled=0 dead_lettered=0 queue_depth=0",
+            ],
+            "http-1": ["FAIL", "not delivered within 1s"],
+        } == verdicts
+        assert (
+            "Error: the test event did not reach every sink: not delivered within 1s "
+            "(1 of 2 sinks failed)"
+        ) == result.output.splitlines()[-1]
+        assert ["bridge.test"] == [e["event"] for e in read_events(path)]
+
+    def test_collector_acknowledges(self) -> None:
+        """A real collector that accepts the event: ok, and it received one bridge.test."""
+        with Collector() as collector:
+            app = build_app(BRIDGE_SINKS=[{"type": "http", "url": collector.url}])
+            bridge = SignalBridge(app)
+            try:
+                result = app.test_cli_runner().invoke(bridge_command, ["emit-test"])
+            finally:
+                bridge.close(timeout=5.0)
+            assert ["bridge.test"] == [e["event"] for e in collector.events()]
+        assert 0 == result.exit_code, result.output
+        assert result.output.splitlines()[1].startswith("  http-0: ok, enqueued=1 delivered=1")
+        assert "delivered" == result.output.splitlines()[-1]
