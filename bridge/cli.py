@@ -16,16 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 from flask import Flask
 from flask.cli import ScriptInfo
 
-from bridge.config import HttpSinkSettings, SinkSettings, load_settings
+from bridge.config import HttpSinkSettings, load_settings
+from bridge.emitter import Emitter
 from bridge.errors import NO_VALUE, BridgeError, ConfigError
 from bridge.extension import SignalBridge
 from bridge.probes import probe_sink, sink_kind_and_target
+from bridge.replay import (
+    DeadRecord,
+    read_dead_letters,
+    replay_records,
+    rewrite_without,
+    summarize,
+)
 from bridge.signals import resolve_signals
-from bridge.sinks.base import Sink
+from bridge.sinks.http import dead_letter_path
 from bridge.tail import (
     LEVEL_COLORS,
     EventFilter,
@@ -33,8 +40,8 @@ from bridge.tail import (
     format_invalid,
     format_lines,
     json_for_terminal,
-    read_file,
     tail_lines,
+    terminal_safe,
 )
 
 __all__ = ["bridge_command"]
@@ -310,82 +317,112 @@ def tail_command(
 # --- replay ---------------------------------------------------------------------------------
 
 
-def original_line(record: Any) -> bytes | None:
-    """The event line a dead-letter record holds (`line`: text, or `event`: the object)."""
-    if not isinstance(record, dict):
-        return None
-    value = record.get("line", record.get("event"))
-    if isinstance(value, str):
-        data = value.rstrip("\n").encode("utf-8")
-    elif isinstance(value, dict):
-        data = orjson.dumps(value)
-    else:
-        return None
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return data + b"\n" if isinstance(parsed, dict) else None
-
-
-def _target_sink(
-    settings: tuple[SinkSettings, ...], sinks: tuple[Sink, ...], name: str | None
-) -> Sink:
-    by_name = {sink.name: sink for sink in sinks}
-    if name is None:
-        name = next((s.name for s in settings if isinstance(s, HttpSinkSettings)), None)
-        if name is None:
-            raise click.UsageError(
-                f"no http sink is configured; name a sink with --sink ({', '.join(by_name)})"
-            )
-    if name not in by_name:
+def _replay_targets(
+    records: list[DeadRecord], emitter: Emitter, path: Path, name: str | None
+) -> dict[str, list[DeadRecord]]:
+    """Each record's sink: --sink, else the sink named in the record, else the sink that
+    writes this dead-letter file, else the first http sink."""
+    by_name = {sink.name: sink for sink in emitter.sinks}
+    if name is not None and name not in by_name:
         raise click.BadParameter(
             f"no sink named {name!r}; sinks: {', '.join(by_name)}", param_hint="--sink"
         )
-    return by_name[name]
+    http = [s for s in emitter.settings.sinks if isinstance(s, HttpSinkSettings)]
+    owner = next((s.name for s in http if _same_file(dead_letter_path(s), path)), None)
+    default = name or owner or (http[0].name if http else None)
+    targets: dict[str, list[DeadRecord]] = {}
+    for record in records:
+        target = name or (record.sink if record.sink in by_name else None) or default
+        if target is None:
+            raise click.UsageError(
+                f"no http sink is configured; name a sink with --sink ({', '.join(by_name)})"
+            )
+        targets.setdefault(target, []).append(record)
+    return targets
+
+
+def _same_file(configured: Path | None, path: Path) -> bool:
+    return configured is not None and configured.absolute() == path.absolute()
+
+
+def _dry_run(path: Path, targets: dict[str, list[DeadRecord]]) -> None:
+    summary = summarize([r for records in targets.values() for r in records])
+    click.echo(f"{path}: {summary.count} dead-lettered events")
+    if summary.first is not None:
+        click.echo(f"  first: {summary.first}")
+        click.echo(f"  last:  {summary.last}")
+    reasons = ", ".join(f"{reason} {n}" for reason, n in summary.reasons.most_common())
+    click.echo(f"  reasons: {terminal_safe(reasons)}")
+    for name, records in targets.items():
+        click.echo(f"  to {name}: {len(records)}")
+    click.echo("dry run: nothing sent, the file is unchanged")
 
 
 @bridge_command.command("replay")
 @click.argument("dead_letter_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--sink", "sink_name", help="Sink to resend to (default: the first http sink).")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for delivery.")
-def replay_command(dead_letter_file: Path, sink_name: str | None, timeout: float) -> None:
+@click.option("--sink", "sink_name", help="Sink to resend to (default: the one that refused).")
+@click.option("--dry-run", is_flag=True, help="List what would be resent; send nothing.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait per chunk.")
+@click.option(
+    "--every",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Events per chunk; progress is printed after each one.",
+)
+def replay_command(
+    dead_letter_file: Path, sink_name: str | None, dry_run: bool, timeout: float, every: int
+) -> None:
     """Resend the events of a dead-letter file, unchanged (same event_id, so collectors can
-    deduplicate). The file is read whole first and left in place. Exits 1 unless every record
-    was resent and delivered."""
+    deduplicate), to the sink that refused them (or --sink), in chunks of --every events.
+
+    Delivered records are removed from the file (rewritten in place, 0600); the others stay,
+    with anything appended meanwhile. A chunk not acknowledged within --timeout stops the
+    replay. Exits 1 unless every record was resent and delivered."""
     app, bridge = _bridged_app()
     emitter = bridge.emitter(app)
-    sink = _target_sink(emitter.settings.sinks, emitter.sinks, sink_name)
-    originals: list[bytes] = []
-    skipped = 0
-    with dead_letter_file.open("rb") as handle:
-        for line in read_file(handle):
-            data = original_line(line.event)
-            if data is None:
-                skipped += 1
-                click.secho(
-                    f"!! line {line.number}: not a dead-letter record, skipped",
-                    fg="magenta",
-                    err=True,
-                )
-            else:
-                originals.append(data)
-    before = sink.stats()
-    accepted = sum(1 for data in originals if sink.submit(data))
-    flushed = sink.flush(timeout)
-    after = sink.stats()
-    again = int(after.get("dead_lettered", 0)) - int(before.get("dead_lettered", 0))
-    click.echo(f"resent {accepted} of {len(originals)} events to {sink.name}")
-    if again:
-        click.echo(f"{again} were refused again and dead-lettered")
-    if skipped or accepted < len(originals) or not flushed or again:
-        problems = []
-        if skipped:
-            problems.append(f"{skipped} records skipped")
-        if accepted < len(originals):
-            problems.append(f"{len(originals) - accepted} refused by the sink")
-        if not flushed:
+    records, read_size = read_dead_letters(dead_letter_file)
+    readable = [r for r in records if r.line is not None]
+    for record in records:
+        if record.line is None:
+            click.secho(
+                f"!! line {record.number}: not a dead-letter record, skipped",
+                fg="magenta",
+                err=True,
+            )
+    targets = _replay_targets(readable, emitter, dead_letter_file, sink_name)
+    if dry_run:
+        _dry_run(dead_letter_file, targets)
+        return
+    sinks = {sink.name: sink for sink in emitter.sinks}
+    delivered: list[DeadRecord] = []
+    problems: list[str] = []
+    again = 0
+    for name, group in targets.items():
+
+        def progress(
+            done: int, total: int, name: str = name, long: bool = len(group) > every
+        ) -> None:
+            if long:  # one line per chunk, for replays of more than one
+                click.echo(f"  {name}: {done}/{total} ({done * 100 // total}%)")
+
+        result = replay_records(group, sinks[name], timeout=timeout, chunk=every, progress=progress)
+        delivered += result.delivered
+        again += result.dead_lettered_again
+        click.echo(f"resent {result.sent} of {len(group)} events to {name}")
+        if result.dead_lettered_again:
+            click.echo(f"{result.dead_lettered_again} were refused again and dead-lettered")
+            problems.append(f"{result.dead_lettered_again} dead-lettered again")
+        if result.refused:
+            problems.append(f"{result.refused} refused by the sink")
+        if result.timed_out:
             problems.append(f"not all delivered within {timeout:g}s")
-        if again:
-            problems.append(f"{again} dead-lettered again")
+    if delivered or again:  # again: the same events may now be in this file twice
+        rewrite_without(dead_letter_file, delivered, read_size)
+    if delivered:
+        click.echo(f"removed {len(delivered)} delivered records from {dead_letter_file}")
+    skipped = len(records) - len(readable)
+    if skipped:
+        problems.insert(0, f"{skipped} records skipped")
+    if problems:
         raise click.ClickException("replay incomplete: " + ", ".join(problems))

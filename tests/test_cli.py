@@ -541,7 +541,10 @@ class TestReplay:
         bridged = make_bridged()
         result = invoke(bridged.app, "replay", str(dead), "--sink", "file-0")
         assert 0 == result.exit_code, result.output
-        assert "resent 2 of 2 events to file-0\n" == result.output
+        assert f"resent 2 of 2 events to file-0\nremoved 2 delivered records from {dead}\n" == (
+            result.output
+        )
+        assert b"" == dead.read_bytes()
         assert (original + "\n").encode() == bridged.path.read_bytes().splitlines(True)[0]
         assert [
             {"event": "user.login", "event_id": "0190-a", "user_id": 7},
@@ -600,7 +603,9 @@ class TestReplay:
 
             result = invoke(app, "replay", str(dead))
             assert 0 == result.exit_code, result.output
-            assert "resent 3 of 3 events to http-1\n" == result.output
+            assert (
+                f"resent 3 of 3 events to http-1\nremoved 3 delivered records from {dead}\n"
+            ) == result.output
             assert refused == collector.event_ids()
 
     def test_refused_again(self, closing_bridges: list[SignalBridge], tmp_path: Path) -> None:
