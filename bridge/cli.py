@@ -10,29 +10,34 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import click
 from flask import Flask
 from flask.cli import ScriptInfo
 
-from bridge.config import HttpSinkSettings, load_settings
-from bridge.emitter import Emitter
-from bridge.errors import NO_VALUE, BridgeError, ConfigError
+from bridge.clireport import (
+    count_sinks,
+    counter,
+    delivery_verdict,
+    explain,
+    print_table,
+    sink_line,
+)
+from bridge.config import load_settings
+from bridge.errors import BridgeError, ConfigError
 from bridge.extension import SignalBridge
 from bridge.probes import probe_sink, sink_kind_and_target
 from bridge.replay import (
     DeadRecord,
+    assign_sinks,
+    dry_run_report,
     read_dead_letters,
     replay_records,
     rewrite_without,
-    summarize,
 )
 from bridge.signals import resolve_signals
-from bridge.sinks.http import dead_letter_path
 from bridge.tail import (
     LEVEL_COLORS,
     EventFilter,
@@ -41,7 +46,6 @@ from bridge.tail import (
     format_lines,
     json_for_terminal,
     tail_lines,
-    terminal_safe,
 )
 
 __all__ = ["bridge_command"]
@@ -79,28 +83,6 @@ def _bridged_app() -> tuple[Flask, SignalBridge]:
 # --- check ----------------------------------------------------------------------------------
 
 
-def _explain(exc: ConfigError) -> None:
-    """Every problem, as key, value and expectation, with where the key can be set."""
-    count = len(exc.problems)
-    title = "bridge configuration is invalid" + (f" ({count} problems):" if count > 1 else ":")
-    click.secho(title, fg="red", err=True)
-    for number, problem in enumerate(exc.problems):
-        if number:
-            click.echo("", err=True)
-        click.echo(f"  key:      {problem.key}", err=True)
-        if problem.value is not NO_VALUE:
-            click.echo(f"  value:    {problem.value!r}", err=True)
-        click.echo(f"  expected: {problem.expected}", err=True)
-        top = problem.key.split(".", 1)[0].split("[", 1)[0].split(" ", 1)[0]
-        if not top.startswith("BRIDGE_"):  # BRIDGE_CONFIG, BRIDGE_SINKS (environment): named
-            name = f"BRIDGE_{top.upper()}"
-            click.echo(
-                f"  (set in the TOML file named by BRIDGE_CONFIG, app.config['{name}'] or the "
-                f"environment variable {name}; later ones win)",
-                err=True,
-            )
-
-
 @bridge_command.command("check")
 @click.option("--timeout", default=3.0, show_default=True, help="Seconds per network probe.")
 @click.pass_context
@@ -116,7 +98,7 @@ def check_command(ctx: click.Context, timeout: float) -> None:
         app = _load_app()
     except ConfigError as exc:
         click.secho("the app failed to start: init_app raised a ConfigError", fg="red", err=True)
-        _explain(exc)
+        explain(exc)
         ctx.exit(EXIT_CONFIG)
     except click.ClickException:
         raise
@@ -127,7 +109,7 @@ def check_command(ctx: click.Context, timeout: float) -> None:
         settings = load_settings(app.config, os.environ, default_service=app.import_name)
         builtins, customs = resolve_signals(settings.signals, settings.rename)
     except ConfigError as exc:
-        _explain(exc)
+        explain(exc)
         ctx.exit(EXIT_CONFIG)
     if not isinstance(app.extensions.get("bridge"), SignalBridge):
         click.secho(
@@ -148,55 +130,17 @@ def check_command(ctx: click.Context, timeout: float) -> None:
     for sink in settings.sinks:
         ok, message = probe_sink(sink, timeout)
         rows.append((sink.name, *sink_kind_and_target(sink), "ok" if ok else "FAIL", message))
-    _table(("sink", "type", "target", "verdict", "detail"), rows)
+    print_table(("sink", "type", "target", "verdict", "detail"), rows)
     failed = sum(1 for row in rows if row[3] != "ok")
     if failed:
         click.secho(
-            f"verdict: FAIL, {failed} of {_sinks(len(rows))} cannot be written to", fg="red"
+            f"verdict: FAIL, {failed} of {count_sinks(len(rows))} cannot be written to", fg="red"
         )
         ctx.exit(EXIT_PROBE)
-    click.secho(f"verdict: ok, configuration valid and {_sinks(len(rows))} ready", fg="green")
-
-
-def _sinks(count: int) -> str:
-    return f"{count} sink" if count == 1 else f"{count} sinks"
-
-
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    """Columns padded to their widest cell; the verdict column coloured, the last one free."""
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
-    for number, row in enumerate((header, *rows)):
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        if number:
-            cells[3] = click.style(cells[3], fg="green" if row[3] == "ok" else "red")
-        click.echo("  " + "  ".join([*cells, row[-1]]))
+    click.secho(f"verdict: ok, configuration valid and {count_sinks(len(rows))} ready", fg="green")
 
 
 # --- emit-test and stats ----------------------------------------------------------------------
-
-
-def _sink_line(name: str, counters: dict[str, Any]) -> str:
-    keys = ("enqueued", "delivered", "dropped", "spooled", "dead_lettered", "queue_depth")
-    text = " ".join(f"{key}={counters.get(key)}" for key in keys if key in counters)
-    if counters.get("last_error"):
-        text += f" last_error={counters['last_error']!r}"
-    return f"  {name}: {text}"
-
-
-def _count(counters: dict[str, Any], key: str) -> int:
-    value = counters.get(key, 0)
-    return int(value) if isinstance(value, int) else 0
-
-
-def _delivery_verdict(before: dict[str, Any], after: dict[str, Any], timeout: float) -> str:
-    """ "ok", or why this sink did not deliver the test event (from its counters' change)."""
-    if _count(after, "delivered") > _count(before, "delivered"):
-        return "ok"
-    if _count(after, "dead_lettered") > _count(before, "dead_lettered"):
-        return "FAIL, refused by the collector (dead-lettered)"
-    if _count(after, "dropped") > _count(before, "dropped"):
-        return "FAIL, dropped"
-    return f"FAIL, not delivered within {timeout:g}s"
 
 
 @bridge_command.command("emit-test")
@@ -216,20 +160,20 @@ def emit_test_command(timeout: float) -> None:
     failed = dropped = 0
     for sink in emitter.sinks:
         after = sink.stats()
-        verdict = _delivery_verdict(before[sink.name], after, timeout)
+        verdict = delivery_verdict(before[sink.name], after, timeout)
         if verdict != "ok" and sink.flush(0.2):  # a sink that got none of the shared deadline
             after = sink.stats()
-            verdict = _delivery_verdict(before[sink.name], after, timeout)
+            verdict = delivery_verdict(before[sink.name], after, timeout)
         failed += verdict != "ok"
-        dropped += _count(after, "dropped") - _count(before[sink.name], "dropped")
-        name, counters = _sink_line(sink.name, after).split(": ", 1)
+        dropped += counter(after, "dropped") - counter(before[sink.name], "dropped")
+        name, counters = sink_line(sink.name, after).split(": ", 1)
         colour = "green" if verdict == "ok" else "red"
         click.echo(f"{name}: " + click.style(verdict, fg=colour) + f", {counters}")
     if failed:
         reason = f"{dropped} dropped" if dropped else f"not delivered within {timeout:g}s"
         raise click.ClickException(
             f"the test event did not reach every sink: {reason} "
-            f"({failed} of {_sinks(len(emitter.sinks))} failed)"
+            f"({failed} of {count_sinks(len(emitter.sinks))} failed)"
         )
     click.secho("delivered", fg="green")
 
@@ -317,47 +261,6 @@ def tail_command(
 # --- replay ---------------------------------------------------------------------------------
 
 
-def _replay_targets(
-    records: list[DeadRecord], emitter: Emitter, path: Path, name: str | None
-) -> dict[str, list[DeadRecord]]:
-    """Each record's sink: --sink, else the sink named in the record, else the sink that
-    writes this dead-letter file, else the first http sink."""
-    by_name = {sink.name: sink for sink in emitter.sinks}
-    if name is not None and name not in by_name:
-        raise click.BadParameter(
-            f"no sink named {name!r}; sinks: {', '.join(by_name)}", param_hint="--sink"
-        )
-    http = [s for s in emitter.settings.sinks if isinstance(s, HttpSinkSettings)]
-    owner = next((s.name for s in http if _same_file(dead_letter_path(s), path)), None)
-    default = name or owner or (http[0].name if http else None)
-    targets: dict[str, list[DeadRecord]] = {}
-    for record in records:
-        target = name or (record.sink if record.sink in by_name else None) or default
-        if target is None:
-            raise click.UsageError(
-                f"no http sink is configured; name a sink with --sink ({', '.join(by_name)})"
-            )
-        targets.setdefault(target, []).append(record)
-    return targets
-
-
-def _same_file(configured: Path | None, path: Path) -> bool:
-    return configured is not None and configured.absolute() == path.absolute()
-
-
-def _dry_run(path: Path, targets: dict[str, list[DeadRecord]]) -> None:
-    summary = summarize([r for records in targets.values() for r in records])
-    click.echo(f"{path}: {summary.count} dead-lettered events")
-    if summary.first is not None:
-        click.echo(f"  first: {summary.first}")
-        click.echo(f"  last:  {summary.last}")
-    reasons = ", ".join(f"{reason} {n}" for reason, n in summary.reasons.most_common())
-    click.echo(f"  reasons: {terminal_safe(reasons)}")
-    for name, records in targets.items():
-        click.echo(f"  to {name}: {len(records)}")
-    click.echo("dry run: nothing sent, the file is unchanged")
-
-
 @bridge_command.command("replay")
 @click.argument("dead_letter_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--sink", "sink_name", help="Sink to resend to (default: the one that refused).")
@@ -390,9 +293,20 @@ def replay_command(
                 fg="magenta",
                 err=True,
             )
-    targets = _replay_targets(readable, emitter, dead_letter_file, sink_name)
+    names = [sink.name for sink in emitter.sinks]
+    if sink_name is not None and sink_name not in names:
+        raise click.BadParameter(
+            f"no sink named {sink_name!r}; sinks: {', '.join(names)}", param_hint="--sink"
+        )
+    try:
+        targets = assign_sinks(readable, emitter.settings.sinks, dead_letter_file, sink_name)
+    except LookupError:
+        raise click.UsageError(
+            f"no http sink is configured; name a sink with --sink ({', '.join(names)})"
+        ) from None
     if dry_run:
-        _dry_run(dead_letter_file, targets)
+        for text in dry_run_report(dead_letter_file, targets):
+            click.echo(text)
         return
     sinks = {sink.name: sink for sink in emitter.sinks}
     delivered: list[DeadRecord] = []

@@ -29,14 +29,18 @@ from typing import Any
 
 import orjson
 
+from bridge.config import HttpSinkSettings, SinkSettings
 from bridge.safefs import open_nofollow
 from bridge.sinks.base import Sink
-from bridge.tail import read_file
+from bridge.sinks.http import dead_letter_path
+from bridge.tail import read_file, terminal_safe
 
 __all__ = [
     "DeadRecord",
     "ReplayResult",
     "Summary",
+    "assign_sinks",
+    "dry_run_report",
     "original_line",
     "parse_records",
     "read_dead_letters",
@@ -118,6 +122,47 @@ def summarize(records: Sequence[DeadRecord]) -> Summary:
     times = sorted(r.time for r in records if r.time is not None)
     reasons = Counter(r.reason or "(none)" for r in records)
     return Summary(len(records), times[0] if times else None, times[-1] if times else None, reasons)
+
+
+def assign_sinks(
+    records: Sequence[DeadRecord],
+    sinks: Sequence[SinkSettings],
+    path: Path,
+    name: str | None,
+) -> dict[str, list[DeadRecord]]:
+    """Each record's sink: `name` (--sink), else the sink named in the record, else the http
+    sink that writes this dead-letter file, else the first http sink. LookupError when a
+    record has none of them."""
+    names = {sink.name for sink in sinks}
+    http = [s for s in sinks if isinstance(s, HttpSinkSettings)]
+    owner = next((s.name for s in http if _same_file(dead_letter_path(s), path)), None)
+    default = name or owner or (http[0].name if http else None)
+    targets: dict[str, list[DeadRecord]] = {}
+    for record in records:
+        target = name or (record.sink if record.sink in names else None) or default
+        if target is None:
+            raise LookupError("no sink to replay to")
+        targets.setdefault(target, []).append(record)
+    return targets
+
+
+def _same_file(configured: Path | None, path: Path) -> bool:
+    return configured is not None and configured.absolute() == path.absolute()
+
+
+def dry_run_report(path: Path, targets: dict[str, list[DeadRecord]]) -> list[str]:
+    """What `--dry-run` prints: count, first and last time, reasons, events per sink."""
+    summary = summarize([r for records in targets.values() for r in records])
+    lines = [f"{path}: {summary.count} dead-lettered events"]
+    if summary.first is not None:
+        lines += [
+            f"  first: {terminal_safe(summary.first)}",
+            f"  last:  {terminal_safe(summary.last or '')}",
+        ]
+    reasons = ", ".join(f"{reason} {n}" for reason, n in summary.reasons.most_common())
+    lines.append(f"  reasons: {terminal_safe(reasons)}")
+    lines += [f"  to {name}: {len(records)}" for name, records in targets.items()]
+    return [*lines, "dry run: nothing sent, the file is unchanged"]
 
 
 def _count(stats: dict[str, Any], key: str) -> int:
