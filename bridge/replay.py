@@ -19,8 +19,10 @@ whose chunk timed out may still reach the collector later, and stays in the file
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -223,16 +225,21 @@ def rewrite_without(path: Path, delivered: Sequence[DeadRecord], read_size: int)
         again = {r.line for r in parse_records(appended)[0] if r.line is not None}
         kept = [r.raw + b"\n" for r in records if r.number not in gone and r.line not in again]
         data = b"".join(kept) + appended
-        temporary = path.with_name(f".{path.name}.replay-{os.getpid()}")
-        fd = open_nofollow(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        # mkstemp: a new name, created 0600 with O_EXCL, beside the file (same filesystem).
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.replay-")
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
-        finally:
             os.close(fd)
-        os.replace(temporary, path)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
         # A worker opens the path for each write: one that opened it before the rename wrote
         # into the old file; carry that over too.
         late = handle.read()
