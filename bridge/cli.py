@@ -12,27 +12,39 @@ import os
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import click
-import orjson
 from flask import Flask
 from flask.cli import ScriptInfo
 
-from bridge.config import HttpSinkSettings, SinkSettings, load_settings
-from bridge.errors import NO_VALUE, BridgeError, ConfigError
+from bridge.clireport import (
+    count_sinks,
+    counter,
+    delivery_verdict,
+    explain,
+    print_table,
+    sink_line,
+)
+from bridge.config import load_settings
+from bridge.errors import BridgeError, ConfigError
 from bridge.extension import SignalBridge
-from bridge.probes import describe_sink, probe_sink
+from bridge.probes import probe_sink, sink_kind_and_target
+from bridge.replay import (
+    DeadRecord,
+    assign_sinks,
+    dry_run_report,
+    read_dead_letters,
+    replay_records,
+    rewrite_without,
+)
 from bridge.signals import resolve_signals
-from bridge.sinks.base import Sink
 from bridge.tail import (
     LEVEL_COLORS,
     EventFilter,
     EventLine,
-    format_event,
     format_invalid,
+    format_lines,
     json_for_terminal,
-    read_file,
     tail_lines,
 )
 
@@ -71,42 +83,22 @@ def _bridged_app() -> tuple[Flask, SignalBridge]:
 # --- check ----------------------------------------------------------------------------------
 
 
-def _explain(exc: ConfigError) -> None:
-    """Every problem, as key, value and expectation, with where the key can be set."""
-    count = len(exc.problems)
-    title = "bridge configuration is invalid" + (f" ({count} problems):" if count > 1 else ":")
-    click.secho(title, fg="red", err=True)
-    for number, problem in enumerate(exc.problems):
-        if number:
-            click.echo("", err=True)
-        click.echo(f"  key:      {problem.key}", err=True)
-        if problem.value is not NO_VALUE:
-            click.echo(f"  value:    {problem.value!r}", err=True)
-        click.echo(f"  expected: {problem.expected}", err=True)
-        top = problem.key.split(".", 1)[0].split("[", 1)[0].split(" ", 1)[0]
-        if not top.startswith("BRIDGE_"):  # BRIDGE_CONFIG, BRIDGE_SINKS (environment): named
-            name = f"BRIDGE_{top.upper()}"
-            click.echo(
-                f"  (set in the TOML file named by BRIDGE_CONFIG, app.config['{name}'] or the "
-                f"environment variable {name}; later ones win)",
-                err=True,
-            )
-
-
 @bridge_command.command("check")
 @click.option("--timeout", default=3.0, show_default=True, help="Seconds per network probe.")
 @click.pass_context
 def check_command(ctx: click.Context, timeout: float) -> None:
-    """Validate the configuration, list sinks and signals, probe each sink.
+    """Validate the configuration, list the signals, probe each sink (a table: sink, type,
+    target, verdict, detail) and end with one verdict line.
 
     Exit status: 0 all good, 1 the configuration is wrong (or the app failed to load),
-    3 valid but a sink cannot be reached.
+    3 valid but a sink cannot be written to (a directory, a collector that is unreachable or
+    refuses the credentials).
     """
     try:
         app = _load_app()
     except ConfigError as exc:
         click.secho("the app failed to start: init_app raised a ConfigError", fg="red", err=True)
-        _explain(exc)
+        explain(exc)
         ctx.exit(EXIT_CONFIG)
     except click.ClickException:
         raise
@@ -117,7 +109,7 @@ def check_command(ctx: click.Context, timeout: float) -> None:
         settings = load_settings(app.config, os.environ, default_service=app.import_name)
         builtins, customs = resolve_signals(settings.signals, settings.rename)
     except ConfigError as exc:
-        _explain(exc)
+        explain(exc)
         ctx.exit(EXIT_CONFIG)
     if not isinstance(app.extensions.get("bridge"), SignalBridge):
         click.secho(
@@ -134,45 +126,55 @@ def check_command(ctx: click.Context, timeout: float) -> None:
         names = ", ".join(settings.ignored_environment)
         click.echo(f"ignored environment variables (they name no bridge key): {names}")
     click.echo("sinks:")
-    failed = False
+    rows = []
     for sink in settings.sinks:
         ok, message = probe_sink(sink, timeout)
-        failed = failed or not ok
-        mark = ("ok", "green") if ok else ("FAIL", "red")
-        click.echo(f"  {describe_sink(sink)}: " + click.style(mark[0], fg=mark[1]) + f", {message}")
+        rows.append((sink.name, *sink_kind_and_target(sink), "ok" if ok else "FAIL", message))
+    print_table(("sink", "type", "target", "verdict", "detail"), rows)
+    failed = sum(1 for row in rows if row[3] != "ok")
     if failed:
+        click.secho(
+            f"verdict: FAIL, {failed} of {count_sinks(len(rows))} cannot be written to", fg="red"
+        )
         ctx.exit(EXIT_PROBE)
-    click.secho("configuration ok", fg="green")
+    click.secho(f"verdict: ok, configuration valid and {count_sinks(len(rows))} ready", fg="green")
 
 
 # --- emit-test and stats ----------------------------------------------------------------------
 
 
-def _sink_line(name: str, counters: dict[str, Any]) -> str:
-    keys = ("enqueued", "delivered", "dropped", "spooled", "dead_lettered", "queue_depth")
-    text = " ".join(f"{key}={counters.get(key)}" for key in keys if key in counters)
-    if counters.get("last_error"):
-        text += f" last_error={counters['last_error']!r}"
-    return f"  {name}: {text}"
-
-
 @bridge_command.command("emit-test")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for delivery.")
 def emit_test_command(timeout: float) -> None:
-    """Send one `bridge.test` event through every sink, flush, and show each sink's counters."""
+    """Send one `bridge.test` event through every sink, flush, and show each sink's verdict
+    (ok once the sink delivered it: file written, collector acknowledged) and counters.
+    Exits 1 when a sink did not deliver it within --timeout."""
     app, bridge = _bridged_app()
-    bridge.emitter(app).emit(
+    emitter = bridge.emitter(app)
+    before = {sink.name: sink.stats() for sink in emitter.sinks}
+    emitter.emit(
         "bridge-test", "bridge.test", "info", {"message": "test event from flask bridge emit-test"}
     )
-    flushed = bridge.flush(timeout, app=app)
-    stats = bridge.stats(app=app)
+    bridge.flush(timeout, app=app)
     click.echo("bridge.test sent; sinks:")
-    for name, counters in stats["sinks"].items():
-        click.echo(_sink_line(name, counters))
-    dropped = sum(int(c.get("dropped", 0)) for c in stats["sinks"].values())
-    if not flushed or dropped:
+    failed = dropped = 0
+    for sink in emitter.sinks:
+        after = sink.stats()
+        verdict = delivery_verdict(before[sink.name], after, timeout)
+        if verdict != "ok" and sink.flush(0.2):  # a sink that got none of the shared deadline
+            after = sink.stats()
+            verdict = delivery_verdict(before[sink.name], after, timeout)
+        failed += verdict != "ok"
+        dropped += counter(after, "dropped") - counter(before[sink.name], "dropped")
+        name, counters = sink_line(sink.name, after).split(": ", 1)
+        colour = "green" if verdict == "ok" else "red"
+        click.echo(f"{name}: " + click.style(verdict, fg=colour) + f", {counters}")
+    if failed:
         reason = f"{dropped} dropped" if dropped else f"not delivered within {timeout:g}s"
-        raise click.ClickException(f"the test event did not reach every sink: {reason}")
+        raise click.ClickException(
+            f"the test event did not reach every sink: {reason} "
+            f"({failed} of {count_sinks(len(emitter.sinks))} failed)"
+        )
     click.secho("delivered", fg="green")
 
 
@@ -191,14 +193,23 @@ def stats_command() -> None:
 # --- tail -----------------------------------------------------------------------------------
 
 
+def _colour() -> bool | None:
+    """False when NO_COLOR is set (https://no-color.org); else None: click colours only a
+    terminal, never a pipe or a file."""
+    return False if os.environ.get("NO_COLOR") else None
+
+
 def _show(line: EventLine, *, as_json: bool, verbose: bool) -> None:
+    colour = _colour()
     if line.event is None:
-        click.secho(format_invalid(line), fg="magenta", err=as_json)
+        click.secho(format_invalid(line), fg="magenta", err=as_json, color=colour)
     elif as_json:
         click.echo(json_for_terminal(line.raw))
     else:
-        text, level = format_event(line.event, verbose=verbose)
-        click.secho(text, fg=LEVEL_COLORS.get(level))
+        (text, *trace), level = format_lines(line.event, verbose=verbose)
+        click.secho(text, fg=LEVEL_COLORS.get(level), color=colour)
+        for part in trace:  # the stack trace, under its event, in the terminal's own colour
+            click.echo(part)
 
 
 @bridge_command.command("tail")
@@ -207,6 +218,8 @@ def _show(line: EventLine, *, as_json: bool, verbose: bool) -> None:
 @click.option("--event", "events", multiple=True, help="Event name or glob (repeatable).")
 @click.option("--level", type=click.Choice(["debug", "info", "warning", "error"]), help="At least.")
 @click.option("--grep", help="Only lines containing this text (case-insensitive).")
+@click.option("--user", help="Only events of this user (user.id, else user_id).")
+@click.option("--request-id", help="Only events of this request (request_id).")
 @click.option("--json", "as_json", is_flag=True, help="Print matching lines as JSON.")
 @click.option("-n", "--lines", "last", type=click.IntRange(min=0), help="Start with the last N.")
 @click.option("--max-events", type=click.IntRange(min=1), help="Stop after N events shown.")
@@ -217,19 +230,23 @@ def tail_command(
     events: tuple[str, ...],
     level: str | None,
     grep: str | None,
+    user: str | None,
+    request_id: str | None,
     as_json: bool,
     last: int | None,
     max_events: int | None,
     verbose: bool,
 ) -> None:
-    """Pretty-print a JSON-lines event file: one line per event (time, level, event, then
-    key=value). Invalid lines are shown as such (on stderr with --json). With --follow, keeps
-    reading like `tail -F`, across logrotate renames and truncation. Control characters,
-    escape sequences and bidi overrides from the file are shown as escapes (\\x1b, \\u202e),
-    never sent to the terminal."""
+    """Pretty-print a JSON-lines event file: one line per event (time, level, event, request
+    id, user, then key=value), a stack trace as indented lines under its event, coloured by
+    level on a terminal (never with NO_COLOR set). Invalid lines are shown as such (on stderr
+    with --json). With --follow, keeps reading like `tail -F`, across logrotate renames and
+    truncation, until Ctrl-C or --max-events. Control characters, escape sequences and bidi
+    overrides from the file are shown as escapes (\\x1b, \\u202e), never sent to the
+    terminal."""
     if not follow_mode and not file.exists():
         raise click.BadParameter(f"{file} does not exist", param_hint="FILE")
-    keep = EventFilter(events, level, grep)
+    keep = EventFilter(events, level, grep, user=user, request_id=request_id)
     lines = tail_lines(file, keep, follow_mode=follow_mode, last=last, sleep=_sleep)
     try:
         with closing(lines):
@@ -244,82 +261,82 @@ def tail_command(
 # --- replay ---------------------------------------------------------------------------------
 
 
-def original_line(record: Any) -> bytes | None:
-    """The event line a dead-letter record holds (`line`: text, or `event`: the object)."""
-    if not isinstance(record, dict):
-        return None
-    value = record.get("line", record.get("event"))
-    if isinstance(value, str):
-        data = value.rstrip("\n").encode("utf-8")
-    elif isinstance(value, dict):
-        data = orjson.dumps(value)
-    else:
-        return None
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return data + b"\n" if isinstance(parsed, dict) else None
-
-
-def _target_sink(
-    settings: tuple[SinkSettings, ...], sinks: tuple[Sink, ...], name: str | None
-) -> Sink:
-    by_name = {sink.name: sink for sink in sinks}
-    if name is None:
-        name = next((s.name for s in settings if isinstance(s, HttpSinkSettings)), None)
-        if name is None:
-            raise click.UsageError(
-                f"no http sink is configured; name a sink with --sink ({', '.join(by_name)})"
-            )
-    if name not in by_name:
-        raise click.BadParameter(
-            f"no sink named {name!r}; sinks: {', '.join(by_name)}", param_hint="--sink"
-        )
-    return by_name[name]
-
-
 @bridge_command.command("replay")
 @click.argument("dead_letter_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--sink", "sink_name", help="Sink to resend to (default: the first http sink).")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for delivery.")
-def replay_command(dead_letter_file: Path, sink_name: str | None, timeout: float) -> None:
+@click.option("--sink", "sink_name", help="Sink to resend to (default: the one that refused).")
+@click.option("--dry-run", is_flag=True, help="List what would be resent; send nothing.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait per chunk.")
+@click.option(
+    "--every",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Events per chunk; progress is printed after each one.",
+)
+def replay_command(
+    dead_letter_file: Path, sink_name: str | None, dry_run: bool, timeout: float, every: int
+) -> None:
     """Resend the events of a dead-letter file, unchanged (same event_id, so collectors can
-    deduplicate). The file is read whole first and left in place. Exits 1 unless every record
-    was resent and delivered."""
+    deduplicate), to the sink that refused them (or --sink), in chunks of --every events.
+
+    Delivered records are removed from the file (rewritten in place, 0600); the others stay,
+    with anything appended meanwhile. A chunk not acknowledged within --timeout stops the
+    replay. Exits 1 unless every record was resent and delivered."""
     app, bridge = _bridged_app()
     emitter = bridge.emitter(app)
-    sink = _target_sink(emitter.settings.sinks, emitter.sinks, sink_name)
-    originals: list[bytes] = []
-    skipped = 0
-    with dead_letter_file.open("rb") as handle:
-        for line in read_file(handle):
-            data = original_line(line.event)
-            if data is None:
-                skipped += 1
-                click.secho(
-                    f"!! line {line.number}: not a dead-letter record, skipped",
-                    fg="magenta",
-                    err=True,
-                )
-            else:
-                originals.append(data)
-    before = sink.stats()
-    accepted = sum(1 for data in originals if sink.submit(data))
-    flushed = sink.flush(timeout)
-    after = sink.stats()
-    again = int(after.get("dead_lettered", 0)) - int(before.get("dead_lettered", 0))
-    click.echo(f"resent {accepted} of {len(originals)} events to {sink.name}")
-    if again:
-        click.echo(f"{again} were refused again and dead-lettered")
-    if skipped or accepted < len(originals) or not flushed or again:
-        problems = []
-        if skipped:
-            problems.append(f"{skipped} records skipped")
-        if accepted < len(originals):
-            problems.append(f"{len(originals) - accepted} refused by the sink")
-        if not flushed:
+    records, read_size = read_dead_letters(dead_letter_file)
+    readable = [r for r in records if r.line is not None]
+    for record in records:
+        if record.line is None:
+            click.secho(
+                f"!! line {record.number}: not a dead-letter record, skipped",
+                fg="magenta",
+                err=True,
+            )
+    names = [sink.name for sink in emitter.sinks]
+    if sink_name is not None and sink_name not in names:
+        raise click.BadParameter(
+            f"no sink named {sink_name!r}; sinks: {', '.join(names)}", param_hint="--sink"
+        )
+    try:
+        targets = assign_sinks(readable, emitter.settings.sinks, dead_letter_file, sink_name)
+    except LookupError:
+        raise click.UsageError(
+            f"no http sink is configured; name a sink with --sink ({', '.join(names)})"
+        ) from None
+    if dry_run:
+        for text in dry_run_report(dead_letter_file, targets):
+            click.echo(text)
+        return
+    sinks = {sink.name: sink for sink in emitter.sinks}
+    delivered: list[DeadRecord] = []
+    problems: list[str] = []
+    again = 0
+    for name, group in targets.items():
+
+        def progress(
+            done: int, total: int, name: str = name, long: bool = len(group) > every
+        ) -> None:
+            if long:  # one line per chunk, for replays of more than one
+                click.echo(f"  {name}: {done}/{total} ({done * 100 // total}%)")
+
+        result = replay_records(group, sinks[name], timeout=timeout, chunk=every, progress=progress)
+        delivered += result.delivered
+        again += result.dead_lettered_again
+        click.echo(f"resent {result.sent} of {len(group)} events to {name}")
+        if result.dead_lettered_again:
+            click.echo(f"{result.dead_lettered_again} were refused again and dead-lettered")
+            problems.append(f"{result.dead_lettered_again} dead-lettered again")
+        if result.refused:
+            problems.append(f"{result.refused} refused by the sink")
+        if result.timed_out:
             problems.append(f"not all delivered within {timeout:g}s")
-        if again:
-            problems.append(f"{again} dead-lettered again")
+    if delivered or again:  # again: the same events may now be in this file twice
+        rewrite_without(dead_letter_file, delivered, read_size)
+    if delivered:
+        click.echo(f"removed {len(delivered)} delivered records from {dead_letter_file}")
+    skipped = len(records) - len(readable)
+    if skipped:
+        problems.insert(0, f"{skipped} records skipped")
+    if problems:
         raise click.ClickException("replay incomplete: " + ", ".join(problems))

@@ -18,7 +18,14 @@ from urllib.parse import urlsplit, urlunsplit
 from bridge.config import FileSinkSettings, HttpSinkSettings, SinkSettings
 from bridge.logging import sending
 
-__all__ = ["describe_sink", "probe_file", "probe_http", "probe_sink", "shown_url"]
+__all__ = [
+    "describe_sink",
+    "probe_file",
+    "probe_http",
+    "probe_sink",
+    "shown_url",
+    "sink_kind_and_target",
+]
 
 
 def shown_url(url: str) -> str:
@@ -145,13 +152,20 @@ def _failure(exc: BaseException, url: str, timeout: float) -> str:
     return f"unreachable: {_root_cause(exc)}"
 
 
+def sink_kind_and_target(sink: SinkSettings) -> tuple[str, str]:
+    """`(type, target)` of a sink for the `check` table: `http, ndjson` and the URL without
+    secrets, `file` and the absolute path, `stdout` and its stream."""
+    if isinstance(sink, FileSinkSettings):
+        return "file", str(sink.path.absolute())
+    if isinstance(sink, HttpSinkSettings):
+        return f"http, {sink.format}", shown_url(sink.url)
+    return sink.type, str(getattr(sink, "stream", ""))
+
+
 def describe_sink(sink: SinkSettings) -> str:
     """`name (type) target`, for listing the sinks."""
-    if isinstance(sink, FileSinkSettings):
-        return f"{sink.name} (file) {sink.path.absolute()}"
-    if isinstance(sink, HttpSinkSettings):
-        return f"{sink.name} (http, {sink.format}) {shown_url(sink.url)}"
-    return f"{sink.name} ({sink.type}) {getattr(sink, 'stream', '')}".rstrip()
+    kind, target = sink_kind_and_target(sink)
+    return f"{sink.name} ({kind}) {target}".rstrip()
 
 
 def probe_sink(sink: SinkSettings, timeout: float) -> tuple[bool, str]:

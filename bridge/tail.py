@@ -30,6 +30,7 @@ __all__ = [
     "follow",
     "format_event",
     "format_invalid",
+    "format_lines",
     "json_for_terminal",
     "read_file",
     "tail_lines",
@@ -39,6 +40,10 @@ __all__ = [
 # Envelope keys that are the same on every line of a file; shown only with --verbose.
 QUIET_KEYS = frozenset({"signal", "event_id", "service.name", "host.name", "process.pid"})
 _HEAD_KEYS = frozenset({"timestamp", "level", "event"})
+# Shown first after the head: what ties an event to its request and its user.
+CORRELATION_KEYS = ("request_id", "user.id")
+USER_KEYS = ("user.id", "user_id")
+STACKTRACE_KEY = "exception.stacktrace"
 LEVEL_RANK = {"debug": 0, "info": 1, "warning": 2, "warn": 2, "error": 3, "critical": 4}
 LEVEL_COLORS = {"debug": "bright_black", "warning": "yellow", "error": "red", "critical": "red"}
 _CHUNK = 64 * 1024
@@ -68,15 +73,19 @@ def parse_line(number: int, raw: bytes) -> EventLine:
 
 @dataclass(frozen=True, slots=True)
 class EventFilter:
-    """Which lines to show: event names (globs), a minimum level, a case-insensitive text.
+    """Which lines to show: event names (globs), a minimum level, a case-insensitive text,
+    a user (`user.id`, else `user_id`) and a request id.
 
-    Invalid lines pass the event and level filters (they are anomalies worth seeing) but not
-    a `grep` they do not contain. An event with an unknown level passes the level filter.
+    Invalid lines pass the event, level, user and request id filters (they are anomalies
+    worth seeing) but not a `grep` they do not contain. An event with an unknown level passes
+    the level filter.
     """
 
     events: tuple[str, ...] = ()
     min_level: str | None = None
     grep: str | None = None
+    user: str | None = None
+    request_id: str | None = None
 
     def __call__(self, line: EventLine) -> bool:
         if self.grep is not None:
@@ -93,6 +102,12 @@ class EventFilter:
         if self.min_level is not None:
             rank = LEVEL_RANK.get(str(event.get("level", "")).lower())
             if rank is not None and rank < LEVEL_RANK[self.min_level]:
+                return False
+        if self.request_id is not None and str(event.get("request_id")) != self.request_id:
+            return False
+        if self.user is not None:
+            user = next((event[k] for k in USER_KEYS if event.get(k) is not None), None)
+            if user is None or str(user) != self.user:
                 return False
         return True
 
@@ -153,8 +168,29 @@ def format_event(event: dict[str, Any], *, verbose: bool = False) -> tuple[str, 
     timestamp, name = (terminal_safe(str(event.get(k, "-"))) for k in ("timestamp", "event"))
     head = f"{timestamp} {terminal_safe(level.upper()):<7} {name}"
     skip = _HEAD_KEYS if verbose else _HEAD_KEYS | QUIET_KEYS
-    pairs = " ".join(f"{_text(k)}={_value_text(v)}" for k, v in event.items() if k not in skip)
+    first = [(k, event[k]) for k in CORRELATION_KEYS if k in event and k not in skip]
+    rest = [(k, v) for k, v in event.items() if k not in skip and k not in CORRELATION_KEYS]
+    pairs = " ".join(f"{_text(k)}={_value_text(v)}" for k, v in (*first, *rest))
     return (f"{head}  {pairs}" if pairs else head), level.lower()
+
+
+def format_lines(event: dict[str, Any], *, verbose: bool = False) -> tuple[list[str], str]:
+    """The event's line (as `format_event`, without its stack trace), then the stack trace's
+    own lines indented under it, as a reader expects a traceback; and the level, for colour.
+
+    Each trace line is escaped like any value, so a line break is the only thing that differs
+    from `format_event`: no text from the file can move the cursor or reverse the text.
+    """
+    trace = event.get(STACKTRACE_KEY)
+    if not isinstance(trace, str):
+        text, level = format_event(event, verbose=verbose)
+        return [text], level
+    text, level = format_event(
+        {k: v for k, v in event.items() if k != STACKTRACE_KEY}, verbose=verbose
+    )
+    # Only \n splits: a U+2028 or CR inside the trace stays escaped on its line.
+    body = [f"    {terminal_safe(part)}" for part in trace.rstrip("\n").split("\n")]
+    return [text, *body], level
 
 
 def format_invalid(line: EventLine) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -42,6 +43,13 @@ def read_dead_lines(path: Path) -> list[str]:
     return [json.loads(record)["line"] for record in path.read_text().splitlines()]
 
 
+def table_rows(output: str) -> list[list[str]]:
+    """The `check` table's rows (header first), split into their cells."""
+    lines = output.splitlines()
+    start = lines.index("sinks:") + 1
+    return [re.split(r"\s{2,}", line.strip()) for line in lines[start:] if line.startswith("  ")]
+
+
 def event_line(**event: Any) -> bytes:
     return json.dumps(event).encode() + b"\n"
 
@@ -72,9 +80,20 @@ class TestCheck:
             "  user-login -> user-login (custom)",
             "loggers: (none)",
             "sinks:",
-            f"  file-0 (file) {bridged.path}: ok, directory {bridged.path.parent} is writable",
-            "configuration ok",
-        ] == result.output.splitlines()
+        ] == result.output.splitlines()[:8]
+        assert [
+            ["sink", "type", "target", "verdict", "detail"],
+            [
+                "file-0",
+                "file",
+                str(bridged.path),
+                "ok",
+                f"directory {bridged.path.parent} is writable",
+            ],
+        ] == table_rows(result.output)
+        assert ["verdict: ok, configuration valid and 1 sink ready"] == result.output.splitlines()[
+            10:
+        ]
 
     def test_wrong_value_names_key_value_and_expectation(self) -> None:
         """A wrong value exits 1 with the key, the value and what was expected."""
@@ -197,8 +216,12 @@ class TestCheck:
         assert 3 == result.exit_code
         lines = result.output.splitlines()
         assert "warning: this app has no SignalBridge (configuration checked anyway)" == lines[0]
-        assert f"  file-0 (file) {path}: FAIL, {tmp_path / 'plain'} is not a directory" in lines
-        assert "  stdout-1 (stdout) stdout: ok, ok" in lines
+        assert [
+            ["sink", "type", "target", "verdict", "detail"],
+            ["file-0", "file", str(path), "FAIL", f"{tmp_path / 'plain'} is not a directory"],
+            ["stdout-1", "stdout", "stdout", "ok", "ok"],
+        ] == table_rows(result.output)
+        assert "verdict: FAIL, 1 of 2 sinks cannot be written to" == lines[-1]
 
     def test_http_sink_listed_without_url_secrets(self) -> None:
         """An http sink is listed and probed by its URL without credentials or query string."""
@@ -207,9 +230,13 @@ class TestCheck:
             sink = {"type": "http", "url": secret_url}
             result = invoke(build_app(BRIDGE_SINKS=[sink]), "check")
         assert 0 == result.exit_code, result.output
-        assert (
-            f"  http-0 (http, ndjson) {collector.url}: ok, reachable (HTTP 501 to HEAD)"
-        ) in result.output.splitlines()
+        assert [
+            "http-0",
+            "http, ndjson",
+            collector.url,
+            "ok",
+            "reachable (HTTP 501 to HEAD)",
+        ] == table_rows(result.output)[1]
         assert "s3cret" not in result.output and "pw" not in result.output
 
     def test_http_sink_probed(self, closing_bridges: list[SignalBridge]) -> None:
@@ -219,8 +246,12 @@ class TestCheck:
             closing_bridges.append(SignalBridge(app))
             result = invoke(app, "check")
             assert 0 == result.exit_code, result.output
-            assert f"  http-0 (http, ndjson) {collector.url}: ok, reachable" in result.output
-        assert ["configuration ok"] == result.output.splitlines()[-1:]
+            row = table_rows(result.output)[1]
+            assert ["http-0", "http, ndjson", collector.url, "ok"] == row[:4]
+            assert row[4].startswith("reachable")
+        assert ["verdict: ok, configuration valid and 1 sink ready"] == result.output.splitlines()[
+            -1:
+        ]
 
 
 class TestCheckWhenTheAppFails:
@@ -293,7 +324,7 @@ class TestEmitTest:
         result = invoke(bridged.app, "emit-test")
         assert 0 == result.exit_code, result.output
         assert (
-            "  file-0: enqueued=1 delivered=1 dropped=0 spooled=0 dead_lettered=0 queue_depth=0"
+            "  file-0: ok, enqueued=1 delivered=1 dropped=0 spooled=0 dead_lettered=0 queue_depth=0"
             in result.output.splitlines()
         )
         [event] = read_events(bridged.path)
@@ -510,7 +541,10 @@ class TestReplay:
         bridged = make_bridged()
         result = invoke(bridged.app, "replay", str(dead), "--sink", "file-0")
         assert 0 == result.exit_code, result.output
-        assert "resent 2 of 2 events to file-0\n" == result.output
+        assert f"resent 2 of 2 events to file-0\nremoved 2 delivered records from {dead}\n" == (
+            result.output
+        )
+        assert b"" == dead.read_bytes()
         assert (original + "\n").encode() == bridged.path.read_bytes().splitlines(True)[0]
         assert [
             {"event": "user.login", "event_id": "0190-a", "user_id": 7},
@@ -569,7 +603,9 @@ class TestReplay:
 
             result = invoke(app, "replay", str(dead))
             assert 0 == result.exit_code, result.output
-            assert "resent 3 of 3 events to http-1\n" == result.output
+            assert (
+                f"resent 3 of 3 events to http-1\nremoved 3 delivered records from {dead}\n"
+            ) == result.output
             assert refused == collector.event_ids()
 
     def test_refused_again(self, closing_bridges: list[SignalBridge], tmp_path: Path) -> None:

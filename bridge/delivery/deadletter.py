@@ -1,7 +1,8 @@
 """The dead-letter file: events a collector refused for good, kept for `flask bridge replay`.
 
-One JSON line per event: the original event line (as text), the HTTP status, an excerpt of the
-collector's reply, the reason and the time. The file is created 0600 (events may hold personal
+One JSON line per event: the original event line (as text), the sink that refused it (`sink`,
+so replay sends it back there), the HTTP status, an excerpt of the collector's reply, the
+reason and the time. The file is created 0600 (events may hold personal
 data) in directories created without group or world write, and appended with one `write()`
 per batch, so several worker processes can share it. It is opened with `O_NOFOLLOW` and must
 be a regular file: a symlink (or a FIFO) planted at the path is refused and reported, never
@@ -97,9 +98,8 @@ class DeadLetter:
             return f"{self.path} is a symbolic link: refused, never followed"
         return f"{exc.strerror or exc}: {self.path}"
 
-    @staticmethod
     def _records(
-        lines: Sequence[bytes], *, reason: str, status: int | None, response: str
+        self, lines: Sequence[bytes], *, reason: str, status: int | None, response: str
     ) -> bytes:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         excerpt = scrub_known(response)[:EXCERPT_CHARS]
@@ -107,6 +107,7 @@ class DeadLetter:
         for line in lines:
             record = {
                 "time": now,
+                "sink": self._sink_name,
                 "reason": reason,
                 "status": status,
                 "response": excerpt,

@@ -42,7 +42,7 @@ from bridge.sinks.httptransport import HttpTransport
 from bridge.sinks.httpwire import origin, sink_secrets
 from bridge.stats import SinkStats
 
-__all__ = ["HttpSink", "delivery_engine"]
+__all__ = ["HttpSink", "dead_letter_path", "delivery_engine"]
 
 
 def delivery_engine(
@@ -91,7 +91,9 @@ def delivery_engine(
     )
 
 
-def _dead_letter_path(settings: HttpSinkSettings) -> Path | None:
+def dead_letter_path(settings: HttpSinkSettings) -> Path | None:
+    """Where the sink writes the events its collector refused: `dead_letter_path`, else
+    `<spool_dir>/dead-letter.jsonl`, else nowhere."""
     if settings.dead_letter_path is not None:
         return settings.dead_letter_path
     if settings.spool_dir is not None:
@@ -144,9 +146,7 @@ class HttpSink:
                 raise ConfigError(
                     key, str(settings.spool_dir), f"a usable directory ({exc.strerror})"
                 ) from None
-        dead_letter = DeadLetter(
-            _dead_letter_path(settings), stats=self._stats, sink_name=self.name
-        )
+        dead_letter = DeadLetter(dead_letter_path(settings), stats=self._stats, sink_name=self.name)
         self._transport = HttpTransport(settings, self._format)
         self._engine = delivery_engine(
             settings,
