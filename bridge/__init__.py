@@ -6,6 +6,7 @@ bridge = SignalBridge(app)
 
 from bridge.errors import BridgeError, ConfigError, DeliveryError, FatalError, RetryableError
 from bridge.extension import SignalBridge
+from bridge.structlogging import StructlogBridge
 from bridge.testing import capture_events
 
 __version__ = "0.1.0"
@@ -17,6 +18,7 @@ __all__ = [
     "FatalError",
     "RetryableError",
     "SignalBridge",
+    "StructlogBridge",
     "__version__",
     "capture_events",
 ]
