@@ -240,7 +240,7 @@ def signaled_exception() -> BaseException | None:
     return exc if isinstance(exc, BaseException) else None
 
 
-def _note_signaled(sender: Any, /, exception: Any = None, **extra: Any) -> None:
+def _note_signaled(exception: Any) -> None:
     """`got_request_exception`'s receiver: Flask sends it before it logs the exception."""
     ctx = _cv_request.get(None)
     if ctx is not None and isinstance(exception, BaseException):
@@ -274,15 +274,19 @@ def attach_loggers(
     noting = app is not None and "got_request_exception" in expand_signal_names(
         emitter.settings.signals
     )
+
+    # One receiver per attachment, disconnected from every sender at once: the app may be
+    # gone by then (collected), and blinker would keep a receiver connected to a dead sender.
+    def note_signaled(sender: Any, /, exception: Any = None, **extra: Any) -> None:
+        _note_signaled(exception)
+
     if noting:
-        flask.signals.got_request_exception.connect(_note_signaled, sender=app, weak=False)
-    app_ref = None if app is None else weakref.ref(app)  # blinker forgets a collected sender
+        flask.signals.got_request_exception.connect(note_signaled, sender=app, weak=False)
 
     def detach() -> None:
         for logger in loggers:
             logger.removeHandler(handler)
-        sender = None if app_ref is None else app_ref()
-        if noting and sender is not None:
-            flask.signals.got_request_exception.disconnect(_note_signaled, sender=sender)
+        if noting:
+            flask.signals.got_request_exception.disconnect(note_signaled)
 
     return detach
