@@ -8,7 +8,8 @@ with the request's other events; then it returns the dict unchanged, so the chai
 output stays as it was (or raises `DropEvent` with `drop=True`, when the bridge's sinks are
 the only output wanted). The bridge never calls `structlog.configure()`. Keys are mapped once
 (`bridge.logfields`): `event`, `level` (or the method's name), `logger` -> `log.logger`,
-`exc_info`/`exception` -> `exception.*`; `timestamp` is the envelope's.
+`exc_info`/`exception` -> `exception.*`; `timestamp` is the envelope's; a key the request
+context has with the same value (a `request_id` bound with `bind_contextvars`) is not repeated.
 
 Routing is the custom signals' and the `loggers`': an event logged inside an app goes to
 that app's bridge (none if it has no bridge), one logged outside any app to every open
@@ -94,6 +95,11 @@ def send(
     )
     if logger_name and "log.logger" not in fields:
         fields["log.logger"] = logger_name
+    context = emitter.request_context()
+    if context:  # e.g. the request_id the app binds with `bind_contextvars`: written once
+        for key in [key for key in arguments if key in context]:
+            if arguments[key] == context[key]:
+                del arguments[key]
     emitter.emit(
         STRUCTLOG_SIGNAL,
         event,

@@ -158,6 +158,28 @@ class TestStructlogBridge:
             paid["order_id"],
         )
 
+    def test_bound_request_id_is_not_repeated(self, output: io.StringIO, tmp_path: Path) -> None:
+        """A request_id the app binds with bind_contextvars, equal to the request's, is
+        written once; a different one is kept as args.request_id."""
+        app = make_app(tmp_path)
+
+        @app.route("/bound/<value>")
+        def bound(value: str) -> str:
+            with structlog.contextvars.bound_contextvars(request_id=value):
+                structlog.get_logger("shop").info("bound")
+            return "ok"
+
+        client = app.test_client()
+        try:
+            for value in ("req-1", "other"):
+                client.get(f"/bound/{value}", headers={"X-Request-ID": "req-1"})
+            events = [e for e in events_of(app, tmp_path) if e["event"] == "bound"]
+        finally:
+            close(app)
+        assert [("req-1", None), ("req-1", "other")] == [
+            (e["request_id"], e.get("args.request_id")) for e in events
+        ]
+
     @pytest.mark.parametrize("bridge_first", [True, False])
     def test_exception_fields_once(self, tmp_path: Path, bridge_first: bool) -> None:
         """exc_info (or format_exc_info's text, with the bridge after it) becomes
