@@ -7,6 +7,7 @@ bridge = SignalBridge(app)
 from bridge.correlation import request_id
 from bridge.errors import BridgeError, ConfigError, DeliveryError, FatalError, RetryableError
 from bridge.extension import SignalBridge
+from bridge.structlogging import StructlogBridge
 from bridge.testing import capture_events
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __all__ = [
     "FatalError",
     "RetryableError",
     "SignalBridge",
+    "StructlogBridge",
     "__version__",
     "capture_events",
     "request_id",

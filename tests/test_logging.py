@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,6 +115,18 @@ class TestBridgeHandler:
         logger.log(levelno, "x")
         assert expected == level_name(levelno)
         assert [expected] == [e["level"] for e in sink.events()]
+
+    def test_call_site_fields(self, attached: tuple[logging.Logger, ListSink, Emitter]) -> None:
+        """A record says where it was logged: code.filepath, code.lineno, code.function."""
+        logger, sink, _ = attached
+        line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+        logger.info("here")
+        [event] = sink.events()
+        assert (__file__, line, "test_call_site_fields") == (
+            event["code.filepath"],
+            event["code.lineno"],
+            event["code.function"],
+        )
 
     def test_bad_format_string_still_emits(
         self, attached: tuple[logging.Logger, ListSink, Emitter], monkeypatch: pytest.MonkeyPatch
@@ -348,6 +362,83 @@ class TestStructlog:
         [event] = sink.events()
         assert ("shipped", "info", "p-1") == (event["event"], event["level"], event["parcel"])
         assert not any(key.startswith("_") or key == "args.level" for key in event)
+
+    def test_render_to_log_kwargs_keys_once(self, logger_name: str) -> None:
+        """Through render_to_log_kwargs, structlog's level, logger name and timestamp are not
+        repeated, and structlog's own code is not given as the call site."""
+        sink = ListSink()
+        detach = attach_loggers([logger_name], make_emitter(sink))
+        try:
+            log = structlog.wrap_logger(
+                logging.getLogger(logger_name),
+                processors=[
+                    structlog.stdlib.add_log_level,
+                    structlog.stdlib.add_logger_name,
+                    structlog.processors.TimeStamper(fmt="iso"),
+                    structlog.stdlib.render_to_log_kwargs,
+                ],
+                wrapper_class=structlog.stdlib.BoundLogger,
+            )
+            log.info("paid", order_id=7)
+        finally:
+            detach()
+        [event] = sink.events()
+        assert ("paid", "info", logger_name, 7) == (
+            event["event"],
+            event["level"],
+            event["log.logger"],
+            event["order_id"],
+        )
+        repeated = {"logger", "args.level", "args.timestamp", "args.logger", "code.filepath"}
+        assert set() == repeated & set(event)
+
+
+class TestFlaskExceptions:
+    """An exception Flask both signals and logs keeps one stack trace: request.exception's."""
+
+    def run(self, tmp_path: Path, signals: list[str]) -> list[dict[str, Any]]:
+        """The events of one failing request, app.logger routed through `loggers`."""
+        path = tmp_path / "events.jsonl"
+        app = Flask(f"tests.flask_exc{next(_names)}")
+        app.config["BRIDGE_SINKS"] = [{"type": "file", "path": str(path)}]
+        app.config["BRIDGE_LOGGERS"] = [app.logger.name]
+        app.config["BRIDGE_SIGNALS"] = signals
+
+        @app.route("/fail")
+        def fail() -> str:
+            raise LookupError("sku-9")
+
+        bridge = SignalBridge(app)
+        try:
+            assert 500 == app.test_client().get("/fail").status_code
+            assert bridge.flush(timeout=10.0)
+        finally:
+            bridge.close(timeout=5.0)
+        return read_events(path)
+
+    def test_log_record_refers_to_the_signal_event(self, tmp_path: Path) -> None:
+        """app.logger's record of the exception has its type and message, no stack trace, and
+        names request.exception (same request_id) as the event that has it."""
+        events = self.run(tmp_path, ["default"])
+        [signaled] = [e for e in events if e["event"] == "request.exception"]
+        [logged] = [e for e in events if e["signal"] == "logging"]
+        assert 1 == sum("exception.stacktrace" in e for e in events)
+        assert 'raise LookupError("sku-9")' in signaled["exception.stacktrace"]
+        assert ("LookupError", "sku-9", "request.exception", signaled["request_id"]) == (
+            logged["exception.type"],
+            logged["exception.message"],
+            logged["exception.stacktrace_in"],
+            logged["request_id"],
+        )
+        assert logged["code.filepath"].endswith(os.path.join("flask", "app.py"))
+        assert "log_exception" == logged["code.function"]
+
+    def test_without_the_signal_the_record_keeps_the_stack(self, tmp_path: Path) -> None:
+        """When request.exception is not written, the log record carries the stack trace."""
+        events = self.run(tmp_path, ["request_finished"])
+        [logged] = [e for e in events if e["signal"] == "logging"]
+        assert 'raise LookupError("sku-9")' in logged["exception.stacktrace"]
+        assert "exception.stacktrace_in" not in logged
 
 
 class TestAppConfig:

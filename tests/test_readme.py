@@ -80,3 +80,30 @@ def test_the_wire_formats_section_covers_every_format() -> None:
     for block in toml_blocks("Wire formats"):
         formats_named |= set(re.findall(r'^format = "([a-z_]+)"', block, flags=re.M))
     assert set(IMPLEMENTED) - {"ndjson", "json_array"} <= formats_named
+
+
+def test_structlog_example_runs_and_correlates(tmp_path: Path) -> None:
+    """The structlog example writes its event through the bridge, in the request, keys once."""
+    (code,) = python_blocks("Standard logging and structlog")
+    script = tmp_path / "structlog_example.py"
+    script.write_text(code)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == result.returncode, result.stderr
+    lines = (tmp_path / "logs" / "events.jsonl").read_text().splitlines()
+    paid, finished = [json.loads(line) for line in lines]
+    assert ("paid", "structlog", "info", 7, "/pay") == (
+        paid["event"],
+        paid["signal"],
+        paid["level"],
+        paid["order_id"],
+        paid["url.path"],
+    )
+    assert paid["request_id"] == finished["request_id"]
+    assert not {"args.level", "args.timestamp", "args.event"} & set(paid)
