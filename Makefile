@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo bench venv clean docker-compose docker-compose
+.PHONY: test lint typecheck pytest demo bench venv clean docker-compose
 
 venv: $(STAMP)
 
