@@ -10,6 +10,8 @@
 4. Read the audit file, gunicorn's stdout and what the collector received; check that every
    expected event is in each exactly once with the right fields and that no password leaked
    anywhere, and print a summary.
+5. Show the last events of the audit file the way an operator reads them:
+   `flask bridge tail logs/login-audit.jsonl -n 5` (not following), run as a subprocess.
 
 Exits 0 when everything expected arrived, 1 otherwise (with the reason).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +46,7 @@ BRIDGE_TOML = ROOT / "examples" / "login_log" / "bridge.toml"
 AUDIT_FILE = Path("logs/login-audit.jsonl")  # bridge.toml's path, relative to the run directory
 ENVELOPE_KEYS = ENVELOPE_ORDER
 REQUEST_KEYS = ("request_id", "http.request.method", "url.path", "http.route", "client.address")
+TAIL_EVENTS = 5  # `flask bridge tail -n 5`: the last events of the audit file, human view
 # Every password this demo types: none of them may appear in any output.
 PASSWORDS = ("lovelace", "not-lovelace", "hunter2", "careless-secret-42")
 
@@ -283,6 +287,7 @@ def run_server(run_dir: Path, env: dict[str, str], run_id: str) -> tuple[Gunicor
         print(f"  gunicorn, 2 sync workers, {server.url}  ({APP}, config: bridge.toml)")
         heading("Traffic (requests, one X-Request-ID each)")
         wrong = send_traffic(server.url, run_id)
+        show_worker_stats(server, env)
         status = server.stop()
     except BaseException:
         server.kill()
@@ -291,6 +296,46 @@ def run_server(run_dir: Path, env: dict[str, str], run_id: str) -> tuple[Gunicor
     if status != 0:
         wrong.append(f"gunicorn exited with status {status}")
     return server, wrong
+
+
+def show_worker_stats(server: GunicornServer, env: dict[str, str]) -> None:
+    """PLACEHOLDER for `flask bridge stats` across the two gunicorn workers (issue 10, part 3).
+
+    Called while gunicorn still runs, after the traffic: the place where the demo will run
+    `flask bridge stats` as a subprocess (like `show_tail`) and print its per-worker and total
+    counters. That command is being built; until it exists this does nothing, so the demo
+    never calls a command that is not there."""
+
+
+def show_tail(run_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`flask bridge tail logs/login-audit.jsonl -n 5`, not following, in the run directory:
+    prints its lines indented and returns the finished process."""
+    command = ["flask", "bridge", "tail", str(AUDIT_FILE), "-n", str(TAIL_EVENTS)]
+    heading(f"The last {TAIL_EVENTS} events, as `{' '.join(command)}` shows them")
+    result = subprocess.run(
+        [sys.executable, "-m", *command],
+        cwd=run_dir,
+        # The bridge group is found through its entry point: no app is loaded, no .env read.
+        env={**env, "FLASK_SKIP_DOTENV": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    for line in (result.stdout + result.stderr).splitlines():
+        print(f"  {line}")
+    return result
+
+
+def check_tail(report: Report, result: subprocess.CompletedProcess[str], file: Output) -> None:
+    """The tail showed the file's last events, in order: one line each (stack traces are the
+    indented lines under their event)."""
+    shown = [" ".join(line.split()[2:3]) for line in result.stdout.splitlines() if line[:1].strip()]
+    expected = [str(e.get("event")) for e in file.events[-TAIL_EVENTS:]]
+    report.check(
+        result.returncode == 0 and expected == shown,
+        f"flask bridge tail shows the file's last {TAIL_EVENTS} events",
+        f"exit status {result.returncode}, events {shown}, expected {expected}",
+    )
 
 
 def check_outputs(report: Report, outputs: list[Output], wrong: list[str]) -> None:
@@ -382,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(failed_login, indent=2) if failed_login else "(none found)"
     print("\n".join("  " + line for line in text.splitlines()))
 
+    tail = show_tail(run_dir, env)
     careless = careless_send(run_dir)
     heading("Checks")
     report = Report()
@@ -391,8 +437,10 @@ def main(argv: list[str] | None = None) -> int:
         "stdout": outputs[1].raw,
         "the collector": json.dumps(collector.events).encode(),
         "gunicorn's log": server.stderr_path.read_bytes(),
+        "the tail": tail.stdout.encode(),
     }
     check_passwords(report, places, careless)
+    check_tail(report, tail, outputs[0])
 
     if report.failures:
         print(f"\nDemo FAILED ({len(report.failures)} checks). Files kept in {shown(run_dir)}")

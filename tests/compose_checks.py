@@ -1,7 +1,8 @@
 """What must agree between docker-compose.yml and its configs under config/, as checks that
 return problems: the two validators (the Compose Specification schema through
 `check-jsonschema`, Debian's `docker-compose config -q`) and the consistency of ports, URLs,
-paths, codecs and formats between compose, Vector, Loki, Grafana and the bridge's own config.
+paths, codecs and formats between compose, Vector, Loki, Grafana and the bridge's own config,
+and the signals the bridge config names against the app it serves and the dashboard's events.
 
 Every check takes a `Deployment` (a checkout: the repository, or a copy a test altered) and
 returns a list of sentences, [] when everything agrees; tests/test_compose.py runs them on the
@@ -30,8 +31,14 @@ from bridge.config import FileSinkSettings, HttpSinkSettings, Settings, load_set
 from bridge.errors import ConfigError
 
 APP, VECTOR, LOKI, GRAFANA = "login", "vector", "loki", "grafana"
-# The failed-login event the dashboard counts beside `user-login` events with success false.
+# The events the dashboard counts: logins (Flask-Login's user_logged_in), failed logins (the
+# Flask-Login example's own signal), errors and latency (Flask's default signals).
+LOGIN_EVENT = "user.logged_in"
 FAILED_LOGIN_EVENT = "user-login-failed"
+ERROR_EVENT = "request.exception"
+LATENCY_EVENT = "request.finished"
+DASHBOARD_EVENTS = (LOGIN_EVENT, FAILED_LOGIN_EVENT, ERROR_EVENT, LATENCY_EVENT)
+ROOT = Path(__file__).resolve().parent.parent  # the examples the app service imports
 # Environment variables whose values are secrets: only ever `${NAME}` or `${NAME:?message}`.
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|_KEY$|API_KEY")
 SECRET_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(:\?[^}]*)?\}")
@@ -355,32 +362,75 @@ def check_grafana(deployment: Deployment) -> list[str]:
                 )
             if not _selects(selector, "service_name", settings.service):
                 problems.append(f"panel {panel['title']!r}: not service_name={settings.service}")
-    problems += _missing_panels([t["expr"] for _, t in targets], settings)
+    problems += _missing_panels([t["expr"] for _, t in targets])
     return problems
 
 
-def _missing_panels(exprs: list[str], settings: Settings) -> list[str]:
-    """Logins, failed logins, errors and latency, over events the bridge's config sends."""
+def _missing_panels(exprs: list[str]) -> list[str]:
+    """Logins, failed logins, errors and latency, each over the event that records it."""
 
-    def queried(*events: str, also: str = "") -> bool:
+    def queried(event: str, also: str = "") -> bool:
         return any(
-            also in expr and all(_selects(s, "event", e) for e in events)
-            for expr in exprs
-            for s in _selectors(expr)
+            also in expr and _selects(s, "event", event) for expr in exprs for s in _selectors(expr)
         )
 
     wanted = {
-        "logins": queried("user-login", also='success="true"'),
-        "failed logins": queried("user-login", FAILED_LOGIN_EVENT, also='success="false"'),
-        "errors": queried("request.exception"),
-        "latency": queried("request.finished", also="unwrap duration_ms"),
+        "logins": queried(LOGIN_EVENT),
+        "failed logins": queried(FAILED_LOGIN_EVENT),
+        "errors": queried(ERROR_EVENT),
+        "latency": queried(LATENCY_EVENT, also="unwrap duration_ms"),
     }
-    problems = [f"grafana dashboard: no {what} panel" for what, ok in wanted.items() if not ok]
-    if "user-login" not in settings.signals or "user-login" in settings.rename:
-        problems.append("the bridge config does not send the example's user-login signal")
-    if "default" not in settings.signals:  # request.finished, request.exception
-        problems.append("the bridge config does not send Flask's default signals")
-    return problems
+    return [f"grafana dashboard: no {what} panel" for what, ok in wanted.items() if not ok]
+
+
+# Run in a fresh interpreter, as a gunicorn worker would: import the app's module, then
+# resolve the bridge's signals the way init_app does. A signal found by name exists only if
+# that import defined it; blinker's namespace of this test process would hide a missing one.
+_RESOLVE_SIGNALS = """
+import importlib, json, sys
+from bridge.errors import ConfigError
+from bridge.signals import resolve_signals
+importlib.import_module(sys.argv[1])
+try:
+    builtins, customs = resolve_signals(json.loads(sys.argv[2]), json.loads(sys.argv[3]))
+except ConfigError as error:
+    print(json.dumps({"error": str(error)}))
+else:
+    print(json.dumps({"events": [s.event for s in [*builtins, *customs]]}))
+"""
+
+
+def _app_module(deployment: Deployment) -> str:
+    """The module of the WSGI app gunicorn serves: the command's last argument."""
+    return str(deployment.service(APP)["command"][-1]).partition(":")[0]
+
+
+@reported
+def check_signals(deployment: Deployment) -> list[str]:
+    """The bridge's signals exist once the app's module is imported (init_app connects only
+    those) and become every event the dashboard counts."""
+    settings = deployment.bridge_settings()
+    module = _app_module(deployment)
+    arguments = [module, json.dumps(list(settings.signals)), json.dumps(dict(settings.rename))]
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-c", _RESOLVE_SIGNALS, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    if result.returncode != 0:
+        return [f"{APP}: importing {module} failed: {result.stderr.strip()[-500:]}"]
+    resolved = json.loads(result.stdout)
+    if "error" in resolved:
+        return [f"the bridge's signals, once {module} is imported: {resolved['error']}"]
+    return [
+        f"the bridge config does not send {event}, which the dashboard counts"
+        for event in DASHBOARD_EVENTS
+        if event not in resolved["events"]
+    ]
 
 
 @reported
@@ -395,7 +445,15 @@ def check_secrets(deployment: Deployment) -> list[str]:
     return problems
 
 
-CHECKS = (check_mounts, check_app, check_bridge, check_vector, check_grafana, check_secrets)
+CHECKS = (
+    check_mounts,
+    check_app,
+    check_bridge,
+    check_vector,
+    check_grafana,
+    check_signals,
+    check_secrets,
+)
 
 
 def check_consistency(deployment: Deployment) -> list[str]:

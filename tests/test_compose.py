@@ -22,12 +22,13 @@ from tests.compose_checks import (
     check_mounts,
     check_schema,
     check_secrets,
+    check_signals,
     check_vector,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 # The variables docker-compose.yml requires (`${NAME:?...}`), as a user exports them.
-ENVIRON = {"LOGIN_EXAMPLE_SECRET_KEY": "test-secret-key", "GRAFANA_ADMIN_PASSWORD": "test-pw"}
+ENVIRON = {"FLASK_LOGIN_EXAMPLE_SECRET_KEY": "test-secret-key", "GRAFANA_ADMIN_PASSWORD": "test-pw"}
 
 Check = Callable[[Deployment], list[str]]
 COMPOSE = "docker-compose.yml"
@@ -174,13 +175,43 @@ class TestConsistency:
             (check_grafana, PROVIDER, "path: /etc/grafana/", "path: /x/", "no dashboard"),
             (check_grafana, BRIDGE, 'service = "flask-app"', 'service = "s"', "service_name=s"),
             (check_grafana, DASHBOARD, 'service_name=\\"', 'app=\\"', "not labels"),
-            (check_grafana, DASHBOARD, 'success=\\"true', 'success=\\"yes', "no logins"),
-            (check_grafana, DASHBOARD, 'success=\\"false', 'success=\\"no', "failed logins"),
-            (check_grafana, DASHBOARD, "|user-login-failed", "", "failed logins"),
+            (
+                check_grafana,
+                DASHBOARD,
+                'event=\\"user.logged_in',
+                'event=\\"user-login',
+                "no logins",
+            ),
+            (
+                check_grafana,
+                DASHBOARD,
+                '"user-login-failed\\"}',
+                '"user-login\\"}',
+                "failed logins",
+            ),
             (check_grafana, DASHBOARD, "request.exception", "request.error", "no errors"),
             (check_grafana, DASHBOARD, "unwrap duration_ms", "unwrap duration", "no latency"),
-            (check_grafana, BRIDGE, '"default", "user-login"]', '"default"]', "user-login signal"),
-            (check_grafana, BRIDGE, 'signals = ["default", ', "signals = [", "default signals"),
+            # The bridge's signals: they exist once the app's module is imported, and become
+            # the events the dashboard counts.
+            (check_signals, BRIDGE, '"flask_login.signals:user_logged_in",', "", "user.logged_in"),
+            (check_signals, BRIDGE, '    "user-login-failed",', "", "send user-login-failed"),
+            (check_signals, BRIDGE, '    "default",', "", "send request.finished"),
+            (check_signals, BRIDGE, '"user-login-failed",', '"user-login-faild",', "login-faild"),
+            (
+                check_signals,
+                BRIDGE,
+                "\nredact",
+                '\nrename = { "user-login-failed" = "x" }\nredact',
+                "send user-login-failed",
+            ),
+            (
+                check_signals,
+                COMPOSE,
+                "examples.flask_login_app:",
+                "examples.factory_app:",
+                "user-login-failed",
+            ),
+            (check_signals, COMPOSE, "examples.flask_login_app:", "examples.nowhere:", "importing"),
             # The app service, the mounts.
             (check_app, COMPOSE, "--bind=0.0.0.0:8000", "--bind=0.0.0.0:8080", "binds"),
             (check_app, COMPOSE, "BRIDGE_CONFIG: /etc/bridge/", "BRIDGE_CONFIG: /b/", "/b/"),
@@ -198,9 +229,9 @@ class TestConsistency:
             (
                 check_secrets,
                 COMPOSE,
-                "${LOGIN_EXAMPLE_SECRET_KEY:?",
-                "${LOGIN_EXAMPLE_SECRET_KEY:-k",
-                "LOGIN_EXAMPLE_SECRET_KEY",
+                "${FLASK_LOGIN_EXAMPLE_SECRET_KEY:?",
+                "${FLASK_LOGIN_EXAMPLE_SECRET_KEY:-k",
+                "FLASK_LOGIN_EXAMPLE_SECRET_KEY",
             ),
         ],
     )

@@ -228,7 +228,8 @@ class TestBuiltinSignalsExample:
 class TestDemo:
     @pytest.mark.slow
     def test_make_demo_runs_end_to_end(self, tmp_path: Path) -> None:
-        """examples/demo.py serves the login app with gunicorn, drives it and passes its checks."""
+        """examples/demo.py serves the login app with gunicorn, drives it, passes its checks and
+        ends with `flask bridge tail -n 5` showing the audit file's last five events."""
         result = subprocess.run(
             [sys.executable, str(ROOT / "examples" / "demo.py"), "--dir", str(tmp_path)],
             cwd=ROOT,
@@ -253,6 +254,12 @@ class TestDemo:
         assert expected == [(e["username"], e["success"]) for e in logins]
         raw = (run_dir / "logs" / "login-audit.jsonl").read_bytes()
         assert [] == [p for p in demo.PASSWORDS if p.encode() in raw]
+        assert "ok   flask bridge tail shows the file's last 5 events" in result.stdout
+        heading = "== The last 5 events, as `flask bridge tail logs/login-audit.jsonl -n 5`"
+        tail = result.stdout.split(heading, 1)[1].split("\n== ", 1)[0]
+        event_lines = [line for line in tail.splitlines()[1:] if line[2:3].strip()]
+        expected = [(e["event"], f"request_id={e['request_id']}") for e in audit[-5:]]
+        assert expected == [tuple(line.split()[2:4]) for line in event_lines]
 
     def test_demo_reports_missing_events(self) -> None:
         """The demo's exactly-once check fails when the events are not there."""
