@@ -40,6 +40,7 @@ from flask.globals import _cv_request
 from bridge import configvalues as v
 from bridge import forking
 from bridge.errors import ConfigError, ConfigProblem
+from bridge.pending import Pending, current_pending
 
 __all__ = [
     "DEFAULT_ALWAYS_KEEP",
@@ -248,16 +249,29 @@ class Noise:
             quiet = isinstance(path, str) and excluded(path) is not None
         else:
             ctx = _cv_request.get(None)
-            if ctx is None:
-                return True
-            environ = ctx.request.environ
-            known = environ.get(self.key)
-            if known is None:
-                known = environ[self.key] = excluded(ctx.request.path) is not None
-            quiet = bool(known)
+            if ctx is None:  # maybe still in a request's list (`appcontext.popped`)
+                pending = current_pending()
+                quiet = pending is not None and self.key in (pending.excluded or ())
+            else:
+                environ = ctx.request.environ
+                known = environ.get(self.key)
+                if known is None:
+                    known = environ[self.key] = excluded(ctx.request.path) is not None
+                    pending = current_pending()
+                    if known and pending is not None:
+                        self._exclude(pending)
+                quiet = bool(known)
         if quiet:
             self.count("excluded")
         return not quiet
+
+    def _exclude(self, pending: Pending) -> None:
+        """Mark the request's list as excluded, and take out what this app captured before
+        the request context was there (`appcontext.pushed`)."""
+        pending.excluded = {*(pending.excluded or ()), self.key}
+        events = [item for item in pending.events if getattr(item[0], "noise", None) is not self]
+        self.count("excluded", len(pending.events) - len(events))
+        pending.events = events
 
     def limit(self, fields: Any) -> Any:
         """`fields`, without `exception.stacktrace` past `exception_rate` for its exception."""
@@ -300,9 +314,14 @@ class Noise:
     def sampled(self, captured: list[Any]) -> list[Any]:
         """The events of `captured` (`bridge.pending.Captured`) to write: those below
         `min_level` out, and each request's kept or dropped whole (decided once: the answer
-        is kept in its environ for the rounds of a request of many events)."""
+        is kept in its environ for the rounds of a request of many events). Events of a
+        request's list sent without its request context (`appcontext.popped`, after the
+        request context is gone) belong to that request."""
         groups: dict[Any, list[Any]] = {}
         kept: list[tuple[Any, Any]] = []
+        batch_group = None
+        if self.rules:
+            batch_group = next((g for g in map(self._group, captured) if g is not None), None)
         for item in captured:
             if item[1] is None:  # processed at capture: its dict holds what is needed
                 level = str(item[2].get("level", ""))
@@ -314,7 +333,7 @@ class Noise:
             if LEVELS.get(level, 40) < self.floor:
                 self.count("level")
                 continue
-            group = self._group(item) if self.rules else None
+            group = (self._group(item) or batch_group) if self.rules else None
             if group is None:
                 if not self.rules or self._keeps_item(item):
                     kept.append((None, item))
@@ -354,8 +373,8 @@ class Noise:
     def _keeps_request(self, items: list[Any]) -> bool:
         """One request's events (of this round): kept whole, or dropped whole (counted)."""
         facts = [self._facts(item) for item in items]
-        first = items[0]
-        environ = None if first[1] is None else first[7].environ
+        requests = [item[7] for item in items if item[1] is not None and item[7] is not None]
+        environ = requests[0].environ if requests else None
         if any(self._always(signal, event, level) for signal, event, level, _, _ in facts):
             if environ is not None:
                 environ[self.sample_key] = True
@@ -366,7 +385,8 @@ class Noise:
             for _, _, _, fields, _ in facts:
                 if type(fields) is dict and "http.response.status_code" in fields:
                     status = fields["http.response.status_code"]
-            known = self._decide({event for _, event, _, _, _ in facts}, status, facts[0][4])
+            path = next((path for *_, path in facts if path is not None), None)
+            known = self._decide({event for _, event, _, _, _ in facts}, status, path)
             if environ is not None:
                 environ[self.sample_key] = known
         if not known:
