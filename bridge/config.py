@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import configvalues as v
-from bridge import formatoptions, formats, noise
+from bridge import formatoptions, formats, noisesettings
 from bridge.configsources import merge_sources, report_ignored
 from bridge.errors import ConfigError
 from bridge.overflow import POLICIES
@@ -119,9 +119,9 @@ class Settings:
     # events never sampled away, and a limit on identical exceptions' stack traces.
     exclude_paths: tuple[str, ...] = ()
     min_level: str = "debug"
-    sample: tuple[noise.SampleRule, ...] = ()
-    always_keep: tuple[str, ...] = noise.DEFAULT_ALWAYS_KEEP
-    exception_rate: noise.ExceptionRate | None = None
+    sample: tuple[noisesettings.SampleRule, ...] = ()
+    always_keep: tuple[str, ...] = noisesettings.DEFAULT_ALWAYS_KEEP
+    exception_rate: noisesettings.ExceptionRate | None = None
     sinks: tuple[SinkSettings, ...]
     ignored_environment: tuple[str, ...] = ()  # BRIDGE_* variables that name no key
 
@@ -150,11 +150,11 @@ _TOP_LEVEL: dict[str, v.Checker] = {
     "request_id_echo": v.string,
     "log_user_id": v.boolean,
     "loggers": v.string_list,
-    "exclude_paths": noise.path_globs,
-    "min_level": v.choice(*noise.LEVELS),
-    "sample": noise.sample_rules,
+    "exclude_paths": noisesettings.path_globs,
+    "min_level": v.choice(*noisesettings.LEVELS),
+    "sample": noisesettings.sample_rules,
     "always_keep": v.string_list,
-    "exception_rate": noise.exception_rate,
+    "exception_rate": noisesettings.exception_rate,
     "sinks": lambda key, value: value,  # checked per sink below
 }
 
@@ -223,7 +223,7 @@ _DEFAULTS: dict[str, Any] = {
     "exclude_paths": [],
     "min_level": "debug",
     "sample": [],
-    "always_keep": list(noise.DEFAULT_ALWAYS_KEEP),
+    "always_keep": list(noisesettings.DEFAULT_ALWAYS_KEEP),
     "exception_rate": {},
     "sinks": [{"type": "stdout"}],
 }

@@ -14,7 +14,7 @@ from flask import current_app
 
 from bridge import ConfigError
 from bridge.config import load_settings
-from bridge.noise import DEFAULT_ALWAYS_KEEP, ExceptionRate, SampleRule
+from bridge.noisesettings import DEFAULT_ALWAYS_KEEP, ExceptionRate, SampleRule
 from tests.conftest import LOGIN_SIGNAL, BridgedApp
 
 MakeBridged = Callable[..., BridgedApp]
