@@ -84,6 +84,15 @@ class TestExcludePaths:
         bridged.client.get("/healthz-report")
         assert ["/healthz-report"] == [event["url.path"] for event in bridged.events()]
 
+    def test_a_request_context_pushed_by_hand(self, make_bridged: MakeBridged) -> None:
+        """Without the WSGI wrapper (a request context pushed by hand) the path still rules."""
+        bridged = make_bridged(signals=["user-login"], BRIDGE_EXCLUDE_PATHS=["/healthz"])
+        with bridged.app.test_request_context("/healthz"):
+            LOGIN_SIGNAL.send(bridged.app, user_id=1)
+        with bridged.app.test_request_context("/login"):
+            LOGIN_SIGNAL.send(bridged.app, user_id=2)
+        assert ["/login"] == [event["url.path"] for event in bridged.events()]
+
     def test_nothing_configured_costs_no_policy(self, make_bridged: MakeBridged) -> None:
         """Without noise keys the emitter has no policy and stats() has no `suppressed`."""
         bridged = make_bridged()
