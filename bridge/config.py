@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import configvalues as v
-from bridge import formatoptions, formats
+from bridge import formatoptions, formats, noisesettings
 from bridge.configsources import merge_sources, report_ignored
 from bridge.errors import ConfigError
 from bridge.overflow import POLICIES
@@ -115,6 +115,13 @@ class Settings:
     request_id_echo: str = "X-Request-ID"
     # `user.id` on a request's events from the user Flask-Login already loaded.
     log_user_id: bool = True
+    # Noise control (`bridge.noise`): requests not logged, a level floor, sampling rules,
+    # events never sampled away, and a limit on identical exceptions' stack traces.
+    exclude_paths: tuple[str, ...] = ()
+    min_level: str = "debug"
+    sample: tuple[noisesettings.SampleRule, ...] = ()
+    always_keep: tuple[str, ...] = noisesettings.DEFAULT_ALWAYS_KEEP
+    exception_rate: noisesettings.ExceptionRate | None = None
     sinks: tuple[SinkSettings, ...]
     ignored_environment: tuple[str, ...] = ()  # BRIDGE_* variables that name no key
 
@@ -143,6 +150,11 @@ _TOP_LEVEL: dict[str, v.Checker] = {
     "request_id_echo": v.string,
     "log_user_id": v.boolean,
     "loggers": v.string_list,
+    "exclude_paths": noisesettings.path_globs,
+    "min_level": v.choice(*noisesettings.LEVELS),
+    "sample": noisesettings.sample_rules,
+    "always_keep": v.string_list,
+    "exception_rate": noisesettings.exception_rate,
     "sinks": lambda key, value: value,  # checked per sink below
 }
 
@@ -208,6 +220,11 @@ _DEFAULTS: dict[str, Any] = {
     "request_id_echo": "X-Request-ID",
     "log_user_id": True,
     "loggers": [],
+    "exclude_paths": [],
+    "min_level": "debug",
+    "sample": [],
+    "always_keep": list(noisesettings.DEFAULT_ALWAYS_KEEP),
+    "exception_rate": {},
     "sinks": [{"type": "stdout"}],
 }
 
@@ -339,6 +356,11 @@ def load_settings(
         request_id_echo=values["request_id_echo"],
         log_user_id=values["log_user_id"],
         loggers=values["loggers"],
+        exclude_paths=values["exclude_paths"],
+        min_level=values["min_level"],
+        sample=values["sample"],
+        always_keep=values["always_keep"],
+        exception_rate=values["exception_rate"],
         sinks=tuple(s for s in checked_sinks if s is not None),
         ignored_environment=ignored,
     )

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from threading import get_ident
 from time import time_ns
-from types import TracebackType
 from typing import Any
 
 import orjson
@@ -38,6 +37,7 @@ from bridge.events import (
     request_secrets,
     timestamp_and_id,
 )
+from bridge.noise import Noise
 from bridge.pending import MAX_EVENTS, Captured, Pending, current_pending, ship, ship_current
 from bridge.processors import LineEncoder, MakeJsonSafe, Processor, SensitiveKeys
 from bridge.redaction import Scrubber, url_secrets
@@ -66,12 +66,7 @@ class _Guard:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
         if exc is None or not isinstance(exc, Exception):
             return False
         self._emitter.count_error(exc)
@@ -115,6 +110,7 @@ class Emitter:
         self._errors_lock = threading.Lock()
         self.service = settings.service
         self.log_user_id = settings.log_user_id
+        self.noise = Noise.of(settings)  # None: every event is written (`bridge.noise`)
         self.taps: list[list[dict[str, Any]]] = []  # bridge.testing.capture_events
         forking.reset_in_child(self)
 
@@ -135,23 +131,24 @@ class Emitter:
         """Build one event (envelope, request context, fields, signal arguments) and ship it.
 
         `fields` are built by the bridge (a built-in signal's status code, template name,
-        exception text) and, like the envelope and the request context, already JSON-safe and
-        bounded; `arguments` carry application data and take the safe walk (conversion,
-        redaction, truncation). Without user processors only they take it; with them, the
-        whole event does, after the user's processors. An argument named like a key of the
-        envelope, of the request context or of `fields` is kept as `args.<key>`.
+        exception text), already JSON-safe and bounded; `arguments` carry application data
+        and take the safe walk (conversion, redaction, truncation), after the user's
+        processors if any. An argument named like a key of the envelope, of the request
+        context or of `fields` is kept as `args.<key>`.
 
-        Inside a request (on its own thread) the event is only captured (`_captured`: the
-        clock, the request and its fields, `fields`, the arguments made safe), and built,
-        encoded and written with the rest of the request's events when the request ends
-        (`bridge.pending`); user processors run now, since they may read the request.
-        Elsewhere it is written at once, or waits in its thread's buffer when
-        `batch_outside_requests` allows (`bridge.threadbuffers`).
+        Inside a request (on its own thread) the event is only captured (`_captured`) and
+        written with the rest of the request's events when it ends (`bridge.pending`); user
+        processors run now, since they may read the request. Elsewhere it is written at
+        once, or waits in its thread's buffer (`batch_outside_requests`).
 
-        The request context is the current request's, or `context` when given: the fields a
-        streamed response captured while its request was still there. `level` is empty when
-        `fields` is a `FinishedResponse`, whose level and fields are read when it is built.
+        The request context is the current request's, or `context` when given (a streamed
+        response's, captured while its request was there). `level` is empty when `fields`
+        is a `FinishedResponse`, whose level and fields are read when it is built.
         """
+        if self.noise is not None:  # an excluded path, a level below the floor: nothing
+            if not self.noise.admits(level, context):
+                return
+            fields = self.noise.limit(fields)
         if context is None:
             pending = current_pending()
             ctx = _cv_request.get(None)
@@ -175,6 +172,8 @@ class Emitter:
                 context = {"request_id": pending.request_id}  # a thread of the request
         if isinstance(fields, FinishedResponse):
             level, fields = fields.settle()
+        if self.noise is not None and not self.noise.keeps(signal, event, level, fields, context):
+            return
         now_ns = time_ns()
         if not self.user_processors and not self.taps:
             try:
@@ -299,6 +298,8 @@ class Emitter:
         at capture, or any while `capture_events()` watches, is built as a dict and encoded
         whole, as outside a request.
         """
+        if self.noise is not None:  # sampled once per request, now that its status is known
+            captured = self.noise.sampled(captured)
         lines: list[bytes] = []
         splice = None if self.taps else self.lines.splice
         last_request: Any = None
@@ -418,10 +419,9 @@ class Emitter:
         return _each_within(self.sinks, timeout, lambda sink, left: sink.close(left))
 
     def stats(self) -> dict[str, Any]:
-        return {
-            "sinks": {sink.name: sink.stats() for sink in self.sinks},
-            "receiver_errors": self.receiver_errors,
-        }
+        noise = {} if self.noise is None else {"suppressed": self.noise.suppressed()}
+        sinks = {sink.name: sink.stats() for sink in self.sinks}
+        return {"sinks": sinks, **noise, "receiver_errors": self.receiver_errors}
 
 
 def configured_secrets(settings: Settings) -> list[str]:

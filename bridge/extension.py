@@ -329,7 +329,8 @@ class SignalBridge:
         return ok
 
     def stats(self, *, app: Flask | None = None) -> dict[str, Any]:
-        """Counters: `{"sinks": {name: {...}}, "receiver_errors": n}`, per sink name."""
+        """Counters: `{"sinks": {name: {...}}, "receiver_errors": n}`, per sink name, and
+        `"suppressed": {reason: n}` when noise control is configured (`bridge.noise`)."""
         return self.emitter(app).stats()
 
     def close(self, timeout: float | None = None, *, app: Flask | None = None) -> bool:

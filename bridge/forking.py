@@ -14,6 +14,7 @@ What a child resets:
     streams           stdout/stderr outputs reopen the pipe, so no parent's pipe lock is held
     stats             fresh lock and zero counters: a worker's `stats()` are its own
     emitters          the error-count lock
+    noise control     the lock of its counters and of the identical-exception windows
     pending events    the list of the request forked in starts over (the parent writes its events)
     size rotation     its lock fds closed (a child would hold the parent's flock)
     file outputs      a line the parent left half-written is the parent's to finish

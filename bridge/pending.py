@@ -71,11 +71,14 @@ _pid = os.getpid()  # not a system call per request
 class Pending:
     """The events one request captured so far, in order; owned by the thread that opened it."""
 
-    __slots__ = ("events", "pid", "request_id", "thread")
+    __slots__ = ("events", "excluded", "pid", "request_id", "thread")
 
     def __init__(self) -> None:
         self.events: list[Captured] = []
         self.request_id = ""  # `bridge.correlation`: set by the WSGI wrapper
+        # `bridge.noise`: the apps that excluded this request's path (its events sent once
+        # the request context is gone, `appcontext.popped`, are still its own).
+        self.excluded: set[str] | None = None
         self.thread: int | None = get_ident()  # None once the request is over
         self.pid = _pid
 
