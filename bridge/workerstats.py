@@ -85,6 +85,7 @@ class Publisher:
 
     def _start(self) -> None:
         self._lock = threading.Lock()
+        self._tick_lock = threading.Lock()  # the thread's tick and a scrape's (bridge.metrics)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.running = False  # read on the request path: a plain attribute, no lock
@@ -119,12 +120,13 @@ class Publisher:
         if emitter is None:
             return
         try:
-            stats = emitter.stats()
-            for listener in self.listeners:
-                listener(self.service, stats)
-            if stats != self._last:
-                self._write(stats)
-                self._last = stats
+            with self._tick_lock:
+                stats = emitter.stats()
+                for listener in self.listeners:
+                    listener(self.service, stats)
+                if stats != self._last:
+                    self._write(stats)
+                    self._last = stats
         except Exception as exc:  # a full disk must not end the thread, nor flood stderr
             report("stats-file", f"could not publish stats to {self.directory}: {exc}")
 
