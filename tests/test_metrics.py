@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge import metrics
 from bridge.metrics import SinkMetrics
+from bridge.workerstats import publisher_of
+from tests.conftest import BridgedApp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +68,39 @@ class TestSinkMetrics:
         metrics.update("shop", stats(delivered=1))
         found = samples(generate_latest(registry).decode())
         assert 5.0 == found[("bridge_events_delivered_total", sink())]
+
+
+class TestMount:
+    def test_scrape_shows_this_process_counts(
+        self, make_bridged: Callable[..., BridgedApp], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Mounted on the app, /metrics shows the sink's counters (one process, no multiprocess
+        directory), brought up to date by the scrape itself."""
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+        bridged = make_bridged(name="mounted")
+        metrics.mount(bridged.app)
+        publisher = publisher_of(bridged.bridge.emitter(bridged.app))
+        assert publisher is not None
+        try:
+            bridged.client.get("/")
+            bridged.client.get("/")
+            assert bridged.bridge.flush(timeout=10.0)
+            response = bridged.client.get("/metrics")
+        finally:
+            publisher.stop()
+        assert 200 == response.status_code
+        assert response.content_type.startswith("text/plain")
+        found = samples(response.get_data(as_text=True))
+        labels = tuple(sorted({"service": "mounted", "sink": "file-0"}.items()))
+        assert 2.0 == found[("bridge_events_delivered_total", labels)]
+
+    def test_missing_prometheus_client_is_explained(
+        self, make_bridged: Callable[..., BridgedApp], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without prometheus_client, a clear ImportError names the extra to install."""
+        monkeypatch.setitem(sys.modules, "prometheus_client", None)
+        with pytest.raises(ImportError, match=r"flask-signal-bridge\[prometheus\]"):
+            metrics.mount(make_bridged(name="bare").app)
 
 
 @pytest.mark.slow
