@@ -112,6 +112,9 @@ class Publisher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            if self._emitter() is None:  # its app was collected without a stop(): end here
+                self.stop()
+                return
             self.tick()
 
     def tick(self) -> None:

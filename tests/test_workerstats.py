@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -167,3 +168,25 @@ class TestTotal:
             "receiver_errors": 3,
         }
         assert expected == total([first, second])
+
+
+class TestCollected:
+    def test_thread_ends_when_emitter_is_gone(self, tmp_path: Path) -> None:
+        """A publisher whose emitter was garbage collected stops and removes its file."""
+
+        class Tiny:
+            service = "tiny"
+
+            def stats(self) -> dict[str, object]:
+                return {"sinks": {}, "receiver_errors": 0}
+
+        emitter = Tiny()
+        publisher = Publisher(emitter, tmp_path, interval=0.01)
+        publisher.tick()
+        assert publisher.path.exists()
+        publisher.ensure_running()
+        [thread] = [t for t in threading.enumerate() if t.name == "bridge-stats-tiny"]
+        del emitter
+        thread.join(30.0)
+        assert not thread.is_alive()
+        assert not publisher.path.exists()
