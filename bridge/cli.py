@@ -23,6 +23,7 @@ from bridge.clireport import (
     delivery_verdict,
     explain,
     print_table,
+    print_workers,
     sink_line,
 )
 from bridge.config import load_settings
@@ -47,6 +48,7 @@ from bridge.tail import (
     json_for_terminal,
     tail_lines,
 )
+from bridge.workerstats import read_snapshots, stats_dir, total
 
 __all__ = ["bridge_command"]
 
@@ -179,15 +181,41 @@ def emit_test_command(timeout: float) -> None:
 
 
 @bridge_command.command("stats")
-def stats_command() -> None:
-    """Print the bridge's counters as JSON.
+@click.option("--json", "as_json", is_flag=True, help="Print every worker and the total as JSON.")
+def stats_command(as_json: bool) -> None:
+    """Show the counters of every worker of the running deployment: one row per worker and
+    sink, then the total per sink.
 
-    Counters are per process: this shows those of the process running this command (the
-    app it just loaded), not those of your server's workers. Call `bridge.stats()` inside a
-    worker (a health endpoint, for example) to see theirs.
-    """
+    Each process that served a request publishes its counters at most once a second to the
+    stats directory (BRIDGE_STATS_DIR, else a directory per user and service under the
+    system temp dir); this command reads them all, marks the workers that are gone (a clean
+    exit removes its file) and adds them up. Run it with the same configuration as the
+    server."""
     app, bridge = _bridged_app()
-    click.echo(json.dumps(bridge.stats(app=app), indent=2, sort_keys=True))
+    emitter = bridge.emitter(app)
+    directory = stats_dir(emitter.service, getattr(emitter.settings, "stats_dir", None))
+    snapshots = read_snapshots(directory)
+    totals = total(snapshots)
+    if as_json:
+        workers = [
+            {"pid": s.pid, "alive": s.alive, "updated": s.updated, "stats": s.stats}
+            for s in snapshots
+        ]
+        report = {"service": emitter.service, "directory": str(directory), "workers": workers}
+        click.echo(json.dumps({**report, "total": totals}, indent=2, sort_keys=True))
+        return
+    if not snapshots:
+        click.echo(
+            f"no worker of {emitter.service} has published counters in {directory} yet "
+            "(a worker publishes once it served a request; the server and this command must "
+            "agree on BRIDGE_STATS_DIR)"
+        )
+        return
+    alive = sum(s.alive for s in snapshots)
+    click.echo(
+        f"service {emitter.service}: {alive} of {len(snapshots)} workers alive ({directory})"
+    )
+    print_workers(snapshots, totals, now=time.time())
 
 
 # --- tail -----------------------------------------------------------------------------------

@@ -13,8 +13,17 @@ from typing import Any
 import click
 
 from bridge.errors import NO_VALUE, ConfigError
+from bridge.workerstats import WorkerSnapshot
 
-__all__ = ["count_sinks", "counter", "delivery_verdict", "explain", "print_table", "sink_line"]
+__all__ = [
+    "count_sinks",
+    "counter",
+    "delivery_verdict",
+    "explain",
+    "print_table",
+    "print_workers",
+    "sink_line",
+]
 
 
 def explain(exc: ConfigError) -> None:
@@ -75,3 +84,36 @@ def delivery_verdict(before: dict[str, Any], after: dict[str, Any], timeout: flo
     if counter(after, "dropped") > counter(before, "dropped"):
         return "FAIL, dropped"
     return f"FAIL, not delivered within {timeout:g}s"
+
+
+WORKER_COUNTERS = ("enqueued", "delivered", "retried", "dropped", "spooled", "dead_lettered")
+
+
+def print_workers(snapshots: Sequence[WorkerSnapshot], totals: dict[str, Any], now: float) -> None:
+    """One row per worker and sink (pid, alive or dead, age of its snapshot, counters, queue
+    depth, receiver errors), then one total row per sink."""
+    header = ("worker", "state", "updated", "sink", *WORKER_COUNTERS, "queue_depth", "errors")
+    rows: list[tuple[str, ...]] = []
+
+    def row(
+        who: str, state: str, age: str, name: str, counters: dict[str, Any], errors: int
+    ) -> None:
+        numbers = (str(counter(counters, key)) for key in (*WORKER_COUNTERS, "queue_depth"))
+        rows.append((who, state, age, name, *numbers, str(errors)))
+
+    for snapshot in snapshots:
+        errors = counter(snapshot.stats, "receiver_errors")
+        state = "alive" if snapshot.alive else "dead"
+        age = f"{max(0.0, now - snapshot.updated):.1f}s ago"
+        for name, counters in snapshot.stats.get("sinks", {}).items():
+            row(f"pid {snapshot.pid}", state, age, name, counters, errors)
+    for name, counters in totals["sinks"].items():
+        row("total", "", "", name, counters, counter(totals, "receiver_errors"))
+    widths = [max(len(cells[i]) for cells in (header, *rows)) for i in range(len(header))]
+    for cells in (header, *rows):
+        text = "  ".join(
+            cell.rjust(w) if i > 3 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        dead = cells[1] == "dead"
+        click.secho("  " + text.rstrip(), fg="yellow" if dead else None, bold=cells[0] == "total")

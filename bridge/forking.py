@@ -22,6 +22,8 @@ What a child resets:
     line writers      fresh write lock and counters, no thread (started again lazily)
     spools            the parent's fds closed unlocked; a new owner with its own segments
     delivery engines  empty feed, fresh locks, no worker thread, a new HTTP session
+    stats publishers  no thread (the first request starts one), a file named by the new pid
+    metrics           the counts pushed so far start over, as the worker's counters do
 
 A reset never takes a lock that existed before the fork and never does I/O that can block.
 """

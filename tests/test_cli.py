@@ -20,6 +20,7 @@ import bridge.cli
 import bridge.diagnostics
 from bridge import SignalBridge
 from bridge.cli import bridge_command
+from bridge.workerstats import publish
 from tests.collector import Collector, Reply
 from tests.conftest import BridgedApp, build_app, read_events
 
@@ -350,19 +351,68 @@ class TestEmitTest:
 
 
 class TestStats:
-    def test_prints_json(self, make_bridged: Make) -> None:
-        """Prints stats() as JSON."""
+    @pytest.fixture
+    def stats_env(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+        monkeypatch.setenv("BRIDGE_STATS_DIR", str(tmp_path / "stats"))
+        return tmp_path / "stats" / "shop"
+
+    def test_prints_json_of_every_worker(self, make_bridged: Make, stats_env: Path) -> None:
+        """--json prints each published worker's stats() and their total."""
         bridged = make_bridged()
-        bridged.client.get("/")
-        assert bridged.bridge.flush(timeout=10.0)
+        publisher = publish(bridged.app, bridged.bridge.emitter(bridged.app))
+        try:
+            bridged.client.get("/")
+            assert bridged.bridge.flush(timeout=10.0)
+            publisher.tick()
+            result = invoke(bridged.app, "stats", "--json")
+        finally:
+            publisher.stop()
+        assert 0 == result.exit_code, result.output
+        shown = json.loads(result.output)
+        assert [(os.getpid(), True)] == [(w["pid"], w["alive"]) for w in shown["workers"]]
+        assert bridged.bridge.stats() == shown["workers"][0]["stats"]
+        delivered = bridged.bridge.stats()["sinks"]["file-0"]["delivered"]
+        assert 1 == delivered
+        assert delivered == shown["total"]["sinks"]["file-0"]["delivered"]
+        assert str(stats_env) == shown["directory"]
+
+    def test_table_per_worker_and_total(self, make_bridged: Make, stats_env: Path) -> None:
+        """One row per worker and sink, a dead worker marked, then the total."""
+        bridged = make_bridged()
+        stats_env.mkdir(parents=True)
+        for pid, alive_pid in ((101, os.getpid()), (102, None)):
+            record = {"sinks": {"file-0": {"enqueued": 2, "delivered": 2}}, "receiver_errors": 0}
+            real = alive_pid if alive_pid is not None else dead_process_pid()
+            (stats_env / f"{pid}-1.json").write_text(
+                json.dumps({"pid": real, "updated": 0.0, "stats": record})
+            )
         result = invoke(bridged.app, "stats")
         assert 0 == result.exit_code, result.output
-        assert bridged.bridge.stats() == json.loads(result.output)
+        rows = [line.split() for line in result.output.splitlines()[1:]]
+        assert ["worker", "state", "updated", "sink"] == rows[0][:4]
+        assert ["alive", "dead"] == sorted(row[2] for row in rows[1:3])
+        assert ["total", "file-0", "4", "4"] == rows[3][:4]
+        assert "1 of 2 workers alive" in result.output.splitlines()[0]
 
-    def test_help_says_per_process(self, make_bridged: Make) -> None:
-        """The help text says the counters are those of the process running the command."""
-        result = invoke(make_bridged().app, "stats", "--help")
-        assert "Counters are per process" in result.output
+    def test_nothing_published_says_where_it_looked(
+        self, make_bridged: Make, stats_env: Path
+    ) -> None:
+        """Without snapshots, the command says which directory it read."""
+        result = invoke(make_bridged().app, "stats")
+        assert 0 == result.exit_code, result.output
+        assert str(stats_env) in result.output
+
+
+def dead_process_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return int(done.stdout)
 
 
 @pytest.fixture
