@@ -115,6 +115,8 @@ class Settings:
     request_id_echo: str = "X-Request-ID"
     # `user.id` on a request's events from the user Flask-Login already loaded.
     log_user_id: bool = True
+    # Where each worker publishes its counters for `flask bridge stats` ("": the default).
+    stats_dir: str = ""
     # Noise control (`bridge.noise`): requests not logged, a level floor, sampling rules,
     # events never sampled away, and a limit on identical exceptions' stack traces.
     exclude_paths: tuple[str, ...] = ()
@@ -149,6 +151,7 @@ _TOP_LEVEL: dict[str, v.Checker] = {
     "request_id_from": v.string_list,
     "request_id_echo": v.string,
     "log_user_id": v.boolean,
+    "stats_dir": v.string,
     "loggers": v.string_list,
     "exclude_paths": noisesettings.path_globs,
     "min_level": v.choice(*noisesettings.LEVELS),
@@ -219,6 +222,7 @@ _DEFAULTS: dict[str, Any] = {
     "request_id_from": ["X-Request-ID"],
     "request_id_echo": "X-Request-ID",
     "log_user_id": True,
+    "stats_dir": "",
     "loggers": [],
     "exclude_paths": [],
     "min_level": "debug",
@@ -355,6 +359,7 @@ def load_settings(
         request_id_from=values["request_id_from"],
         request_id_echo=values["request_id_echo"],
         log_user_id=values["log_user_id"],
+        stats_dir=values["stats_dir"],
         loggers=values["loggers"],
         exclude_paths=values["exclude_paths"],
         min_level=values["min_level"],

@@ -52,6 +52,7 @@ from bridge.streaming import (
     StreamedRequest,
     defer,
 )
+from bridge.workerstats import Publisher, publish
 
 __all__ = ["SignalBridge"]
 
@@ -180,6 +181,7 @@ class _AppBinding:
         self.emitter = emitter
         self.connections: list[tuple[blinker.Signal, weakref.ref[Receiver]]] = []
         self.detach_loggers: Callable[[], None] = lambda: None
+        self.stats_publisher: Publisher | None = None
         self.released = False
         self.finalizer = weakref.finalize(app, self.release_collected)
         self.finalizer.atexit = False  # at exit, _close_all_at_exit closes every pipeline
@@ -226,6 +228,8 @@ class _AppBinding:
                 signal.disconnect(receiver)
         CustomRoute.remove(self.emitter)
         self.detach_loggers()
+        if self.stats_publisher is not None:
+            self.stats_publisher.stop()
         _open_emitters.discard(self.emitter)
         return True
 
@@ -261,6 +265,10 @@ class SignalBridge:
         sinks = self._build_sinks(settings)
         emitter = Emitter(settings, sinks, self._processors)
         binding = _AppBinding(app, emitter)
+        # Each worker's counters, for `flask bridge stats`: started by its first request.
+        binding.stats_publisher = publish(
+            app, emitter, settings.stats_dir or None, on_request=False
+        )
         # Event names come renamed from resolve_signals.
         names = {spec.name: (spec.signal.name, spec.event) for spec in builtins}
         finished, exception = names.get("request_finished"), names.get("got_request_exception")
@@ -280,6 +288,7 @@ class SignalBridge:
                 app.wsgi_app,
                 request_id_headers=settings.request_id_from,
                 response_header=settings.request_id_echo,
+                stats=binding.stats_publisher,
             )
         app.extensions["bridge"] = self
         self._bindings[app] = binding

@@ -35,6 +35,7 @@ from bridge.events import (
     status_level,
 )
 from bridge.pending import close_request, open_request
+from bridge.workerstats import Publisher
 
 __all__ = [
     "EventName",
@@ -218,7 +219,7 @@ def _echoing(
 class RequestClock:
     """WSGI middleware: notes when each request arrived, and when a streamed body is done."""
 
-    __slots__ = ("_app", "_echo", "_function", "_id_keys", "_wsgi_app")
+    __slots__ = ("_app", "_echo", "_function", "_id_keys", "_stats", "_wsgi_app")
 
     def __init__(
         self,
@@ -227,8 +228,10 @@ class RequestClock:
         *,
         request_id_headers: Sequence[str] = ("X-Request-ID",),
         response_header: str = "X-Request-ID",
+        stats: Publisher | None = None,
     ) -> None:
         self._app = weakref.ref(app)
+        self._stats = stats  # started by the first request a process serves
         self._id_keys = tuple(header_key(name) for name in request_id_headers)
         self._echo = response_header
         function = getattr(wsgi_app, "__func__", None)
@@ -243,6 +246,9 @@ class RequestClock:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         environ[REQUEST_START_KEY] = time.perf_counter()
+        stats = self._stats
+        if stats is not None and not stats.running:
+            stats.ensure_running()
         # A list, not a flag: middleware below may copy the environ, and the copy shares it.
         waiting: list[StreamedRequest] = []
         environ[_DEFERRED_KEY] = waiting

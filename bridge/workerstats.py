@@ -162,15 +162,24 @@ class Publisher:
 _publishers: weakref.WeakKeyDictionary[Any, Publisher] = weakref.WeakKeyDictionary()
 
 
-def publish(app: Any, emitter: Emits, directory: str | os.PathLike[str] | None = None) -> Publisher:
+def publish(
+    app: Any,
+    emitter: Emits,
+    directory: str | os.PathLike[str] | None = None,
+    *,
+    on_request: bool = True,
+) -> Publisher:
     """Publish `emitter`'s counters for `flask bridge stats`, starting at `app`'s first
-    request; the same publisher on a second call. `publisher.stop()` ends it."""
+    request; the same publisher on a second call. `publisher.stop()` ends it. With
+    `on_request=False` the caller starts it (`ensure_running`; the bridge's WSGI wrapper does,
+    for the price of one attribute test per request)."""
     publisher = _publishers.get(emitter)
     if publisher is None:
         configured = directory or getattr(getattr(emitter, "settings", None), "stats_dir", None)
         publisher = Publisher(emitter, stats_dir(emitter.service, configured))
         _publishers[emitter] = publisher
-        app.before_request(publisher.ensure_running)
+        if on_request:
+            app.before_request(publisher.ensure_running)
     return publisher
 
 

@@ -100,13 +100,18 @@ def make_bridged(tmp_path: Path) -> Iterator[Callable[..., BridgedApp]]:
 
 
 @pytest.fixture(autouse=True)
-def _no_bridge_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_bridge_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """Tests configure through app.config unless they set BRIDGE_* themselves."""
     import os
 
     for key in list(os.environ):
         if key.startswith("BRIDGE_"):
             monkeypatch.delenv(key)
+    # Every bridged app publishes its counters for `flask bridge stats`: into the test's own
+    # directory, never the system temp dir.
+    monkeypatch.setenv("BRIDGE_STATS_DIR", str(tmp_path_factory.mktemp("stats")))
 
 
 MakeSink = Callable[..., HttpSink]

@@ -12,13 +12,11 @@ import os
 from flask import Flask
 
 from bridge import SignalBridge, metrics
-from bridge.workerstats import publish
 
 app = Flask(__name__)
 app.config["BRIDGE_SINKS"] = [{"type": "file", "path": os.environ["WORKERS_EVENTS"]}]
 app.config["BRIDGE_SIGNALS"] = ["request_finished"]
 bridge = SignalBridge(app)
-publish(app, bridge.emitter(app))  # what init_app does once it publishes by itself
 metrics.mount(app)
 
 
