@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:  # `python examples/demo.py` puts examples/, not t
     sys.path.insert(0, str(ROOT))
 
 from bridge.events import ENVELOPE_ORDER  # noqa: E402
+from bridge.workerstats import read_snapshots  # noqa: E402
 from examples.collector import LocalCollector  # noqa: E402
 from examples.server import GunicornServer, ServerError  # noqa: E402
 
@@ -279,15 +280,18 @@ def sinks_with_collector(url: str) -> list[dict[str, Any]]:
     return [*sinks, {**http, "batch_timeout": 0.2}]
 
 
-def run_server(run_dir: Path, env: dict[str, str], run_id: str) -> tuple[GunicornServer, list[str]]:
-    """Start gunicorn, send the traffic, stop it; returns the server and wrong statuses."""
+def run_server(
+    run_dir: Path, env: dict[str, str], run_id: str
+) -> tuple[GunicornServer, list[str], dict[str, Any]]:
+    """Start gunicorn, send the traffic, show the workers' counters, stop it; returns the
+    server, wrong statuses and `flask bridge stats --json`'s report."""
     server = GunicornServer(APP, cwd=run_dir, workers=2, env=env)
     try:
         server.start()
         print(f"  gunicorn, 2 sync workers, {server.url}  ({APP}, config: bridge.toml)")
         heading("Traffic (requests, one X-Request-ID each)")
         wrong = send_traffic(server.url, run_id)
-        show_worker_stats(server, env)
+        stats = show_worker_stats(server, env)
         status = server.stop()
     except BaseException:
         server.kill()
@@ -295,16 +299,61 @@ def run_server(run_dir: Path, env: dict[str, str], run_id: str) -> tuple[Gunicor
     print(f"  stopped gunicorn with SIGTERM: exit status {status}")
     if status != 0:
         wrong.append(f"gunicorn exited with status {status}")
-    return server, wrong
+    return server, wrong, stats
 
 
-def show_worker_stats(server: GunicornServer, env: dict[str, str]) -> None:
-    """PLACEHOLDER for `flask bridge stats` across the two gunicorn workers (issue 10, part 3).
+def show_worker_stats(server: GunicornServer, env: dict[str, str]) -> dict[str, Any]:
+    """`flask bridge stats` across the two gunicorn workers, while gunicorn still runs: waits
+    (bounded) until both workers have published their counters (each does at most once a
+    second, from its first request on), prints the table, and returns `--json`'s report."""
+    root = Path(env["BRIDGE_STATS_DIR"])
+    written = audit_lines(server.cwd)  # every request's lines are in the file by now
+    deadline = time.monotonic() + 15.0
+    while time.monotonic() < deadline:  # until the snapshots account for every line
+        alive = [s for d in root.glob("*") for s in read_snapshots(d) if s.alive]
+        counted = sum(
+            s.stats.get("sinks", {}).get("audit-file", {}).get("enqueued", 0) for s in alive
+        )
+        if alive and counted >= written:
+            break
+        time.sleep(0.1)
+    command = ["flask", "--app", APP, "bridge", "stats"]
+    heading(f"Counters of every worker, as `{' '.join(command)}` shows them")
+    repo = str(Path(__file__).resolve().parent.parent)  # where `examples` imports from
+    pythonpath = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
+    run_env = {**env, "FLASK_SKIP_DOTENV": "1", "PYTHONPATH": pythonpath}
+    run = {"cwd": server.cwd, "env": run_env, "timeout": 60}
+    shown_table = subprocess.run(
+        [sys.executable, "-m", *command], capture_output=True, text=True, **run
+    )
+    for line in (shown_table.stdout + shown_table.stderr).splitlines():
+        print(f"  {line}")
+    as_json = subprocess.run(
+        [sys.executable, "-m", *command, "--json"], capture_output=True, text=True, **run
+    )
+    try:
+        report: dict[str, Any] = json.loads(as_json.stdout)
+    except ValueError:
+        report = {"error": as_json.stdout + as_json.stderr}
+    report["exit_status"] = as_json.returncode
+    return report
 
-    Called while gunicorn still runs, after the traffic: the place where the demo will run
-    `flask bridge stats` as a subprocess (like `show_tail`) and print its per-worker and total
-    counters. That command is being built; until it exists this does nothing, so the demo
-    never calls a command that is not there."""
+
+def audit_lines(run_dir: Path) -> int:
+    path = run_dir / AUDIT_FILE
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def check_stats(report: Report, stats: dict[str, Any], file: Output) -> None:
+    """`flask bridge stats` summed the live workers' counters (one or both of the two, as the
+    kernel handed them connections) to every line of the audit file."""
+    alive = [w for w in stats.get("workers", []) if w.get("alive")]
+    total = stats.get("total", {}).get("sinks", {}).get("audit-file", {}).get("delivered")
+    report.check(
+        stats.get("exit_status") == 0 and 1 <= len(alive) <= 2 and total == len(file.events),
+        f"flask bridge stats sums the workers' counters ({len(alive)} of 2 served requests)",
+        f"exit status {stats.get('exit_status')}, {len(alive)} live, total {total}: {stats}",
+    )
 
 
 def show_tail(run_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -393,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = run_dir.name.rsplit("-", 1)[-1]
     # The demo shows bridge.toml at work: BRIDGE_* variables of this shell would override it.
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env["BRIDGE_STATS_DIR"] = str(run_dir / "stats")  # the workers' and `flask bridge stats`'
 
     print("flask-signal-bridge demo: the login audit example under gunicorn")
     print(f"  run directory: {shown(run_dir)}")
@@ -400,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  local log collector (ndjson over HTTP): {collector.url}")
         env["BRIDGE_SINKS"] = json.dumps(sinks_with_collector(collector.url))
         try:
-            server, wrong = run_server(run_dir, env, run_id)
+            server, wrong, stats = run_server(run_dir, env, run_id)
         except (ServerError, requests.RequestException) as exc:
             print(f"\nDemo FAILED: {exc}", file=sys.stderr)
             return 1
@@ -441,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     check_passwords(report, places, careless)
     check_tail(report, tail, outputs[0])
+    check_stats(report, stats, outputs[0])
 
     if report.failures:
         print(f"\nDemo FAILED ({len(report.failures)} checks). Files kept in {shown(run_dir)}")
