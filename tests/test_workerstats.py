@@ -137,6 +137,33 @@ class TestRead:
         assert [] == read_snapshots(tmp_path)
         assert [] == read_snapshots(tmp_path / "missing")
 
+    def test_out_of_range_pid_skipped(self, tmp_path: Path) -> None:
+        """A file whose pid is no process id (huge, infinite, zero, negative) is skipped."""
+        for number, pid in enumerate(["1e400", str(10**30), "0", "-1"]):
+            (tmp_path / f"{number}-1.json").write_text(
+                f'{{"pid": {pid}, "updated": 1.0, "stats": {{}}}}'
+            )
+        assert [] == read_snapshots(tmp_path)
+
+    def test_fifo_and_symlink_not_read(self, tmp_path: Path) -> None:
+        """A FIFO or a symlink planted as a snapshot is skipped, without blocking on it."""
+        target = tmp_path / "elsewhere"
+        target.write_text(json.dumps({"pid": os.getpid(), "updated": 1.0, "stats": {}}))
+        directory = tmp_path / "stats"
+        directory.mkdir()
+        os.mkfifo(directory / "1-1.json")
+        (directory / "2-1.json").symlink_to(target)
+        result: list[list[WorkerSnapshot]] = []
+        reader = threading.Thread(target=lambda: result.append(read_snapshots(directory)))
+        reader.daemon = True
+        reader.start()
+        reader.join(10)
+        if reader.is_alive():  # unblock the reader so the thread ends
+            with open(os.open(directory / "1-1.json", os.O_WRONLY | os.O_NONBLOCK), "w"):
+                pass
+            reader.join(10)
+        assert [[]] == result
+
 
 def snapshot(pid: int, **counters: object) -> WorkerSnapshot:
     stats = {"sinks": {"file-0": counters}, "receiver_errors": pid}
