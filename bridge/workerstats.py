@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -217,17 +218,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_MAX_PID = 2**31 - 1  # os.kill(0 or -1) would ask about a whole process group, or everyone
+_MAX_SNAPSHOT = 1 << 20  # a snapshot is a few kB
+
+
+def _read_regular(path: Path) -> str:
+    """The text of `path` if it is a regular file: a symlink is refused (a planted one is
+    never followed) and a FIFO or device is not read (it would block or never end)."""
+    fd = open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, encoding="utf-8") as source:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return source.read(_MAX_SNAPSHOT)
+
+
 def read_snapshots(directory: Path) -> list[WorkerSnapshot]:
     """Every snapshot in `directory`, oldest process first; unreadable files are skipped (one
     may be replaced while it is read, and the next read sees it)."""
     found: list[WorkerSnapshot] = []
     for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            record = json.loads(_read_regular(path))
             pid, updated, stats = int(record["pid"]), float(record["updated"]), record["stats"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, OverflowError):
             continue
-        if isinstance(stats, dict):
+        if isinstance(stats, dict) and 0 < pid <= _MAX_PID:
             found.append(WorkerSnapshot(pid, _alive(pid), updated, stats, path))
     return sorted(found, key=lambda snapshot: (snapshot.pid, snapshot.path.name))
 
