@@ -242,9 +242,31 @@ def read_snapshots(directory: Path) -> list[WorkerSnapshot]:
             pid, updated, stats = int(record["pid"]), float(record["updated"]), record["stats"]
         except (OSError, ValueError, KeyError, TypeError, OverflowError):
             continue
-        if isinstance(stats, dict) and 0 < pid <= _MAX_PID:
+        if _well_formed(stats) and 0 < pid <= _MAX_PID:
             found.append(WorkerSnapshot(pid, _alive(pid), updated, stats, path))
     return sorted(found, key=lambda snapshot: (snapshot.pid, snapshot.path.name))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _well_formed(stats: Any) -> bool:
+    """The shape `stats()` gives (a file of another shape in the directory is not ours):
+    `sinks` a table of tables whose counters are ints (`dropped_by_reason` a table of ints),
+    `receiver_errors` an int."""
+    if not isinstance(stats, dict) or not _is_count(stats.get("receiver_errors", 0)):
+        return False
+    sinks = stats.get("sinks", {})
+    if not isinstance(sinks, dict):
+        return False
+    for counters in sinks.values():
+        if not isinstance(counters, dict):
+            return False
+        reasons = counters.get("dropped_by_reason", {})
+        if not isinstance(reasons, dict) or not all(_is_count(n) for n in reasons.values()):
+            return False
+    return True
 
 
 def total(snapshots: list[WorkerSnapshot]) -> dict[str, Any]:

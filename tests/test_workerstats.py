@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,6 +169,19 @@ class TestRead:
 def snapshot(pid: int, **counters: object) -> WorkerSnapshot:
     stats = {"sinks": {"file-0": counters}, "receiver_errors": pid}
     return WorkerSnapshot(pid, True, 0.0, stats, Path(f"{pid}.json"))
+
+    def test_foreign_shapes_skipped(self, tmp_path: Path) -> None:
+        """A JSON file of the wrong shape inside `stats` is skipped, and the total still adds."""
+        shapes: list[dict[str, Any]] = [
+            {"sinks": []},
+            {"receiver_errors": "x"},
+            {"sinks": {"a": {"dropped_by_reason": {"x": "y"}}}},
+            {"sinks": {"a": 3}},
+        ]
+        for number, stats in enumerate(shapes):
+            record = {"pid": os.getpid(), "updated": 1.0, "stats": stats}
+            (tmp_path / f"{number}-1.json").write_text(json.dumps(record))
+        assert {"sinks": {}, "receiver_errors": 0} == total(read_snapshots(tmp_path))
 
 
 class TestTotal:
