@@ -116,6 +116,10 @@ def _finished_receiver(
     def on_request_finished(sender: Any, /, response: Any = None, **extra: Any) -> None:
         try:
             ctx = _cv_request.get(None)
+            noise = emitter.noise
+            if ctx is not None and noise is not None and noise.excludes(ctx.request):
+                noise.count("excluded")
+                return  # an excluded path writes nothing, a streamed body's events neither
             if ctx is not None and getattr(response, "is_streamed", False):
                 environ = ctx.request.environ
                 status = int(getattr(response, "status_code", 0))

@@ -132,6 +132,18 @@ class Noise:
             self.count("excluded")
         return not quiet
 
+    def excludes(self, request: Any) -> bool:
+        """Whether `request`'s path is excluded (cached in its environ): a streamed response's
+        events, written after the request, follow the answer its other events got."""
+        excluded = self.excluded
+        if excluded is None:
+            return False
+        environ = request.environ
+        known = environ.get(self.key)
+        if known is None:
+            known = environ[self.key] = excluded(request.path) is not None
+        return bool(known)
+
     def _exclude(self, pending: Pending) -> None:
         """Mark the request's list as excluded, and take out what this app captured before
         the request context was there (`appcontext.pushed`)."""

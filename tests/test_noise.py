@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from flask import current_app
+from flask import Response, current_app
 
 from bridge import ConfigError
 from bridge.config import load_settings
@@ -98,6 +98,22 @@ class TestExcludePaths:
         bridged = make_bridged()
         assert noise_of(bridged) is None
         assert "suppressed" not in bridged.bridge.stats()
+
+    def test_a_streamed_response_under_a_prefix_is_excluded(
+        self, make_bridged: MakeBridged
+    ) -> None:
+        """An app mounted under /api: a streamed excluded path writes nothing, as a plain one
+        (its request.finished, written after the request, follows the request's answer)."""
+        bridged = make_bridged(BRIDGE_EXCLUDE_PATHS=["/stream", "/items/*"])
+
+        @bridged.app.route("/stream")
+        def stream() -> Response:
+            return Response(iter([b"a", b"b"]))
+
+        mounted = {"SCRIPT_NAME": "/api"}
+        bridged.client.get("/items/3", environ_overrides=mounted)
+        assert b"ab" == bridged.client.get("/stream", environ_overrides=mounted).get_data()
+        assert [] == [(event["event"], event["url.path"]) for event in bridged.events()]
 
 
 class TestMinLevel:
