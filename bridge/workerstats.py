@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -39,6 +40,8 @@ __all__ = [
     "STATS_DIR_ENV",
     "Publisher",
     "WorkerSnapshot",
+    "check_private",
+    "default_root",
     "publish",
     "publisher_of",
     "read_snapshots",
@@ -64,14 +67,28 @@ def stats_dir(service: str, configured: str | os.PathLike[str] | None = None) ->
     """Where the snapshots of `service` live: `configured`, else `$BRIDGE_STATS_DIR`, else a
     directory of this user's under the system temp dir; one subdirectory per service."""
     base = configured or os.environ.get(STATS_DIR_ENV)
-    root = Path(base) if base else Path(tempfile.gettempdir()) / f"flask-bridge-{os.getuid()}"
+    root = Path(base) if base else default_root()
     return root / (re.sub(r"[^A-Za-z0-9_.-]", "_", service).strip(".") or "service")
+
+
+def default_root() -> Path:
+    """This user's directory under the system temp dir (shared with every other user)."""
+    return Path(tempfile.gettempdir()) / f"flask-bridge-{os.getuid()}"
+
+
+def check_private(root: Path) -> None:
+    """OSError unless `root` is a real directory of this user that nobody else may write:
+    another local user could have made `/tmp/flask-bridge-<uid>` first, to read the counters
+    or plant snapshots. A configured directory is the operator's and is not checked."""
+    info = os.lstat(root)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise OSError(f"{root} is not a private directory of this user: not used")
 
 
 class Publisher:
     """Writes one emitter's snapshot every `interval` seconds, from one daemon thread."""
 
-    _sequence = 0  # a process may bridge several apps of one service: one file each
+    _numbers = itertools.count(1)  # several apps of one service in a process: a file each
 
     def __init__(self, emitter: Emits, directory: Path, interval: float = INTERVAL) -> None:
         self._emitter = weakref.ref(emitter)
@@ -79,8 +96,7 @@ class Publisher:
         self.directory = directory
         self.interval = interval
         self.listeners: list[Listener] = []
-        Publisher._sequence += 1
-        self._number = Publisher._sequence
+        self._number = next(Publisher._numbers)  # atomic: apps built on two threads at once
         self._start()
         forking.reset_in_child(self)
 
@@ -136,6 +152,8 @@ class Publisher:
 
     def _write(self, stats: dict[str, Any]) -> None:
         make_dirs(self.directory, 0o700)
+        if self.directory.parent == default_root():
+            check_private(self.directory.parent)
         record = {
             "pid": os.getpid(),
             "service": self.service,

@@ -231,3 +231,22 @@ class TestCollected:
         thread.join(30.0)
         assert not thread.is_alive()
         assert not publisher.path.exists()
+
+
+class TestDefaultDirectory:
+    def test_a_directory_another_user_could_write_is_refused(self, tmp_path: Path) -> None:
+        """The shared default root must be this user's and private: group-writable, or a
+        symlink planted at its name, is refused before anything is written or read there."""
+        from bridge.workerstats import check_private
+
+        root = tmp_path / "flask-bridge"
+        root.mkdir(mode=0o700)
+        check_private(root)  # this user's, private: fine
+        root.chmod(0o770)
+        with pytest.raises(OSError, match="not a private directory"):
+            check_private(root)
+        link = tmp_path / "planted"
+        link.symlink_to(root)
+        root.chmod(0o700)
+        with pytest.raises(OSError, match="not a private directory"):
+            check_private(link)
