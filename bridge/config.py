@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge import auditsettings, formatoptions, formats, noisesettings
 from bridge import configvalues as v
-from bridge import formatoptions, formats, noisesettings
 from bridge.configsources import merge_sources, report_ignored
 from bridge.errors import ConfigError
 from bridge.overflow import POLICIES
@@ -58,7 +58,13 @@ class FileSinkSettings(SinkSettings):
     rotate_bytes: int = 0
     backups: int = 5
     sync: bool = False
-    fsync: bool = False
+    # true: after every write; a number (audit sinks only): at most that many seconds after.
+    fsync: bool | float = False
+    # An audit file (`bridge.audit`): records signed and chained, written before the response.
+    audit: bool = False
+    audit_key: str = field(default="", repr=False)
+    # Which events an audit sink records: globs on the event name; "auth": authentication.
+    events: tuple[str, ...] = auditsettings.AUDIT_EVENTS_DEFAULT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,6 +130,12 @@ class Settings:
     sample: tuple[noisesettings.SampleRule, ...] = ()
     always_keep: tuple[str, ...] = noisesettings.DEFAULT_ALWAYS_KEEP
     exception_rate: noisesettings.ExceptionRate | None = None
+    # The audit trail (`bridge.auditsettings`): the app's own authentication signals, and the
+    # fields written as keyed pseudonyms (or, for IP addresses, truncated).
+    auth: auditsettings.AuthSettings = field(default_factory=auditsettings.AuthSettings)
+    pseudonymize: tuple[str, ...] = ()
+    pseudonymize_key: str = field(default="", repr=False)
+    pseudonymize_ip: str = "hmac"
     sinks: tuple[SinkSettings, ...]
     ignored_environment: tuple[str, ...] = ()  # BRIDGE_* variables that name no key
 
@@ -158,6 +170,10 @@ _TOP_LEVEL: dict[str, v.Checker] = {
     "sample": noisesettings.sample_rules,
     "always_keep": v.string_list,
     "exception_rate": noisesettings.exception_rate,
+    "auth": auditsettings.auth_table,
+    "pseudonymize": auditsettings.pseudonymize_fields,
+    "pseudonymize_key": auditsettings.secret_key,
+    "pseudonymize_ip": v.choice("hmac", "truncate"),
     "sinks": lambda key, value: value,  # checked per sink below
 }
 
@@ -178,7 +194,10 @@ _SINK_KEYS: dict[str, tuple[type[SinkSettings], dict[str, v.Checker]]] = {
             "rotate_bytes": v.size,
             "backups": v.size,
             "sync": v.boolean,
-            "fsync": v.boolean,
+            "fsync": auditsettings.audit_fsync,
+            "audit": v.boolean,
+            "audit_key": auditsettings.secret_key,
+            "events": v.string_list,
         },
     ),
     "stdout": (StdoutSinkSettings, {"stream": v.choice("stdout", "stderr")}),
@@ -229,6 +248,9 @@ _DEFAULTS: dict[str, Any] = {
     "sample": [],
     "always_keep": list(noisesettings.DEFAULT_ALWAYS_KEEP),
     "exception_rate": {},
+    "auth": {},
+    "pseudonymize": [],
+    "pseudonymize_ip": "hmac",
     "sinks": [{"type": "stdout"}],
 }
 
@@ -262,6 +284,8 @@ def _check_sink(index: int, raw: Any, problems: v.Problems) -> SinkSettings | No
             options = values.get("format_options")
             where_options = f"{where}.format_options"
             values["format_options"] = formatoptions.check(fmt, options, where_options, problems)
+    if sink_type == "file":
+        auditsettings.check_audit_sink(where, raw, values, problems)
     values.setdefault("name", f"{sink_type}-{index}")
     has_spool = raw.get("spool_dir") is not None
     values.setdefault("overflow", "spool" if has_spool else "drop_newest")
@@ -346,6 +370,7 @@ def load_settings(
             values["batch_outside_requests"],
             f"at most {MAX_BATCH_DELAY:g} seconds (0 writes at once)",
         )
+    auditsettings.check_pseudonymize_key(values, problems)
     if problems.found:
         raise ConfigError.of(problems.found)
     return Settings(
@@ -366,6 +391,10 @@ def load_settings(
         sample=values["sample"],
         always_keep=values["always_keep"],
         exception_rate=values["exception_rate"],
+        auth=values["auth"],
+        pseudonymize=values["pseudonymize"],
+        pseudonymize_key=values.get("pseudonymize_key", ""),
+        pseudonymize_ip=values["pseudonymize_ip"],
         sinks=tuple(s for s in checked_sinks if s is not None),
         ignored_environment=ignored,
     )

@@ -53,14 +53,17 @@ HIDDEN = "[hidden]"  # what an error shows instead of a header value
 
 
 INVALID: Any = object()  # what a failed check yields; its problem is already collected
-_SECRET_KEYS = SensitiveKeys(("headers", *DEFAULT_REDACT_TERMS))
+_SECRET_KEYS = SensitiveKeys(("headers", "audit_key", "pseudonymize_key", *DEFAULT_REDACT_TERMS))
 
 
 def shown(key: str, value: Any) -> Any:
     """`value` as an error may show it: whatever sits under a header or secret key hidden."""
     if value is NO_VALUE or value == HIDDEN:
         return value
-    if any(_SECRET_KEYS(part) for part in re.split(r"[.\[\]]", key) if part):
+    parts = [part for part in re.split(r"[.\[\]]", key) if part]
+    if parts[:1] == ["auth"]:  # the [auth] table names signals, never a credential
+        parts = parts[1:]
+    if any(_SECRET_KEYS(part) for part in parts):
         return HIDDEN
     if isinstance(value, Mapping):
         return {

@@ -314,7 +314,7 @@ class FileSink(WriterSink):
             max_events=settings.queue_max_events,
             max_bytes=settings.queue_max_bytes,
             sync=settings.sync,
-            fsync=settings.fsync,
+            fsync=bool(settings.fsync),
         )
 
     def describe(self) -> dict[str, Any]:
