@@ -27,6 +27,7 @@ import flask.signals
 from flask import Flask
 from flask.globals import _cv_app, _cv_request
 
+from bridge.audit.sink import AuditSink
 from bridge.config import (
     FileSinkSettings,
     HttpSinkSettings,
@@ -63,6 +64,8 @@ Receiver = Callable[..., None]
 def build_sink(settings: SinkSettings, index: int) -> Sink:
     """The sink for one `[[sinks]]` table; configuration errors name `sinks[index]`."""
     if isinstance(settings, FileSinkSettings):
+        if settings.audit:
+            return AuditSink(settings, config_key=f"sinks[{index}]")
         return FileSink(settings, config_key=f"sinks[{index}]")
     if isinstance(settings, StdoutSinkSettings):
         return StdoutSink(settings)

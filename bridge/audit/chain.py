@@ -94,10 +94,13 @@ class Chain:
         self.prev = ""
         self.lost = 0  # records that could not be written since the last one that was
 
-    def seal(self, record: dict[str, Any]) -> bytes:
-        """Add the audit keys to `record` (in place), advance the chain, return the line."""
-        for key in [k for k in record if k.startswith("audit.")]:
-            record["args." + key] = record.pop(key)  # the chain's keys are the chain's
+    def seal(self, record: dict[str, Any], *, own: bool = False) -> bytes:
+        """Add the audit keys to `record` (in place), advance the chain, return the line.
+
+        An event's own `audit.*` keys are moved to `args.audit.*` (the chain's keys are the
+        chain's); `own=True` keeps them: a checkpoint the sink wrote itself."""
+        for key in [k for k in record if k.startswith("audit.") and not own]:
+            record["args." + key] = record.pop(key)
         record["audit.chain"] = self.name
         record["audit.seq"] = self.seq + 1
         record["audit.prev"] = self.prev
