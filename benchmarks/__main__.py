@@ -25,6 +25,7 @@ SECTIONS = (
     "bench_breakdown",
     "bench_http",
     "bench_formats",
+    "bench_audit",
 )
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import __main__ as entry
 from benchmarks import (
+    bench_audit,
     bench_breakdown,
     bench_capture,
     bench_formats,
@@ -196,6 +197,14 @@ class TestBenchFormats:
         assert_rows(text, formats.IMPLEMENTED)
 
 
+class TestBenchAudit:
+    def test_quick_run_has_every_fsync_policy_and_counts_every_record(self) -> None:
+        """One row per policy beside the plain sink; `measure` checks every line landed."""
+        text = bench_audit.run(quick=True)
+        assert_rows(text, bench_audit.ROWS)
+        assert "sealing one login record" in text
+
+
 class TestMain:
     def test_quick_run_writes_every_section(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -209,6 +218,7 @@ class TestMain:
             "bench_sink": lambda quick: bench_sink.run(quick, rounds=1, events=2),
             "bench_breakdown": lambda quick: bench_breakdown.run(quick, calls=2, repeats=1),
             "bench_formats": lambda quick: bench_formats.run(quick, rounds=1, events=20),
+            "bench_audit": lambda quick: bench_audit.run(quick=True),
         }
         monkeypatch.setattr(entry, "_runner", tiny.__getitem__)
         output = tmp_path / "RESULTS.md"
@@ -220,6 +230,7 @@ class TestMain:
             "Sink throughput and CPU per event (outside any request)",
             "Where one captured event's time goes",
             "Wire formats: end to end into a local receiver",
+            "Audit trail: the cost of a login record",
         ]
         assert expected == headings
 
