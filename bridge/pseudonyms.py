@@ -10,7 +10,25 @@ unkeyed hash of an IPv4 address is reversed by trying all 2^32). With
 
 Values are normalized before hashing, so trivial variants link: text is stripped and
 case-folded (`Alice@Example.COM` is `alice@example.com`), an IP address is written in its
-standard form (`::FFFF:1.2.3.4` is `::ffff:1.2.3.4`).
+standard form (`::FFFF:1.2.3.4` is `::ffff:1.2.3.4`), a number is its decimal text.
+
+Which fields: a field's name is its dotted path, nested keys joined with "." (`{"user":
+{"email": ...}}` holds `user.email`, as does a flat key `"user.email"`; lists add nothing to
+the path). A configured name matches every field whose path ends with it on a dot, so a bare
+name (`email`) matches that key at any depth, and an argument kept as `args.user.email` (its
+name is the bridge's, `bridge.eventlines.PROTECTED_KEYS`) still matches `user.email`. Every
+value at or below a matching field is hidden (a list of addresses item by item); None stays
+None, a `[REDACTED]` value stays redacted, and the envelope (`timestamp`, `event`,
+`service.name`, ...) is never touched. Any field may be listed, `user.id` included.
+
+Where: `Pseudonymizer.apply` runs on what is about to be encoded, in the two places a line is
+made (`bridge.eventlines.EventLines` for a spliced line and its request context fragment,
+`bridge.emitter.Emitter` for an event built as a dict, before `capture_events()` gets its
+copy), so every writer (signals, the request context, log records, structlog) is covered by
+construction and no cache upstream can let a raw value through. When no field is listed the
+emitter holds no Pseudonymizer (`for_fields` gives None) and a line costs one attribute test.
+Free text is not searched: an e-mail inside a log message or an exception's text is written
+as it is.
 """
 
 from __future__ import annotations
@@ -18,17 +36,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 from bridge.audit.chain import AuditKey
 from bridge.auditsettings import IP_FIELDS
+from bridge.events import ENVELOPE_KEYS
 
 __all__ = ["PSEUDONYM_PREFIX", "Pseudonymizer", "truncate_ip"]
 
 PSEUDONYM_PREFIX = "hmac:"
 REDACTED = "[REDACTED]"
 _DOMAIN = b"flask-signal-bridge pseudonym\x00"
+_DIGEST_CHARS = 32
+_MAX_CACHED = 4096  # distinct values remembered (one HMAC each); a flood of new ones resets it
+
+_M = TypeVar("_M", bound=Mapping[Any, Any])
 
 
 def truncate_ip(text: str) -> str | None:
@@ -57,12 +80,18 @@ def _normalized(value: Any) -> str:
 class Pseudonymizer:
     """Which fields are pseudonymized, and how; see the module docstring."""
 
-    __slots__ = ("_key", "fields", "ip_mode")
+    __slots__ = ("_cache", "_ends", "_key", "_prefix", "fields", "ip_mode")
 
     def __init__(self, fields: Iterable[str], key: str | None, ip_mode: str = "hmac") -> None:
         self.fields = frozenset(fields)
         self.ip_mode = ip_mode
         self._key = AuditKey.of(key) if key else None
+        # The last part of each name: a key whose own last part is not one of these cannot
+        # end a matching path (the quick rejection of every other key).
+        self._ends = frozenset(name.rpartition(".")[2] for name in self.fields)
+        self._prefix = "" if self._key is None else f"{PSEUDONYM_PREFIX}{self.kid}:"
+        # (truncating?, text) -> what it is written as: a user's value recurs on every event
+        self._cache: dict[tuple[bool, str], Any] = {}
 
     @classmethod
     def of(cls, settings: Any) -> Pseudonymizer | None:
@@ -71,6 +100,12 @@ class Pseudonymizer:
         if not settings.pseudonymize and not settings.pseudonymize_key:
             return None
         return cls(settings.pseudonymize, settings.pseudonymize_key, settings.pseudonymize_ip)
+
+    @classmethod
+    def for_fields(cls, settings: Any) -> Pseudonymizer | None:
+        """What hides the configured fields of every event; None when none is listed (a key
+        alone serves only `auth.attempted_user`)."""
+        return cls.of(settings) if settings.pseudonymize else None
 
     @property
     def kid(self) -> str | None:
@@ -84,7 +119,7 @@ class Pseudonymizer:
         digest = hmac.new(
             self._key.secret, _DOMAIN + _normalized(value).encode(errors="replace"), hashlib.sha256
         ).hexdigest()
-        return f"{PSEUDONYM_PREFIX}{self._key.kid[:8]}:{digest[:32]}"
+        return f"{self._prefix}{digest[:_DIGEST_CHARS]}"
 
     def field(self, name: str, value: Any) -> Any:
         """What a configured field's value is written as (None stays None)."""
@@ -95,3 +130,73 @@ class Pseudonymizer:
             if truncated is not None:
                 return truncated
         return self.pseudonym(value)
+
+    def apply(self, mapping: _M, *, top_level: bool = True) -> _M | dict[str, Any]:
+        """`mapping` with every configured field hidden: a new dict when one was found, else
+        `mapping` itself; never changed in place (the caller's dicts may be shared)."""
+        return self._mapping(mapping, "", top_level)
+
+    def _mapping(self, mapping: _M, path: str, top_level: bool) -> _M | dict[str, Any]:
+        out: dict[str, Any] | None = None
+        ends = self._ends
+        for key, value in mapping.items():
+            text = key if type(key) is str else str(key)
+            name = None
+            if text.rpartition(".")[2] in ends and not (top_level and text in ENVELOPE_KEYS):
+                name = self._match(f"{path}.{text}" if path else text)
+            if name is not None:
+                new = self._hide(name, value)
+            elif type(value) is dict or type(value) is list:
+                new = self._nested(value, f"{path}.{text}" if path else text)
+            else:
+                continue
+            if new is not value:
+                if out is None:
+                    out = dict(mapping)
+                out[key] = new
+        return mapping if out is None else out
+
+    def _nested(self, value: Any, path: str) -> Any:
+        if isinstance(value, Mapping):
+            return self._mapping(value, path, False)
+        if isinstance(value, list | tuple):
+            items = [self._nested(item, path) for item in value]
+            return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+        return value
+
+    def _match(self, path: str) -> str | None:
+        """The configured name `path` ends with (on a dot), or None."""
+        fields = self.fields
+        if path in fields:
+            return path
+        dot = path.find(".")
+        while dot >= 0:
+            if path[dot + 1 :] in fields:
+                return path[dot + 1 :]
+            dot = path.find(".", dot + 1)
+        return None
+
+    def _hide(self, name: str, value: Any) -> Any:
+        """Every value at or below a configured field, as it is written."""
+        if value is None:
+            return None
+        if isinstance(value, Mapping):
+            return {key: self._hide(name, item) for key, item in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._hide(name, item) for item in value]
+        if type(value) is not str:
+            return self.field(name, value)
+        if value == REDACTED or self._is_pseudonym(value):
+            return value  # redacted, or hidden already (a receiver called `field`)
+        cache_key = (self.ip_mode == "truncate" and name in IP_FIELDS, value)
+        hidden = self._cache.get(cache_key)
+        if hidden is None:
+            hidden = self.field(name, value)
+            if len(self._cache) >= _MAX_CACHED:
+                self._cache.clear()
+            self._cache[cache_key] = hidden
+        return hidden
+
+    def _is_pseudonym(self, text: str) -> bool:
+        prefix = self._prefix
+        return bool(prefix) and len(text) == len(prefix) + _DIGEST_CHARS and text.startswith(prefix)
