@@ -80,18 +80,30 @@ def _normalized(value: Any) -> str:
 class Pseudonymizer:
     """Which fields are pseudonymized, and how; see the module docstring."""
 
-    __slots__ = ("_cache", "_ends", "_key", "_prefix", "fields", "ip_mode")
+    __slots__ = (
+        "_cache",
+        "_ip_cache",
+        "_key",
+        "_names",
+        "_prefix",
+        "_truncating",
+        "fields",
+        "ip_mode",
+    )
 
     def __init__(self, fields: Iterable[str], key: str | None, ip_mode: str = "hmac") -> None:
         self.fields = frozenset(fields)
         self.ip_mode = ip_mode
         self._key = AuditKey.of(key) if key else None
-        # The last part of each name: a key whose own last part is not one of these cannot
-        # end a matching path (the quick rejection of every other key).
-        self._ends = frozenset(name.rpartition(".")[2] for name in self.fields)
         self._prefix = "" if self._key is None else f"{PSEUDONYM_PREFIX}{self.kid}:"
-        # (truncating?, text) -> what it is written as: a user's value recurs on every event
-        self._cache: dict[tuple[bool, str], Any] = {}
+        # The configured names whose IP address values are truncated rather than hashed.
+        self._truncating = self.fields & IP_FIELDS if ip_mode == "truncate" else frozenset()
+        # A field's path -> the configured name it ends with ("" for none): the same few
+        # paths recur on every event, so each is matched once.
+        self._names: dict[str, str] = {}
+        # A text value -> what it is written as (one HMAC each): a user's recur too.
+        self._cache: dict[str, str] = {}
+        self._ip_cache: dict[str, str] = {}
 
     @classmethod
     def of(cls, settings: Any) -> Pseudonymizer | None:
@@ -133,21 +145,23 @@ class Pseudonymizer:
 
     def apply(self, mapping: _M, *, top_level: bool = True) -> _M | dict[str, Any]:
         """`mapping` with every configured field hidden: a new dict when one was found, else
-        `mapping` itself; never changed in place (the caller's dicts may be shared)."""
+        `mapping` itself; never changed in place (the caller's dicts may be shared). At the
+        top level (an event, its own part, its request context) envelope keys are left."""
         return self._mapping(mapping, "", top_level)
 
     def _mapping(self, mapping: _M, path: str, top_level: bool) -> _M | dict[str, Any]:
         out: dict[str, Any] | None = None
-        ends = self._ends
+        names = self._names
         for key, value in mapping.items():
             text = key if type(key) is str else str(key)
-            name = None
-            if text.rpartition(".")[2] in ends and not (top_level and text in ENVELOPE_KEYS):
-                name = self._match(f"{path}.{text}" if path else text)
-            if name is not None:
+            full = f"{path}.{text}" if path else text
+            name = names.get(full)
+            if name is None:
+                name = self._learn(full)
+            if name and not (top_level and text in ENVELOPE_KEYS):
                 new = self._hide(name, value)
             elif type(value) is dict or type(value) is list:
-                new = self._nested(value, f"{path}.{text}" if path else text)
+                new = self._nested(value, full)
             else:
                 continue
             if new is not value:
@@ -164,39 +178,45 @@ class Pseudonymizer:
             return value if all(a is b for a, b in zip(items, value, strict=True)) else items
         return value
 
-    def _match(self, path: str) -> str | None:
-        """The configured name `path` ends with (on a dot), or None."""
+    def _learn(self, path: str) -> str:
+        """The configured name `path` ends with (on a dot), or ""; remembered."""
         fields = self.fields
-        if path in fields:
-            return path
+        name = path if path in fields else ""
         dot = path.find(".")
-        while dot >= 0:
+        while not name and dot >= 0:
             if path[dot + 1 :] in fields:
-                return path[dot + 1 :]
+                name = path[dot + 1 :]
             dot = path.find(".", dot + 1)
-        return None
+        if len(path) <= 256:  # a client's unique long keys must not pin memory
+            _remember(self._names, path, name)
+        return name
 
     def _hide(self, name: str, value: Any) -> Any:
         """Every value at or below a configured field, as it is written."""
+        if type(value) is str:
+            cache = self._ip_cache if name in self._truncating else self._cache
+            hidden = cache.get(value)
+            if hidden is None:
+                hidden = value if self._kept(value) else self.field(name, value)
+                _remember(cache, value, hidden)
+            return hidden
         if value is None:
             return None
         if isinstance(value, Mapping):
             return {key: self._hide(name, item) for key, item in value.items()}
         if isinstance(value, list | tuple | set | frozenset):
             return [self._hide(name, item) for item in value]
-        if type(value) is not str:
-            return self.field(name, value)
-        if value == REDACTED or self._is_pseudonym(value):
-            return value  # redacted, or hidden already (a receiver called `field`)
-        cache_key = (self.ip_mode == "truncate" and name in IP_FIELDS, value)
-        hidden = self._cache.get(cache_key)
-        if hidden is None:
-            hidden = self.field(name, value)
-            if len(self._cache) >= _MAX_CACHED:
-                self._cache.clear()
-            self._cache[cache_key] = hidden
-        return hidden
+        return self.field(name, value)
 
-    def _is_pseudonym(self, text: str) -> bool:
+    def _kept(self, text: str) -> bool:
+        """Redacted already, or hidden already (a receiver called `field`)."""
         prefix = self._prefix
-        return bool(prefix) and len(text) == len(prefix) + _DIGEST_CHARS and text.startswith(prefix)
+        return text == REDACTED or (
+            bool(prefix) and len(text) == len(prefix) + _DIGEST_CHARS and text.startswith(prefix)
+        )
+
+
+def _remember(cache: dict[str, str], key: str, value: str) -> None:
+    if len(cache) >= _MAX_CACHED:  # a flood of new values: start again
+        cache.clear()
+    cache[key] = value
