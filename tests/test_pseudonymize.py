@@ -279,6 +279,34 @@ class TestStartup:
         assert (None, None) == (emitter.pseudonyms, emitter.lines.pseudonyms)
 
 
+class TestApply:
+    def test_untouched_mapping_is_returned_itself(self) -> None:
+        """No configured field: the very mapping comes back (no copy on the hot path)."""
+        event = {"order": 42, "items": [{"sku": "a"}], "user": {"plan": "pro"}}
+        assert event is Pseudonymizer(FIELDS, KEY).apply(event)
+
+    def test_input_is_never_changed_in_place(self) -> None:
+        """A hidden field yields a new dict; the caller's nested dicts stay as they were."""
+        event = {"user": {"email": EMAIL}, "n": 1}
+        hidden = Pseudonymizer(FIELDS, KEY).apply(event)
+        assert {"user": {"email": EMAIL}, "n": 1} == event
+        assert PSEUDONYM.fullmatch(hidden["user"]["email"])
+
+    def test_redacted_pseudonyms_and_envelope_are_kept(self) -> None:
+        """[REDACTED] stays, a pseudonym is not hashed twice, envelope keys are the bridge's."""
+        hider = Pseudonymizer(["email", "event"], KEY)
+        done = hider.field("email", EMAIL)
+        event = {"event": "signed in", "email": done, "args": {"email": "[REDACTED]"}}
+        assert event is hider.apply(event)
+
+    def test_ip_truncation_applies_to_ip_fields_only(self) -> None:
+        """truncate mode shortens client.address; another listed field is still hashed."""
+        hider = Pseudonymizer(["client.address", "email"], KEY, "truncate")
+        hidden = hider.apply({"client.address": IPV4, "email": IPV4})
+        assert "203.0.113.0" == hidden["client.address"]
+        assert PSEUDONYM.fullmatch(hidden["email"])
+
+
 # --- the property: whatever the tree, a configured field's raw value never reaches a line ---
 
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
