@@ -33,13 +33,14 @@ from bridge.events import (
     REQUEST_CACHE_KEY,
     FinishedResponse,
     exception_fields,
-    request_fields,
+    request_fields_of,
     request_secrets,
     timestamp_and_id,
 )
 from bridge.noise import Noise
 from bridge.pending import MAX_EVENTS, Captured, Pending, current_pending, ship, ship_current
 from bridge.processors import LineEncoder, MakeJsonSafe, Processor, SensitiveKeys
+from bridge.pseudonyms import Pseudonymizer
 from bridge.redaction import Scrubber, url_secrets
 from bridge.sinks.base import Sink
 from bridge.threadbuffers import allow_delay, buffer_of_this_thread, drain_all, settle
@@ -94,7 +95,8 @@ class Emitter:
         # The user's processors see the real objects; making them safe always comes last.
         self.processors: tuple[Processor, ...] = (*self.user_processors, self.make_safe)
         self.encode = LineEncoder(settings.max_line_bytes, self.make_safe)
-        self.lines = EventLines(settings.service, settings.max_line_bytes, self.make_safe)
+        hide = self.pseudonyms = Pseudonymizer.for_fields(settings)  # None: no field to hide
+        self.lines = EventLines(settings.service, settings.max_line_bytes, self.make_safe, hide)
         # Outside a request, events wait (briefly) for a batch when the user allowed it
         # (`batch_outside_requests`), never with a `sync` sink (its user waits for the disk
         # when the signal is sent) or processors (they may read thread-local state).
@@ -252,7 +254,7 @@ class Emitter:
         if ctx is not None:
             request = ctx.request
             if REQUEST_CACHE_KEY not in request.environ:  # the request's first event
-                self._request_fields(request)
+                request_fields_of(request, self.is_sensitive)
             if self.log_user_id:
                 user_id = current_user_id()
         if arguments:
@@ -313,7 +315,9 @@ class Emitter:
                     continue
                 if request is not last_request or user_id != last_user:
                     last_request, last_user = request, user_id
-                    context = None if request is None else self._request_fields(request)
+                    context = (
+                        None if request is None else request_fields_of(request, self.is_sensitive)
+                    )
                     if context is not None and user_id is not None:
                         context = {**context, "user.id": user_id}
                     try:
@@ -340,7 +344,9 @@ class Emitter:
                 self.count_error(exc)
 
     def _encode_watched(self, event_dict: MutableMapping[str, Any]) -> bytes:
-        """The dict way: `capture_events()` gets a copy, the encoder the line."""
+        """The dict way: fields hidden (`bridge.pseudonyms`), a copy to taps, then the line."""
+        if self.pseudonyms is not None:
+            event_dict = self.pseudonyms.apply(event_dict)
         for tap in self.taps:
             tap.append(dict(event_dict))
         return self.encode(event_dict)
@@ -348,7 +354,7 @@ class Emitter:
     def request_context(self) -> dict[str, Any] | None:
         """The fields of the current request (cached in its environ), or None outside one."""
         ctx = _cv_request.get(None)
-        return None if ctx is None else self._request_fields(ctx.request)
+        return None if ctx is None else request_fields_of(ctx.request, self.is_sensitive)
 
     def _context_with_user(self) -> dict[str, Any] | None:
         """The current request's fields, with `user.id` when Flask-Login has its user."""
@@ -358,12 +364,6 @@ class Emitter:
             if user_id is not None:
                 context = {**context, "user.id": user_id}
         return context
-
-    def _request_fields(self, request: Any) -> dict[str, Any]:
-        rule = request.url_rule
-        return request_fields(
-            request.environ, rule.rule if rule else None, self.is_sensitive, request.view_args
-        )
 
     def ship(self, event_dict: dict[str, Any], level: str) -> None:
         """Run the whole processor chain, encode once, and submit the line to every sink."""

@@ -9,6 +9,10 @@ bridge's fields and the signal's arguments, made safe). The result is byte for b
 `orjson.dumps` gives for the whole event dict (same keys, same order), at about a third of the
 cost; the tests compare the two.
 
+Configured fields are hidden here, on the event's own part and on the request context as it
+is encoded (`bridge.pseudonyms`): whatever cached the arguments as plain upstream, the line
+never holds their raw value.
+
 An event that needs more goes the dict way instead (`None` from `EventLines.line`): a line
 over `max_line_bytes` (shrunk by the `LineEncoder`), or a value `orjson` refuses (in its own
 fields, or in its name: a log message with lone surrogates).
@@ -25,6 +29,7 @@ import orjson
 from bridge import forking
 from bridge.events import ENVELOPE_KEYS, HOST_NAME, REQUEST_CONTEXT_KEYS, timestamp_and_id
 from bridge.processors import LineEncoder, MakeJsonSafe
+from bridge.pseudonyms import Pseudonymizer
 
 __all__ = ["PROTECTED_KEYS", "EventLines", "renamed"]
 
@@ -38,10 +43,17 @@ _MAX_CACHED_HEADS = 1024  # (signal, event, level) triples: a few per configured
 class EventLines:
     """Splices the lines of one app's captured events (see the module docstring)."""
 
-    def __init__(self, service: str, max_bytes: int, make_safe: MakeJsonSafe) -> None:
+    def __init__(
+        self,
+        service: str,
+        max_bytes: int,
+        make_safe: MakeJsonSafe,
+        pseudonyms: Pseudonymizer | None = None,
+    ) -> None:
         self.service = service
         self.max_bytes = max_bytes
         self.make_safe = make_safe
+        self.pseudonyms = pseudonyms  # None: no field is pseudonymized
         self._heads: dict[tuple[str, str, str], bytes] = {}
         self._constants = self._constant_fragment()
         forking.reset_in_child(self)
@@ -69,11 +81,12 @@ class EventLines:
             self._heads[key] = head
         return head
 
-    @staticmethod
-    def context_fragment(context: Mapping[str, Any] | None) -> bytes:
+    def context_fragment(self, context: Mapping[str, Any] | None) -> bytes:
         """The request context as members to splice (`,"k":v,...`), once per request."""
         if not context:
             return b""
+        if self.pseudonyms is not None:
+            context = self.pseudonyms.apply(context)
         return b"," + orjson.dumps(context)[1:-1]
 
     def line(
@@ -87,6 +100,8 @@ class EventLines:
     ) -> bytes | None:
         """The event's line; `own` holds its fields and safe arguments, in order. None when
         the line would be too long or `own` holds something orjson refuses."""
+        if own and self.pseudonyms is not None:
+            own = self.pseudonyms.apply(own)
         try:
             # The head too: an event name is a log message, which may hold lone surrogates.
             head = self._head(signal, event, level)

@@ -30,6 +30,7 @@ __all__ = [
     "FinishedResponse",
     "exception_fields",
     "request_fields",
+    "request_fields_of",
     "request_secrets",
     "status_level",
     "timestamp_and_id",
@@ -248,6 +249,14 @@ def request_fields(
         fields["trace_id"], fields["span_id"] = trace
     environ[REQUEST_CACHE_KEY] = fields
     return fields
+
+
+def request_fields_of(request: Any, is_sensitive: Callable[[str], bool]) -> dict[str, Any]:
+    """`request_fields` of a Flask request: its environ, matched route and URL variables."""
+    rule = request.url_rule
+    return request_fields(
+        request.environ, rule.rule if rule else None, is_sensitive, request.view_args
+    )
 
 
 def request_duration_ms(environ: Mapping[str, Any], ended: float | None = None) -> float | None:

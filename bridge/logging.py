@@ -2,7 +2,8 @@
 
 `attach_loggers(["myapp", "sqlalchemy.engine"], emitter, app)` adds one `BridgeHandler` to
 each named logger; their records become events (`signal = "logging"`, `event` = the message)
-that go through the app's pipeline like any signal: envelope, request context, redaction, size
+that go through the app's pipeline like any signal: envelope, request context, redaction,
+pseudonymization (a record's `extra` keys are fields like a signal's arguments), size
 limits, the same JSON lines. The bridge adds handlers and nothing else: it never changes a
 logger's level, its propagation or the root logger, so a logger set to WARNING still sends
 only warnings and errors.

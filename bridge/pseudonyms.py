@@ -10,7 +10,25 @@ unkeyed hash of an IPv4 address is reversed by trying all 2^32). With
 
 Values are normalized before hashing, so trivial variants link: text is stripped and
 case-folded (`Alice@Example.COM` is `alice@example.com`), an IP address is written in its
-standard form (`::FFFF:1.2.3.4` is `::ffff:1.2.3.4`).
+standard form (`::FFFF:1.2.3.4` is `::ffff:1.2.3.4`), a number is its decimal text.
+
+Which fields: a field's name is its dotted path, nested keys joined with "." (`{"user":
+{"email": ...}}` holds `user.email`, as does a flat key `"user.email"`; lists add nothing to
+the path). A configured name matches every field whose path ends with it on a dot, so a bare
+name (`email`) matches that key at any depth, and an argument kept as `args.user.email` (its
+name is the bridge's, `bridge.eventlines.PROTECTED_KEYS`) still matches `user.email`. Every
+value at or below a matching field is hidden (a list of addresses item by item); None stays
+None, a `[REDACTED]` value stays redacted, and the envelope (`timestamp`, `event`,
+`service.name`, ...) is never touched. Any field may be listed, `user.id` included.
+
+Where: `Pseudonymizer.apply` runs on what is about to be encoded, in the two places a line is
+made (`bridge.eventlines.EventLines` for a spliced line and its request context fragment,
+`bridge.emitter.Emitter` for an event built as a dict, before `capture_events()` gets its
+copy), so every writer (signals, the request context, log records, structlog) is covered by
+construction and no cache upstream can let a raw value through. When no field is listed the
+emitter holds no Pseudonymizer (`for_fields` gives None) and a line costs one attribute test.
+Free text is not searched: an e-mail inside a log message or an exception's text is written
+as it is.
 """
 
 from __future__ import annotations
@@ -18,17 +36,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 from bridge.audit.chain import AuditKey
 from bridge.auditsettings import IP_FIELDS
+from bridge.events import ENVELOPE_KEYS
 
 __all__ = ["PSEUDONYM_PREFIX", "Pseudonymizer", "truncate_ip"]
 
 PSEUDONYM_PREFIX = "hmac:"
 REDACTED = "[REDACTED]"
 _DOMAIN = b"flask-signal-bridge pseudonym\x00"
+_DIGEST_CHARS = 32
+_MAX_CACHED = 4096  # distinct values remembered (one HMAC each); a flood of new ones resets it
+
+_M = TypeVar("_M", bound=Mapping[Any, Any])
 
 
 def truncate_ip(text: str) -> str | None:
@@ -57,12 +80,30 @@ def _normalized(value: Any) -> str:
 class Pseudonymizer:
     """Which fields are pseudonymized, and how; see the module docstring."""
 
-    __slots__ = ("_key", "fields", "ip_mode")
+    __slots__ = (
+        "_cache",
+        "_ip_cache",
+        "_key",
+        "_names",
+        "_prefix",
+        "_truncating",
+        "fields",
+        "ip_mode",
+    )
 
     def __init__(self, fields: Iterable[str], key: str | None, ip_mode: str = "hmac") -> None:
         self.fields = frozenset(fields)
         self.ip_mode = ip_mode
         self._key = AuditKey.of(key) if key else None
+        self._prefix = "" if self._key is None else f"{PSEUDONYM_PREFIX}{self.kid}:"
+        # The configured names whose IP address values are truncated rather than hashed.
+        self._truncating = self.fields & IP_FIELDS if ip_mode == "truncate" else frozenset()
+        # A field's path -> the configured name it ends with ("" for none): the same few
+        # paths recur on every event, so each is matched once.
+        self._names: dict[str, str] = {}
+        # A text value -> what it is written as (one HMAC each): a user's recur too.
+        self._cache: dict[str, str] = {}
+        self._ip_cache: dict[str, str] = {}
 
     @classmethod
     def of(cls, settings: Any) -> Pseudonymizer | None:
@@ -71,6 +112,12 @@ class Pseudonymizer:
         if not settings.pseudonymize and not settings.pseudonymize_key:
             return None
         return cls(settings.pseudonymize, settings.pseudonymize_key, settings.pseudonymize_ip)
+
+    @classmethod
+    def for_fields(cls, settings: Any) -> Pseudonymizer | None:
+        """What hides the configured fields of every event; None when none is listed (a key
+        alone serves only `auth.attempted_user`)."""
+        return cls.of(settings) if settings.pseudonymize else None
 
     @property
     def kid(self) -> str | None:
@@ -84,7 +131,7 @@ class Pseudonymizer:
         digest = hmac.new(
             self._key.secret, _DOMAIN + _normalized(value).encode(errors="replace"), hashlib.sha256
         ).hexdigest()
-        return f"{PSEUDONYM_PREFIX}{self._key.kid[:8]}:{digest[:32]}"
+        return f"{self._prefix}{digest[:_DIGEST_CHARS]}"
 
     def field(self, name: str, value: Any) -> Any:
         """What a configured field's value is written as (None stays None)."""
@@ -95,3 +142,81 @@ class Pseudonymizer:
             if truncated is not None:
                 return truncated
         return self.pseudonym(value)
+
+    def apply(self, mapping: _M, *, top_level: bool = True) -> _M | dict[str, Any]:
+        """`mapping` with every configured field hidden: a new dict when one was found, else
+        `mapping` itself; never changed in place (the caller's dicts may be shared). At the
+        top level (an event, its own part, its request context) envelope keys are left."""
+        return self._mapping(mapping, "", top_level)
+
+    def _mapping(self, mapping: _M, path: str, top_level: bool) -> _M | dict[str, Any]:
+        out: dict[str, Any] | None = None
+        names = self._names
+        for key, value in mapping.items():
+            text = key if type(key) is str else str(key)
+            full = f"{path}.{text}" if path else text
+            name = names.get(full)
+            if name is None:
+                name = self._learn(full)
+            if name and not (top_level and text in ENVELOPE_KEYS):
+                new = self._hide(name, value)
+            elif type(value) is dict or type(value) is list:
+                new = self._nested(value, full)
+            else:
+                continue
+            if new is not value:
+                if out is None:
+                    out = dict(mapping)
+                out[key] = new
+        return mapping if out is None else out
+
+    def _nested(self, value: Any, path: str) -> Any:
+        if isinstance(value, Mapping):
+            return self._mapping(value, path, False)
+        if isinstance(value, list | tuple):
+            items = [self._nested(item, path) for item in value]
+            return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+        return value
+
+    def _learn(self, path: str) -> str:
+        """The configured name `path` ends with (on a dot), or ""; remembered."""
+        fields = self.fields
+        name = path if path in fields else ""
+        dot = path.find(".")
+        while not name and dot >= 0:
+            if path[dot + 1 :] in fields:
+                name = path[dot + 1 :]
+            dot = path.find(".", dot + 1)
+        if len(path) <= 256:  # a client's unique long keys must not pin memory
+            _remember(self._names, path, name)
+        return name
+
+    def _hide(self, name: str, value: Any) -> Any:
+        """Every value at or below a configured field, as it is written."""
+        if type(value) is str:
+            cache = self._ip_cache if name in self._truncating else self._cache
+            hidden = cache.get(value)
+            if hidden is None:
+                hidden = value if self._kept(value) else self.field(name, value)
+                _remember(cache, value, hidden)
+            return hidden
+        if value is None:
+            return None
+        if isinstance(value, Mapping):
+            return {key: self._hide(name, item) for key, item in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._hide(name, item) for item in value]
+        return self.field(name, value)
+
+    def _kept(self, text: str) -> bool:
+        """Redacted already, or hidden already (a receiver called `field`)."""
+        prefix = self._prefix
+        return text == REDACTED or (
+            bool(prefix) and len(text) == len(prefix) + _DIGEST_CHARS and text.startswith(prefix)
+        )
+
+
+def _remember(cache: dict[str, str], key: str, value: str) -> None:
+    if len(cache) >= _MAX_CACHED:  # a flood of new values: start again
+        cache.clear()
+    cache[key] = value

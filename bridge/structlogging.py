@@ -3,13 +3,14 @@
     structlog.configure(processors=[..., StructlogBridge(), structlog.processors.JSONRenderer()])
 
 `StructlogBridge` hands each event dict to the bridge (`signal = "structlog"`), which builds
-the event like a signal's (envelope, request context, redaction, size limits) and writes it
-with the request's other events; then it returns the dict unchanged, so the chain's own
-output stays as it was (or raises `DropEvent` with `drop=True`, when the bridge's sinks are
-the only output wanted). The bridge never calls `structlog.configure()`. Keys are mapped once
-(`bridge.logfields`): `event`, `level` (or the method's name), `logger` -> `log.logger`,
-`exc_info`/`exception` -> `exception.*`; `timestamp` is the envelope's; a key the request
-context has with the same value (a `request_id` bound with `bind_contextvars`) is not repeated.
+the event like a signal's (envelope, request context, redaction, pseudonymization of the
+event dict's keys, size limits) and writes it with the request's other events; then it
+returns the dict unchanged, so the chain's own output stays as it was (or raises `DropEvent`
+with `drop=True`, when the bridge's sinks are the only output wanted). The bridge never calls
+`structlog.configure()`. Keys are mapped once (`bridge.logfields`): `event`, `level` (or the
+method's name), `logger` -> `log.logger`, `exc_info`/`exception` -> `exception.*`;
+`timestamp` is the envelope's; a key the request context has with the same value (a
+`request_id` bound with `bind_contextvars`) is not repeated.
 
 Routing is the custom signals' and the `loggers`': an event logged inside an app goes to
 that app's bridge (none if it has no bridge), one logged outside any app to every open

@@ -1,8 +1,8 @@
 """`capture_events()`: assert, in your own tests, which events your code emitted.
 
 In the spirit of `structlog.testing.capture_logs`: inside the block every event the bridge
-emits (after processing, redaction and JSON-safe conversion: exactly what the sinks are given,
-as dicts) is also appended to the list it yields. The sinks still receive them.
+emits (after processing, redaction, JSON-safe conversion and pseudonymization: exactly what
+the sinks are given, as dicts) is also appended to the list it yields. The sinks still receive them.
 """
 
 from __future__ import annotations
