@@ -111,8 +111,15 @@ class TestSources:
     def test_example_file_is_valid(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """config/bridge.example.toml documents every key and loads as it is."""
         monkeypatch.setenv("COLLECTOR_TOKEN", "t")
+        monkeypatch.setenv("AUDIT_KEY", "an-audit-key-of-32-characters!!")
+        monkeypatch.setenv("PSEUDONYM_KEY", "a-pseudonym-key-of-32-characters")
         settings = load_settings({"BRIDGE_CONFIG": str(EXAMPLE)}, {})
         assert {"file", "stdout", "http"} == {s.type for s in settings.sinks}
+        assert [True] == [
+            s.audit for s in settings.sinks if isinstance(s, FileSinkSettings) and s.audit
+        ]
+        assert ("client.address", "user.email") == settings.pseudonymize
+        assert "pseudonymize" == settings.auth.attempted_user
 
 
 ERRORS: list[tuple[dict[str, Any], str, str]] = [
