@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import blinker
+import flask_login.signals as login_signals
+import flask_security.signals as security_signals
 import pytest
 from flask import Flask, request
 from flask_login import LoginManager, login_required, login_user, logout_user
@@ -28,8 +30,10 @@ from flask_security import (
 from flask_security.datastore import Datastore
 
 from bridge import SignalBridge
+from bridge.auditsettings import AuthSettings
 from bridge.errors import ConfigError
 from bridge.pseudonyms import Pseudonymizer
+from bridge.signals import auth_group
 from tests.conftest import BridgedApp, read_events
 
 # The app's own failure signal: defined at import, before any init_app, as apps do.
@@ -475,3 +479,93 @@ class TestFlaskSecurityGroup:
         failed = events[0]
         assert ("password", False) == (failed["auth_type"], failed["tfa"])
         assert ["password"] == events[3]["authn_via"]
+
+
+# Every Flask-Security signal of the group, with the arguments Flask-Security 5 sends it.
+SECURITY_SENDS = [
+    ("user_authenticated", {"authn_via": ["password"]}, "user.authenticated", "success"),
+    ("user_unauthenticated", {}, "user.unauthenticated", "failure"),
+    (
+        "user_failed_authn",
+        {"auth_type": "password", "tfa": False},
+        "user.authentication_failed",
+        "failure",
+    ),
+    ("tf_code_confirmed", {"method": "authenticator"}, "user.second_factor_confirmed", "success"),
+    ("password_changed", {}, "user.password_changed", "success"),
+    ("password_reset", {}, "user.password_reset", "success"),
+    ("tf_profile_changed", {"method": "sms"}, "user.second_factor_changed", "success"),
+    ("tf_disabled", {}, "user.second_factor_disabled", "success"),
+    (
+        "us_profile_changed",
+        {"methods": ["email"], "delete": False},
+        "user.signin_methods_changed",
+        "success",
+    ),
+    ("wan_registered", {"name": "my key"}, "user.passkey_registered", "success"),
+    ("wan_deleted", {"name": "my key"}, "user.passkey_deleted", "success"),
+]
+
+
+class TestGroupMembers:
+    def test_every_flask_login_signal_but_user_accessed_is_in_the_group(self) -> None:
+        """The group holds Flask-Login's signals, without user_accessed and the deprecated
+        header loader."""
+        members, _ = auth_group(AuthSettings())
+        in_group = {spec for spec, _, _ in members if spec.startswith("flask_login.")}
+        defined = {
+            f"flask_login.signals:{name}"
+            for name, value in vars(login_signals).items()
+            if isinstance(value, blinker.NamedSignal)
+        }
+        left_out = {
+            "flask_login.signals:user_accessed",
+            "flask_login.signals:_user_loaded_from_header",
+        }
+        assert defined - left_out == in_group
+
+    @pytest.mark.parametrize(
+        ("attribute", "arguments", "event", "outcome"),
+        SECURITY_SENDS,
+        ids=[row[0] for row in SECURITY_SENDS],
+    )
+    def test_each_flask_security_signal_is_its_event(
+        self,
+        make_bridged: Make,
+        attribute: str,
+        arguments: dict[str, Any],
+        event: str,
+        outcome: str,
+    ) -> None:
+        """Sent as Flask-Security sends it, each signal is its event, with the user's id."""
+        bridged = make_bridged(signals=["auth"])
+        signal = getattr(security_signals, attribute)
+        user = None if attribute == "user_unauthenticated" else MEMBERS["ada"]
+
+        @bridged.app.route("/security")
+        def send() -> str:
+            extra = {} if user is None else {"user": user}
+            signal.send(bridged.app, _async_wrapper=bridged.app.ensure_sync, **extra, **arguments)
+            return "ok"
+
+        bridged.client.get("/security", headers=HEADERS)
+        (sent,) = bridged.events()
+        assert (event, outcome, "authentication", None if user is None else "1") == (
+            sent["event"],
+            sent["event.outcome"],
+            sent["event.category"],
+            sent.get("user.id"),
+        )
+        assert arguments == {key: sent[key] for key in arguments}
+
+    def test_the_apps_own_success_signal_is_a_login(self, make_bridged: Make) -> None:
+        """`user-login` (a default of [auth].success, defined by the app) is a login event."""
+        bridged = make_bridged(signals=["auth"])
+        bridged.client.post("/login", headers=HEADERS)
+        (login,) = bridged.named("user-login")
+        assert ("success", "login", 7, "ada") == (
+            login["event.outcome"],
+            login["event.action"],
+            login["user_id"],
+            login["username"],
+        )
