@@ -7,15 +7,22 @@ named in `[auth]`, `bridge.auditsettings`); each resolved signal carries an `Aut
 `event.category` ("authentication"), `event.outcome` ("success" / "failure") and
 `event.action`, and decides what a failure says about the user name that was tried.
 
-- Flask-Login (when importable): every signal but `user_accessed` (sent on every request).
+- Flask-Login (when importable): every signal but `user_accessed` (sent on every request)
+  and the deprecated `_user_loaded_from_header`.
 - Flask-Security(-Too) (when importable): the signals that report an authentication, its
   failure, or a change of the credentials an account authenticates with (PCI DSS asks that
   changes to authentication credentials be logged too). Left out: the `*_instructions_sent`
   and `*_token_sent` signals (an e-mail or code was sent, and their arguments carry the
   token), registration and confirmation (account life cycle), the refresh-token tracker,
-  e-mail and user-name changes (their arguments hold the old values).
+  e-mail and user-name changes (their arguments hold the old values). Flask-Security logs
+  users in and out through Flask-Login, so a login writes `user.logged_in` and
+  `user.authenticated` (which adds `authn_via`); its `user.id` is the user's `get_id()`,
+  the `fs_uniquifier`, which a password change rotates.
+- The app's own, named in `[auth]`: `success` (action login), `failure` (login_failed) and
+  `logout` (logout); they keep their signal names as event names.
 
-An authentication event is never dropped by noise control (`bridge.noise` keeps every event
+Without the word "auth" in `signals`, a signal listed by name is written as any custom
+signal, as before. An authentication event is never dropped by noise control (`bridge.noise` keeps every event
 whose `event.category` is "authentication", whatever its name after `rename`).
 """
 
