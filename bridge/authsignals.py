@@ -22,8 +22,9 @@ named in `[auth]`, `bridge.auditsettings`); each resolved signal carries an `Aut
   `logout` (logout); they keep their signal names as event names.
 
 Without the word "auth" in `signals`, a signal listed by name is written as any custom
-signal, as before. An authentication event is never dropped by noise control (`bridge.noise` keeps every event
-whose `event.category` is "authentication", whatever its name after `rename`).
+signal, as before. An authentication event is never dropped by noise control (`bridge.noise`
+keeps every event whose `event.category` is "authentication", whatever its name after
+`rename`).
 """
 
 from __future__ import annotations
