@@ -278,6 +278,20 @@ class TestCompleteness:
         actions = [e["event.action"] for e in bridged.events() if "event.action" in e]
         assert ["unauthorized", "login_failed", "login", "logout"] == actions
 
+    def test_outside_a_request_an_auth_event_passes_min_level(self, make_login: Make) -> None:
+        """Sent by a script (no request), a failure is written despite min_level, without
+        request fields and without the name tried."""
+        bridged = make_login(BRIDGE_MIN_LEVEL="error")
+        LOGIN_FAILED.send(bridged.app, username="mallory", reason="locked")
+        (failed,) = bridged.events()
+        assert ("user-login-failed", "failure", "locked", None) == (
+            failed["event"],
+            failed["event.outcome"],
+            failed["reason"],
+            failed.get("request_id"),
+        )
+        assert "mallory" not in bridged.path.read_text()
+
     def test_a_failing_processor_never_raises_into_the_request(self, tmp_path: Path) -> None:
         """A processor that fails on an auth event is counted; the login still answers."""
 
