@@ -3,7 +3,8 @@
 Built-in signals are connected per app (`sender=app`); a custom signal is sent by anyone (a
 view, a script, a job worker), so each gets one receiver, a `CustomRoute`, shared by every
 bridged app configured for it. The extension adds an app's pipeline with `add` and takes it
-away with `remove` (on `close()`, or when the app is garbage collected).
+away with `remove` (on `close()`, or when the app is garbage collected). A member of the
+authentication group is written by the app's `AuthWriter` (`bridge.authsignals`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import blinker
 from flask import Flask
 from flask.globals import _cv_app
 
+from bridge.authsignals import AuthEvent, AuthWriter
 from bridge.emitter import Emitter
 from bridge.signals import CustomSignal
 
 __all__ = ["CustomRoute"]
 
-_Target = tuple["weakref.ref[Flask]", Emitter, CustomSignal]
+# (the app, its pipeline, the signal as resolved for it, and for an authentication signal
+# the app's writer and the signal's kind)
+_Auth = tuple[AuthWriter, AuthEvent]
+_Target = tuple["weakref.ref[Flask]", Emitter, CustomSignal, _Auth | None]
 
 
 def _bridged(app: Flask) -> bool:
@@ -50,9 +55,12 @@ class CustomRoute:
                 targets = [target]
             else:
                 targets = self._select(sender)
-            for _ref, emitter, spec in targets:
+            for _ref, emitter, spec, auth in targets:
                 try:  # as `with emitter.guard:`, for nothing when nothing fails
-                    emitter.emit(spec.signal_name, spec.event, "info", arguments=kwargs)
+                    if auth is None:
+                        emitter.emit(spec.signal_name, spec.event, "info", arguments=kwargs)
+                    else:
+                        auth[0].emit(emitter, spec.signal_name, spec.event, auth[1], kwargs)
                 except Exception as exc:
                     emitter.count_error(exc)
 
@@ -60,11 +68,16 @@ class CustomRoute:
         signal.connect(receive, weak=False)
 
     @classmethod
-    def add(cls, app: Flask, emitter: Emitter, spec: CustomSignal) -> None:
+    def add(
+        cls, app: Flask, emitter: Emitter, spec: CustomSignal, writer: AuthWriter | None = None
+    ) -> None:
+        """Route `spec`'s sends for `app` to `emitter`; through `writer` when `spec` is a
+        member of the authentication group (`spec.auth`)."""
         route = cls.routes.get(id(spec.signal))
         if route is None or route.signal is not spec.signal:
             route = cls.routes[id(spec.signal)] = cls(spec.signal)
-        route.targets = {**route.targets, id(app): (weakref.ref(app), emitter, spec)}
+        auth = None if spec.auth is None or writer is None else (writer, spec.auth)
+        route.targets = {**route.targets, id(app): (weakref.ref(app), emitter, spec, auth)}
 
     @classmethod
     def remove(cls, emitter: Emitter) -> None:

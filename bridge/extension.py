@@ -28,6 +28,7 @@ from flask import Flask
 from flask.globals import _cv_app, _cv_request
 
 from bridge.audit.sink import AuditSink
+from bridge.authsignals import AuthWriter
 from bridge.config import (
     FileSinkSettings,
     HttpSinkSettings,
@@ -268,7 +269,7 @@ class SignalBridge:
                 "call init_app once per app (or create the SignalBridge without an app)"
             )
         settings = load_settings(app.config, os.environ, default_service=app.import_name)
-        builtins, customs = resolve_signals(settings.signals, settings.rename)
+        builtins, customs = resolve_signals(settings.signals, settings.rename, settings.auth)
         sinks = self._build_sinks(settings)
         emitter = Emitter(settings, sinks, self._processors)
         binding = _AppBinding(app, emitter)
@@ -285,8 +286,9 @@ class SignalBridge:
         if finished is not None or exception is not None:  # a streamed body's exception too
             receiver = _finished_receiver(emitter, finished, exception)
             binding.connect(flask.signals.request_finished, receiver, app)
+        writer = AuthWriter.of(settings)  # authentication signals (`bridge.authsignals`)
         for custom in customs:
-            CustomRoute.add(app, emitter, custom)
+            CustomRoute.add(app, emitter, custom, writer)
         if settings.loggers:
             binding.detach_loggers = attach_loggers(settings.loggers, emitter, app)
         if not isinstance(app.wsgi_app, RequestClock):

@@ -22,6 +22,13 @@ Cheap on the request thread, by design:
   one written with its stack trace carries `exception.suppressed_since_last`.
 
 Every event suppressed is counted per reason in `stats()["suppressed"]`.
+
+Authentication events (`event.category` = "authentication", `bridge.authsignals`) are never
+suppressed, whatever their name after `rename`: not by `exclude_paths`, `min_level` nor
+sampling (their request is kept whole, as with `always_keep`). An audit trail with holes is
+no audit trail. The writer sends them inside `never_dropped()`, which the checks made as the
+event is sent (`admits`, `keeps`) read; those made when the request's events are written
+read the event's own `event.category`.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from flask.globals import _cv_request
@@ -40,10 +49,33 @@ from bridge import forking
 from bridge.noisesettings import LEVELS, ExceptionRate, SampleRule
 from bridge.pending import Pending, current_pending
 
-__all__ = ["REASONS", "Noise", "NoiseSettings"]
+__all__ = ["REASONS", "Noise", "NoiseSettings", "never_dropped"]
 
 REASONS = ("excluded", "level", "sampled", "stacktrace")
 _MAX_EXCEPTIONS = 1024  # distinct exceptions remembered at once: bounded memory
+# The category of the events noise control never drops (`bridge.authsignals`).
+COMPLETE_CATEGORY = "authentication"
+_sending_complete: ContextVar[bool] = ContextVar("bridge.noise.complete", default=False)
+
+
+@contextmanager
+def never_dropped() -> Iterator[None]:
+    """The event sent inside this block passes `exclude_paths`, `min_level` and sampling."""
+    token = _sending_complete.set(True)
+    try:
+        yield
+    finally:
+        _sending_complete.reset(token)
+
+
+def _complete_fields(fields: Any) -> bool:
+    return type(fields) is dict and fields.get("event.category") == COMPLETE_CATEGORY
+
+
+def _complete(item: Any) -> bool:
+    """Whether a captured item (`bridge.pending.Captured`) is an authentication event: its
+    bridge-made fields say so (processed at capture: its whole dict)."""
+    return _complete_fields(item[2] if item[1] is None else item[5])
 
 
 class NoiseSettings(Protocol):
@@ -105,7 +137,7 @@ class Noise:
     def admits(self, level: str, context: Mapping[str, Any] | None) -> bool:
         """Whether an event may be captured: not below `min_level`, not of an excluded
         path (the request's answer cached in its environ; `context`'s path when given)."""
-        if level and LEVELS.get(level, 40) < self.floor:
+        if level and LEVELS.get(level, 40) < self.floor and not _sending_complete.get():
             self.count("level")
             return False
         excluded = self.excluded
@@ -128,9 +160,10 @@ class Noise:
                     if known and pending is not None:
                         self._exclude(pending)
                 quiet = bool(known)
-        if quiet:
+        if quiet and not _sending_complete.get():
             self.count("excluded")
-        return not quiet
+            return False
+        return True
 
     def excludes(self, request: Any) -> bool:
         """Whether `request`'s path is excluded (cached in its environ): a streamed response's
@@ -148,7 +181,11 @@ class Noise:
         """Mark the request's list as excluded, and take out what this app captured before
         the request context was there (`appcontext.pushed`)."""
         pending.excluded = {*(pending.excluded or ()), self.key}
-        events = [item for item in pending.events if getattr(item[0], "noise", None) is not self]
+        events = [
+            item
+            for item in pending.events
+            if getattr(item[0], "noise", None) is not self or _complete(item)
+        ]
         self.count("excluded", len(pending.events) - len(events))
         pending.events = events
 
@@ -178,10 +215,11 @@ class Noise:
         self, signal: str, event: str, level: str, fields: Any, context: Mapping[str, Any] | None
     ) -> bool:
         """One event decided on its own (outside a request, or the WSGI wrapper unseen)."""
-        if LEVELS.get(level, 40) < self.floor:
+        complete = _sending_complete.get() or _complete_fields(fields)
+        if LEVELS.get(level, 40) < self.floor and not complete:
             self.count("level")
             return False
-        if not self.rules or self._always(signal, event, level):
+        if not self.rules or complete or self._always(signal, event, level):
             return True
         status = fields.get("http.response.status_code") if type(fields) is dict else None
         path = context.get("url.path") if context else None
@@ -209,7 +247,7 @@ class Noise:
                 item = (*item[:4], level, fields, *item[6:])
             else:
                 level = item[4]
-            if LEVELS.get(level, 40) < self.floor:
+            if LEVELS.get(level, 40) < self.floor and not _complete(item):
                 self.count("level")
                 continue
             group = (self._group(item) or batch_group) if self.rules else None
@@ -254,7 +292,9 @@ class Noise:
         facts = [self._facts(item) for item in items]
         requests = [item[7] for item in items if item[1] is not None and item[7] is not None]
         environ = requests[0].environ if requests else None
-        if any(self._always(signal, event, level) for signal, event, level, _, _ in facts):
+        if any(_complete(item) for item in items) or any(
+            self._always(signal, event, level) for signal, event, level, _, _ in facts
+        ):
             if environ is not None:
                 environ[self.sample_key] = True
             return True

@@ -4,7 +4,12 @@ The catalogue gives each built-in its event name and the fields it contributes (
 event table); exception fields come from `Emitter.exception_fields`, secrets scrubbed. Custom
 signals are resolved from blinker's default namespace by name (`"user-login"`), or from an
 import path (`"flask_login.signals:user_logged_in"`); Flask-Login's signals get catalogue
-event names (`user.logged_in`, ...).
+event names (`user.logged_in`, ...), Flask-Security's the names of `bridge.authsignals`.
+
+The word "auth" stands for the authentication group (`bridge.authsignals`): Flask-Login's and
+Flask-Security's authentication signals when they are importable, and the app's own named in
+`[auth]`. Each signal of the group, listed by "auth" or by name as well, is resolved once and
+carries its `AuthEvent`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,14 @@ from typing import Any
 import blinker
 import flask.signals
 
+from bridge.auditsettings import AuthSettings
+from bridge.authsignals import (
+    AUTH_GROUP,
+    FLASK_SECURITY_EVENTS,
+    OWN_SIGNAL_EVENTS,
+    AuthEvent,
+    library_signals,
+)
 from bridge.errors import ConfigError, ConfigProblem
 
 __all__ = [
@@ -26,6 +39,7 @@ __all__ = [
     "DEFAULT_SIGNALS",
     "BuiltinSignal",
     "CustomSignal",
+    "auth_group",
     "event_name",
     "expand_signal_names",
     "resolve_signals",
@@ -101,6 +115,7 @@ class CustomSignal:
     signal: blinker.Signal
     signal_name: str
     event: str
+    auth: AuthEvent | None = None  # a member of the authentication group ("auth")
 
 
 # request_finished is built by the extension itself: it needs the response and the clock.
@@ -202,26 +217,31 @@ def expand_signal_names(names: Iterable[str]) -> tuple[str, ...]:
 
 
 def _catalogue_event(signal: blinker.Signal) -> str | None:
-    login_signals = sys.modules.get("flask_login.signals")
-    if login_signals is None:
-        return None
-    for attribute, event in FLASK_LOGIN_EVENTS.items():
-        if login_signals.__dict__.get(attribute) is signal:
-            return event
+    tables = (
+        ("flask_login.signals", FLASK_LOGIN_EVENTS),
+        ("flask_security.signals", {name: ev for name, (ev, _) in FLASK_SECURITY_EVENTS.items()}),
+    )
+    for module_name, table in tables:
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        for attribute, event in table.items():
+            if module.__dict__.get(attribute) is signal:
+                return event
     return None
 
 
-def _import_signal(spec: str) -> blinker.Signal:
+def _import_signal(spec: str, key: str = "signals") -> blinker.Signal:
     module_name, _, attribute = spec.partition(":")
     expected = 'an importable "module.path:attribute" naming a blinker signal'
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise ConfigError("signals", spec, f"{expected} (import failed: {exc})") from None
+        raise ConfigError(key, spec, f"{expected} (import failed: {exc})") from None
     signal = getattr(module, attribute, None)
     if not isinstance(signal, blinker.Signal):
         found = "nothing" if signal is None else type(signal).__name__
-        raise ConfigError("signals", spec, f"{expected} ({attribute} is {found})")
+        raise ConfigError(key, spec, f"{expected} ({attribute} is {found})")
     return signal
 
 
@@ -230,7 +250,9 @@ def _named_signal(name: str) -> blinker.Signal:
     if signal is not None:
         return signal
     close = difflib.get_close_matches(
-        name, [*BUILTIN_SIGNALS, *blinker.default_namespace, "default", "builtin"], n=1
+        name,
+        [*BUILTIN_SIGNALS, *blinker.default_namespace, "default", "builtin", AUTH_GROUP],
+        n=1,
     )
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ConfigError(
@@ -255,27 +277,87 @@ def event_name(spec: BuiltinSignal | CustomSignal, rename: Mapping[str, str]) ->
     return spec.event
 
 
+def _own_signal(key: str, name: str) -> blinker.Signal:
+    """A signal `[auth]` names: by import path, or by name in blinker's namespace."""
+    if ":" in name:
+        return _import_signal(name, key)
+    signal = blinker.default_namespace.get(name)
+    if signal is None:
+        close = difflib.get_close_matches(name, list(blinker.default_namespace), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            key,
+            name,
+            f"a signal defined with blinker.signal({name!r}) before init_app, "
+            f'or "module:attribute"{hint}',
+        )
+    return signal
+
+
+def auth_group(
+    auth: AuthSettings, *, libraries: bool = True
+) -> tuple[list[tuple[str, blinker.Signal, AuthEvent]], list[ConfigProblem]]:
+    """(spec, signal, kind) of every member of the authentication group (the libraries' only
+    when `libraries`: importing them costs), and the problems of the `[auth]` names the user
+    set that do not resolve (a default name that does not is simply not the app's)."""
+    members = list(library_signals()) if libraries else []
+    problems: list[ConfigProblem] = []
+    for key, kind in OWN_SIGNAL_EVENTS.items():
+        for name in getattr(auth, key):
+            try:
+                members.append((name, _own_signal(f"auth.{key}", name), kind))
+            except ConfigError as exc:
+                if key in auth.explicit:
+                    problems.extend(exc.problems)
+    return members, problems
+
+
 def resolve_signals(
-    names: Iterable[str], rename: Mapping[str, str]
+    names: Iterable[str], rename: Mapping[str, str], auth: AuthSettings | None = None
 ) -> tuple[list[BuiltinSignal], list[CustomSignal]]:
     """Split the configured names into built-ins and resolved custom signals, each carrying
-    the event it becomes (`event_name`); one ConfigError lists every name that fails."""
+    the event it becomes (`event_name`); one ConfigError lists every name that fails, and
+    every `[auth]` name the user set that does not resolve. A member of the authentication
+    group ("auth") is resolved once, however often it is listed."""
     builtins: list[BuiltinSignal] = []
     customs: list[CustomSignal] = []
-    problems: list[ConfigProblem] = []
+    names = tuple(names)
+    grouped = AUTH_GROUP in names
+    members, problems = auth_group(auth or AuthSettings(), libraries=grouped)
+    kinds = {id(signal): kind for _, signal, kind in members}
+    listed: dict[int, int] = {}  # id(signal) -> its place in customs, for group members
     for name in expand_signal_names(names):
         if name in BUILTIN_SIGNALS:
             spec = BUILTIN_SIGNALS[name]
             builtins.append(replace(spec, event=event_name(spec, rename)))
+            continue
+        if name == AUTH_GROUP:
+            for spec_name, signal, kind in members:
+                if id(signal) in listed:  # listed by name before "auth"
+                    at = listed[id(signal)]
+                    customs[at] = replace(customs[at], auth=kind)
+                    continue
+                listed[id(signal)] = len(customs)
+                customs.append(_custom(spec_name, signal, rename, kind))
             continue
         try:
             signal = _import_signal(name) if ":" in name else _named_signal(name)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
-        signal_name = getattr(signal, "name", None) or name.rpartition(":")[2]
-        custom = CustomSignal(name, signal, signal_name, _catalogue_event(signal) or signal_name)
-        customs.append(replace(custom, event=event_name(custom, rename)))
+        if id(signal) in listed:
+            continue  # a group member listed by name too: one event, not two
+        if grouped and id(signal) in kinds:
+            listed[id(signal)] = len(customs)
+        customs.append(_custom(name, signal, rename, None))
     if problems:
         raise ConfigError.of(problems)
     return builtins, customs
+
+
+def _custom(
+    name: str, signal: blinker.Signal, rename: Mapping[str, str], kind: AuthEvent | None
+) -> CustomSignal:
+    signal_name = getattr(signal, "name", None) or name.rpartition(":")[2]
+    custom = CustomSignal(name, signal, signal_name, _catalogue_event(signal) or signal_name, kind)
+    return replace(custom, event=event_name(custom, rename))
