@@ -18,6 +18,7 @@ off the file.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hmac
 import zlib
@@ -89,13 +90,11 @@ def _seqs(first: int, last: int) -> str:
 class _Gap:
     """Records of a chain not seen where they belong: missing, or coming later (reordered)."""
 
-    first: int
-    last: int
     at: _Loc  # the record after them
     at_seq: int
     before: _Loc | None  # the record before them (None: the chain starts after record 1)
     after_rotation: bool
-    missing: list[tuple[int, int]]
+    missing: list[tuple[int, int]]  # (first, last) seqs not seen yet
     late: list[tuple[int, _Loc]] = field(default_factory=list)
 
 
@@ -112,16 +111,16 @@ class _Chain:
 
 class _Problems:
     def __init__(self) -> None:
-        self.found: list[tuple[_Loc, str]] = []
+        self.found: list[tuple[_Loc, int, str]] = []  # the count: found first, shown first
         self.count = 0
 
     def add(self, loc: _Loc, message: str) -> None:
         self.count += 1
-        self.found.append((loc, message))
+        self.found.append((loc, self.count, message))
         if len(self.found) > 4 * MAX_PROBLEMS:  # keep the first in reading order, bounded
             self.found = sorted(self.found)[:MAX_PROBLEMS]
 
-    def first(self) -> list[tuple[_Loc, str]]:
+    def first(self) -> list[tuple[_Loc, int, str]]:
         return sorted(self.found)[:MAX_PROBLEMS]
 
 
@@ -188,11 +187,8 @@ class _Verifier:
         if not signed and seq != chain.seq + 1:
             return  # an edited seq: the chain goes on without it
         if seq > chain.seq + 1:
-            before = chain.last
-            after_rotation = chain.reason == "rotation"
-            gap = _Gap(chain.seq + 1, seq - 1, loc, seq, before, after_rotation, [])
-            gap.missing.append((gap.first, gap.last))
-            chain.gaps.append(gap)
+            missing = [(chain.seq + 1, seq - 1)]
+            chain.gaps.append(_Gap(loc, seq, chain.last, chain.reason == "rotation", missing))
         elif record["audit.prev"] != chain.prev and signed:
             self.problems.add(
                 loc,
@@ -367,11 +363,11 @@ def verify(
     ordered = reading_order([Path(p) for p in paths])
     for path in ordered:
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
+            raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
     verifier = _Verifier(keys, partial)
     for loc, line in _lines(ordered, verifier):
         verifier.line(loc, line)
     verifier.finish(_first_seen(ordered, verifier.copies) if verifier.copies else {})
     verifier.summary.files = len(ordered)
-    problems = [Problem(loc.path, loc.line, message) for loc, message in verifier.problems.first()]
+    problems = [Problem(loc.path, loc.line, text) for loc, _, text in verifier.problems.first()]
     return VerifyReport(problems, verifier.problems.count, verifier.summary)

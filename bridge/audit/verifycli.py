@@ -126,7 +126,10 @@ def run_verify(
             "no audit key: give --key-env NAME or --key-file FILE (or, with `flask bridge "
             "verify`, an app with an audit file sink)"
         )
-    report = verify(paths, keys, partial=partial)
+    try:
+        report = verify(paths, keys, partial=partial)
+    except OSError as exc:  # unreadable (a missing file is refused before this)
+        raise click.UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
     if as_json:
         click.echo(report_json(report))
     else:
