@@ -24,6 +24,7 @@ from bridge.audit.trailfiles import reading_order
 from bridge.audit.verify import MAX_PROBLEMS, VerifyReport, verify
 from bridge.cli import bridge_command
 from tests.conftest import build_app
+from tests.forks import run_in_child
 
 KEY = AuditKey.of("correct horse battery staple 0123456789")
 OLD_KEY = AuditKey.of("an older key, rotated out 9876543210")
@@ -568,3 +569,37 @@ class TestFlaskCommand:
             assert "no audit key" in result.output
         finally:
             bridge.close(timeout=5.0)
+
+
+class TestWorkersOfARealApp:
+    @pytest.fixture(autouse=True)
+    def _audit_key(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AUDIT_KEY", KEY.secret.decode())
+
+    def test_parent_and_forked_worker_share_a_file(self, tmp_path: Path) -> None:
+        """Two processes' chains interleaved by the real audit sink verify; the child's
+        shutdown checkpoint cut off is named at the child's last login."""
+        app, bridge, path = audit_app(tmp_path)
+        app.test_client().post("/login")
+
+        def worker() -> int:
+            app.test_client().post("/login")
+            app.test_client().post("/login")
+            bridge.close(timeout=5.0)
+            return os.getpid()
+
+        child = run_in_child(worker, deadline=30.0)
+        app.test_client().post("/login")
+        assert bridge.close(timeout=5.0)
+        report = verify([path], [KEY])
+        assert [] == report.problems
+        assert (2, 6, 2) == (
+            report.summary.chains,
+            report.summary.records,
+            report.summary.checkpoints,
+        )
+        lines = path.read_bytes().splitlines(keepends=True)
+        pids = [json.loads(line)["process.pid"] for line in lines]
+        child_lines = [n for n, pid in enumerate(pids, 1) if pid == child]
+        del lines[child_lines[-1] - 1]  # the child's shutdown checkpoint
+        assert (str(path), child_lines[-2]) == first(verify([write(path, lines)], [KEY]))
