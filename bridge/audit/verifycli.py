@@ -36,6 +36,7 @@ def verify_options(command: F) -> F:
     options = [
         click.argument(
             "paths",
+            metavar="PATH...",
             nargs=-1,
             required=True,
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -77,12 +78,16 @@ def explicit_keys(key_envs: Sequence[str], key_file: Path | None) -> list[AuditK
             )
         keys.append(AuditKey.of(value))
     if key_file is not None:
-        lines = [line.rstrip("\r\n") for line in key_file.read_text().splitlines()]
+        lines = key_file.read_text().splitlines()  # the key is the whole line, as written
         found = [AuditKey.of(line) for line in lines if line.strip()]
         if not found:
             raise click.BadParameter(f"{key_file} holds no key", param_hint="--key-file")
         keys += found
     return keys
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def report_lines(report: VerifyReport, *, shown: int = SHOWN) -> list[str]:
@@ -94,7 +99,8 @@ def report_lines(report: VerifyReport, *, shown: int = SHOWN) -> list[str]:
             lines.append(f"... {report.problem_count} problems in all")
         return lines
     lines = [
-        f"verified: {summary.chains} chains, {summary.records} records in {summary.files} files",
+        f"verified: {_count(summary.chains, 'chain')}, {_count(summary.records, 'record')} in"
+        f" {_count(summary.files, 'file')}",
         f"time: {summary.first_time} to {summary.last_time}",
         f"checkpoints: {summary.checkpoints}; records noted lost (audit.lost): {summary.lost}",
     ]

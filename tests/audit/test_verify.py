@@ -461,7 +461,7 @@ class TestModuleCommand:
         done = run_module("verify", str(write(path, lines)), "--key-env", "THE_KEY",
                           env={"THE_KEY": KEY.secret.decode()})  # fmt: skip
         assert 0 == done.returncode, done.stderr
-        assert "verified: 3 chains, 15 records in 1 files" == done.stdout.splitlines()[0]
+        assert "verified: 3 chains, 15 records in 1 file" == done.stdout.splitlines()[0]
 
     def test_tampered(self, trail: tuple[Writer, list[bytes], Path], tmp_path: Path) -> None:
         """Exit 1 naming PATH:LINE first; the key read from a key file with an old key."""
