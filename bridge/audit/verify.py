@@ -188,7 +188,12 @@ class _Verifier:
             return  # an edited seq: the chain goes on without it
         if seq > chain.seq + 1:
             missing = [(chain.seq + 1, seq - 1)]
-            chain.gaps.append(_Gap(loc, seq, chain.last, chain.reason == "rotation", missing))
+            if len(chain.gaps) < MAX_PROBLEMS:  # a file of garbage must not grow memory
+                chain.gaps.append(_Gap(loc, seq, chain.last, chain.reason == "rotation", missing))
+            else:
+                self.problems.add(
+                    loc, f"{_seqs(*missing[0])} of chain {name} missing before this line"
+                )
         elif record["audit.prev"] != chain.prev and signed:
             self.problems.add(
                 loc,
@@ -251,7 +256,10 @@ class _Verifier:
                         f" record {gap.at_seq} ({gap.at}): reordered",
                     )
                     return
-        self.copies.append((loc, chain.name, seq))
+        if len(self.copies) < MAX_PROBLEMS:  # where each was first: looked up at the end
+            self.copies.append((loc, chain.name, seq))
+        else:
+            self.problems.add(loc, f"record {seq} of chain {chain.name} appears a second time")
 
     def finish(self, copies_at: dict[tuple[str, int], _Loc]) -> None:
         for chain in self.chains.values():
@@ -336,7 +344,7 @@ def _lines(paths: Sequence[Path], verifier: _Verifier | None) -> Iterable[tuple[
 
 def _first_seen(paths: Sequence[Path], copies: list[tuple[_Loc, str, int]]) -> dict[Any, _Loc]:
     """Where each copied record was seen first: a second pass, only when there are copies."""
-    wanted = {(name, seq) for _, name, seq in copies[:MAX_PROBLEMS]}
+    wanted = {(name, seq) for _, name, seq in copies}
     names = {name.encode() for name, _ in wanted}
     found: dict[Any, _Loc] = {}
     for loc, line in _lines(paths, None):

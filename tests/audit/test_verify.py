@@ -294,6 +294,16 @@ class TestTampering:
         assert (5 * MAX_PROBLEMS, MAX_PROBLEMS) == (report.problem_count, len(report.problems))
         assert list(range(1, MAX_PROBLEMS + 1)) == [p.line for p in report.problems]
 
+    def test_many_gaps_and_copies_stay_bounded(self, tmp_path: Path) -> None:
+        """Every other record deleted and every line doubled: each one is counted."""
+        writer = Writer()
+        lines = [writer.login("A") for _ in range(4 * MAX_PROBLEMS)]
+        kept = [line for line in lines[1::2] for _ in range(2)]
+        report = verify([write(tmp_path / "a.jsonl", kept)], [KEY])
+        # each kept record: a gap before it and a copy after it; and the open tail
+        assert len(kept) + 1 == report.problem_count
+        assert (str(tmp_path / "a.jsonl"), 1) == first(report)
+
 
 def rotated(tmp_path: Path, *, gz: bool = False) -> tuple[Path, Path, list[bytes]]:
     """A and B write to audit.jsonl.1, leave it with rotation checkpoints, go on in audit.jsonl."""
