@@ -1,4 +1,5 @@
-"""`flask bridge ...`: check the configuration, send a test event, show counters, read files.
+"""`flask bridge ...`: check the configuration, send a test event, show counters, read files,
+verify an audit trail.
 
 Registered through the `flask.commands` entry point, so Flask's CLI finds the group without
 loading the app; each command loads the app itself. That is what lets `check` explain a
@@ -17,6 +18,8 @@ import click
 from flask import Flask
 from flask.cli import ScriptInfo
 
+from bridge.audit.chain import AuditKey
+from bridge.audit.verifycli import explicit_keys, run_verify, verify_options
 from bridge.clireport import (
     count_sinks,
     counter,
@@ -26,7 +29,7 @@ from bridge.clireport import (
     print_workers,
     sink_line,
 )
-from bridge.config import load_settings
+from bridge.config import FileSinkSettings, load_settings
 from bridge.errors import BridgeError, ConfigError
 from bridge.extension import SignalBridge
 from bridge.probes import probe_sink, sink_kind_and_target
@@ -368,3 +371,45 @@ def replay_command(
         problems.insert(0, f"{skipped} records skipped")
     if problems:
         raise click.ClickException("replay incomplete: " + ", ".join(problems))
+
+
+# --- verify ---------------------------------------------------------------------------------
+
+
+def _app_audit_keys(*, required: bool) -> list[AuditKey]:
+    """The `audit_key` of every audit file sink of the app. Without keys of its own the
+    command needs the app; with them, an app that fails to load only adds no key."""
+    try:
+        app = _load_app()
+        settings = load_settings(app.config, os.environ, default_service=app.import_name)
+    except Exception as exc:
+        if required:
+            raise click.UsageError(
+                f"no audit key: the app failed to load ({exc}); give --key-env NAME or "
+                "--key-file FILE"
+            ) from None
+        return []
+    sinks = [s for s in settings.sinks if isinstance(s, FileSinkSettings) and s.audit]
+    return [AuditKey.of(sink.audit_key) for sink in sinks]
+
+
+@bridge_command.command("verify")
+@verify_options
+def verify_command(
+    paths: tuple[Path, ...],
+    key_envs: tuple[str, ...],
+    key_file: Path | None,
+    partial: bool,
+    as_json: bool,
+) -> None:
+    """Verify audit files (oldest first; rotated backups such as events.jsonl.1 or
+    events.jsonl-20261207.gz are put before their file): every record signed by a known key,
+    every chain whole, nothing edited, deleted, inserted, reordered or spliced.
+
+    Keys: the audit_key of every audit file sink of the app, plus --key-env NAME (an
+    environment variable; repeat it for old keys) and --key-file (one key per line); never a
+    key on the command line. Exit status: 0 verified (a summary is printed), 1 not (the first
+    problem as PATH:LINE: what, then a few more), 2 a usage error (no key, a missing file)."""
+    keys = explicit_keys(key_envs, key_file)
+    keys += _app_audit_keys(required=not keys)
+    run_verify(paths, keys, partial=partial, as_json=as_json)
