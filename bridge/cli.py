@@ -112,7 +112,7 @@ def check_command(ctx: click.Context, timeout: float) -> None:
         ctx.exit(EXIT_CONFIG)
     try:
         settings = load_settings(app.config, os.environ, default_service=app.import_name)
-        builtins, customs = resolve_signals(settings.signals, settings.rename)
+        builtins, customs = resolve_signals(settings.signals, settings.rename, settings.auth)
     except ConfigError as exc:
         explain(exc)
         ctx.exit(EXIT_CONFIG)
@@ -125,7 +125,8 @@ def check_command(ctx: click.Context, timeout: float) -> None:
     for builtin in builtins:  # events as resolve_signals named them, as init_app does
         click.echo(f"  {builtin.name} -> {builtin.event} (built-in)")
     for custom in customs:
-        click.echo(f"  {custom.spec} -> {custom.event} (custom)")
+        kind = "custom" if custom.auth is None else f"auth: {custom.auth.outcome}"
+        click.echo(f"  {custom.spec} -> {custom.event} ({kind})")
     click.echo(f"loggers: {', '.join(settings.loggers) or '(none)'}")
     if settings.ignored_environment:
         names = ", ".join(settings.ignored_environment)

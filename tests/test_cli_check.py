@@ -66,6 +66,26 @@ class TestCheckVerdicts:
         assert "\x1b[32mverdict: ok, configuration valid and 1 sink ready\x1b[0m" == last
 
 
+class TestCheckAuthSignals:
+    def test_the_auth_group_is_listed_with_outcomes(self) -> None:
+        """`signals = ["auth"]`: the app's own login signal is shown as an auth success."""
+        app = build_app(BRIDGE_SIGNALS=["auth"], BRIDGE_SINKS=[{"type": "stdout"}])
+        result = app.test_cli_runner().invoke(bridge_command, ["check"])
+        assert 0 == result.exit_code, result.output
+        assert "  user-login -> user-login (auth: success)" in result.output.splitlines()
+
+    def test_an_auth_name_that_does_not_resolve_fails_the_check(self) -> None:
+        """A misspelt `[auth]` signal is a configuration error here as in init_app."""
+        app = build_app(
+            BRIDGE_SIGNALS=["auth"],
+            BRIDGE_AUTH={"failure": ["user-login-faild"]},
+            BRIDGE_SINKS=[{"type": "stdout"}],
+        )
+        result = app.test_cli_runner().invoke(bridge_command, ["check"])
+        assert 1 == result.exit_code, result.output
+        assert "auth.failure" in result.output
+
+
 class TestEmitTestVerdicts:
     def test_refused_collector_fails_its_row(self, tmp_path: Path) -> None:
         """The file sink delivers, the http sink on a refused port does not within --timeout:

@@ -345,7 +345,8 @@ class AuditSink:
         snapshot = self._stats.snapshot(queue_depth=0)
         snapshot["type"] = self.kind
         snapshot.update(self.describe())
-        snapshot["chain"] = {"name": self._chain.name, "records": self._chain.seq}
+        snapshot["chain"] = self._chain.name  # this process's (`flask bridge verify` names it)
+        snapshot["chain_records"] = self._chain.seq
         return snapshot
 
 
