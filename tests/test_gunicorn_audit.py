@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -32,7 +33,8 @@ import pytest
 import requests
 
 from bridge.audit.chain import AuditKey, Chain
-from examples.server import ROOT, GunicornServer
+from examples.server import ROOT, GunicornServer, free_port
+from tests.test_examples_apps import wait_until_answering
 
 pytestmark = pytest.mark.slow
 
@@ -409,3 +411,59 @@ class TestTamperedCopies:
         files = copy_of()
         done = verify_command([files[0], *files[2:]])
         assert 1 == done.returncode
+
+
+class TestOneCommand:
+    def test_without_keys_it_says_what_to_set(self, tmp_path: Path) -> None:
+        """`python -m examples.audit_trail` with no keys exits 2 and shows how to make them."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "AUDIT"))}
+        env.pop("PSEUDONYM_KEY", None)
+        done = subprocess.run(
+            [sys.executable, "-m", "examples.audit_trail"],
+            cwd=tmp_path,
+            env={**env, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert 2 == done.returncode
+        assert "AUDIT_KEY and PSEUDONYM_KEY" in done.stderr
+        assert "openssl rand -hex 32" in done.stderr
+
+    def test_the_development_server_leaves_a_trail_that_verifies(self, tmp_path: Path) -> None:
+        """Serve, log in and fail a login, Ctrl-C: the file verifies (the shutdown checkpoint
+        was written at exit), exactly as the example's README says."""
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        env |= {"PORT": str(port), "PYTHONPATH": str(ROOT)}
+        env |= {"AUDIT_KEY": AUDIT_KEY, "PSEUDONYM_KEY": PSEUDONYM_KEY}
+        with (tmp_path / "stderr").open("wb") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "examples.audit_trail"],
+                cwd=tmp_path,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_until_answering(process, url + "/", 30.0)
+            with requests.Session() as http:
+                bad = {"username": ATTEMPTED, "password": "x"}
+                assert 401 == http.post(f"{url}/login", data=bad, timeout=10).status_code
+                good = {"username": "ada", "password": "lovelace"}
+                http.post(f"{url}/login", data=good, timeout=10, allow_redirects=False)
+            process.send_signal(signal.SIGINT)
+            assert 0 == process.wait(timeout=30.0)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30.0)
+        files = audit_files(tmp_path / "logs")
+        done = verify_command(files)
+        assert 0 == done.returncode, done.stdout + done.stderr
+        [records] = chains_in(files).values()
+        assert ["user-login-failed", "user.logged_in", "audit.checkpoint"] == [
+            r["event"] for _, _, r in records
+        ]
