@@ -23,6 +23,7 @@ __all__ = [
     "audit_fsync",
     "auth_table",
     "check_audit_sink",
+    "check_keys_differ",
     "check_pseudonymize_key",
     "pseudonymize_fields",
     "secret_key",
@@ -166,3 +167,18 @@ def check_pseudonymize_key(values: Mapping[str, Any], problems: v.Problems) -> N
             None,
             f'a secret for {" and ".join(needs)} (pseudonymize_key = "${{PSEUDONYM_KEY}}")',
         )
+
+
+def check_keys_differ(pseudonym_key: Any, sinks: Any, problems: v.Problems) -> None:
+    """Whoever verifies an audit file holds its key; with the pseudonym key as well they could
+    test guesses against every pseudonym. One key each."""
+    if not pseudonym_key:
+        return
+    for index, sink in enumerate(sinks):
+        if getattr(sink, "audit", False) and sink.audit_key == pseudonym_key:
+            problems.add(
+                f"sinks[{index}].audit_key",
+                v.HIDDEN,
+                "a key other than pseudonymize_key (an auditor verifying the file would hold "
+                "the key to every pseudonym)",
+            )

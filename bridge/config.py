@@ -371,6 +371,7 @@ def load_settings(
             f"at most {MAX_BATCH_DELAY:g} seconds (0 writes at once)",
         )
     auditsettings.check_pseudonymize_key(values, problems)
+    auditsettings.check_keys_differ(values.get("pseudonymize_key"), checked_sinks, problems)
     if problems.found:
         raise ConfigError.of(problems.found)
     return Settings(

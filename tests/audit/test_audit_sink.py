@@ -407,3 +407,25 @@ class TestConfig:
                 SignalBridge(app)
         finally:
             os.close(reader)
+
+
+class TestKeySeparation:
+    def test_the_audit_key_must_not_be_the_pseudonym_key(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """One secret for both fails at start-up, naming the audit sink's key, value hidden."""
+        monkeypatch.setenv("PSEUDONYM_KEY", KEY)
+        app = Flask("shop")
+        app.config["BRIDGE_PSEUDONYMIZE"] = ["client.address"]
+        app.config["BRIDGE_PSEUDONYMIZE_KEY"] = "${PSEUDONYM_KEY}"
+        app.config["BRIDGE_SINKS"] = [
+            {
+                "type": "file",
+                "path": str(tmp_path / "a.jsonl"),
+                "audit": True,
+                "audit_key": "${AUDIT_KEY}",
+            }
+        ]
+        with pytest.raises(ConfigError, match=r"sinks\[0\]\.audit_key") as raised:
+            SignalBridge(app)
+        assert KEY not in str(raised.value)
