@@ -101,6 +101,7 @@ class AuditSink:
         self._chain: Chain = new_chain(self._key, HOST_NAME)
         self._service = ""  # the service of the records sealed, for the checkpoints
         self._owed = b""  # the rest of a record a partial write cut: the next bytes written
+        self._checkpointed = 0  # chain.seq at the last rotation checkpoint tried: one per turn
         self._written = 0
         self._accepted = 0
         self._dirty = False  # written since the last fsync
@@ -146,8 +147,9 @@ class AuditSink:
         if not self._pay_owed(notes):
             self._lose(records, self._chain.mark(), notes, "the rest of a cut record is owed")
             return 0
-        if self._output.maintenance_due(time.monotonic()):
-            self._follow_rotation(notes)
+        if self._output.maintenance_due(time.monotonic()) and not self._follow_rotation(notes):
+            self._lose(records, self._chain.mark(), notes, "a checkpoint's rest is owed")
+            return 0
         service = records[-1].get("service.name")
         if isinstance(service, str):
             self._service = service
@@ -162,9 +164,12 @@ class AuditSink:
         sealed: list[tuple[bytes, tuple[int, str, int]]],
         before: tuple[int, str, int],
         notes: list[tuple[str, str]],
+        *,
+        events: bool = True,
     ) -> int:
         """One `write()` of the sealed lines if it can; on a failure the chain is rewound to
-        the last record that reached the file (whole, or cut: its rest is owed)."""
+        the last record that reached the file (whole, or cut: its rest is owed). A checkpoint
+        (`events=False`) that is not written is no lost event: the chain skips nothing."""
         data = b"".join(line for line, _ in sealed)
         sent = 0
         failure: OSError | None = None
@@ -175,7 +180,7 @@ class AuditSink:
                 failure = exc
                 break
         if failure is None:
-            self._written += len(sealed)
+            self._written += len(sealed) if events else 0  # stats count events, as enqueued
             self._dirty = True
             return len(sealed)
         whole, offset = 0, 0
@@ -188,17 +193,20 @@ class AuditSink:
         if sent > offset:  # a record cut: it is in the file, its rest comes next
             self._owed = data[sent : offset + len(sealed[whole][0])]
             out += 1
-        self._written += whole
+        if sent:  # the output counted the whole batch as owed: only the cut record's rest is
+            self._output.settle_partial(len(self._owed))
+        self._written += whole if events else 0
         self._dirty = self._dirty or bool(sent)
         mark = sealed[out - 1][1] if out else before
-        self._chain.rewind(mark, len(sealed) - out)
-        self._stats.count_dropped("write_error", len(sealed) - out)
+        unwritten = len(sealed) - out if events else 0
+        self._chain.rewind(mark, unwritten)
+        self._stats.count_dropped("write_error", unwritten)
         self._stats.record_error(f"write failed: {failure}")
+        what = f"{unwritten} records not written" if events else "a checkpoint not written whole"
         notes.append(
             (
                 f"audit-write-{self.name}",
-                f"audit sink {self.name}: {len(sealed) - out} records not written "
-                f"({failure}); the next record says so (audit.lost)",
+                f"audit sink {self.name}: {what} ({failure}); the next record says so (audit.lost)",
             )
         )
         return whole
@@ -237,17 +245,23 @@ class AuditSink:
             )
         )
 
-    def _follow_rotation(self, notes: list[tuple[str, str]]) -> None:
-        """Rotate or reopen; first, a checkpoint ends this chain's part of the old file."""
-        if self._chain.seq and not self._owed:
-            self._write_checkpoint("rotation", notes)
+    def _follow_rotation(self, notes: list[tuple[str, str]]) -> bool:
+        """Rotate or reopen; first, a checkpoint ends this chain's part of the old file. False
+        while the checkpoint is cut: the file is left only after its rest is written."""
+        if self._chain.seq and self._checkpointed != self._chain.seq:
+            whole = self._write_checkpoint("rotation", notes)
+            self._checkpointed = self._chain.seq
+            if not whole:
+                return False
         try:
             self._output.maintain()
         except OSError as exc:
             self._stats.record_error(str(exc))
             notes.append((f"audit-reopen-{self.name}", f"audit sink {self.name}: {exc}"))
+        return True
 
-    def _write_checkpoint(self, reason: str, notes: list[tuple[str, str]]) -> None:
+    def _write_checkpoint(self, reason: str, notes: list[tuple[str, str]]) -> bool:
+        """Seal and write a checkpoint; False while a cut leaves its rest owed."""
         timestamp, event_id = timestamp_and_id()
         record = {
             "timestamp": timestamp,
@@ -263,7 +277,8 @@ class AuditSink:
         }
         before = self._chain.mark()
         line = self._chain.seal(record, own=True)
-        self._write_sealed([(line, self._chain.mark())], before, notes)
+        self._write_sealed([(line, self._chain.mark())], before, notes, events=False)
+        return self._pay_owed(notes)  # once more at once: room may be back, and it ends a file
 
     def _after_write(self, notes: list[tuple[str, str]]) -> None:
         """fsync by policy: now (true), or by the syncer thread within the interval."""
