@@ -326,19 +326,27 @@ class AuditSink:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def flush(self, timeout: float) -> bool:
-        """Everything is written already; make it durable unless fsync is false."""
+        """Everything is written already; make it durable unless fsync is false. False when
+        that failed or the lock was not free within `timeout`."""
         notes: list[tuple[str, str]] = []
-        with self._lock:
+        if not self._lock.acquire(timeout=max(0.0, timeout)):
+            return False  # a write hangs, or a signal handler interrupted this thread's own
+        try:
             if self._dirty and self._fsync is not False and not self._closed:
                 self._sync(notes)
+        finally:
+            self._lock.release()
         for note in notes:
             report(*note)
         return not notes
 
     def close(self, timeout: float) -> bool:
-        """End the chain with its shutdown checkpoint, sync, close the file. Idempotent."""
+        """End the chain with its shutdown checkpoint, sync, close the file. Idempotent; False
+        (nothing done) when the lock was not free within `timeout`."""
         notes: list[tuple[str, str]] = []
-        with self._lock:
+        if not self._lock.acquire(timeout=max(0.0, timeout)):
+            return False  # as flush(): a later close() still ends the chain
+        try:
             if self._closed:
                 return True
             if self._chain.seq and self._pay_owed(notes):
@@ -348,6 +356,8 @@ class AuditSink:
             self._closed = True
             self._wake.notify_all()
             self._output.close()
+        finally:
+            self._lock.release()
         for note in notes:
             report(*note)
         return not notes

@@ -13,7 +13,6 @@ import resource
 import shutil
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,7 @@ import pytest
 
 from bridge.audit.sink import AuditSink
 from bridge.config import FileSinkSettings
-from tests.audit.test_audit_sink import KEY, _line, audit_app, lines_of, oracle_chains
-from tests.conftest import LOGIN_SIGNAL
+from tests.audit.test_audit_sink import KEY, _line, lines_of, oracle_chains
 from tests.forks import run_in_child
 
 
@@ -159,3 +157,192 @@ class TestFullDisk:
         run_in_child(child, deadline=60.0)
         [records] = oracle_chains(lines_of(path)).values()
         assert ["one", "audit.checkpoint"] == [r["event"] for r in records]
+
+
+class TestLifecycle:
+    def test_close_from_a_signal_handler_while_the_thread_writes_returns_within_its_timeout(
+        self, tmp_path: Path
+    ) -> None:
+        """A signal lands while the same thread holds the sink's lock (a full disk's SIGXFSZ,
+        mid-write) and its handler calls close(): it gives up after its timeout instead of
+        waiting for itself forever; a later close() ends the chain."""
+        path = tmp_path / "a.jsonl"
+
+        def child() -> list[Any]:
+            sink = make_sink(path)
+            answers: list[Any] = []
+
+            def handler(signum: int, frame: Any) -> None:
+                _raise_the_limit(signum, frame)
+                answers.append(sink.close(0.2))
+
+            signal.signal(signal.SIGXFSZ, handler)
+            sink.submit_many([_line("one")])
+            _limit_file_size(path.stat().st_size + 40)
+            answers.append(sink.submit_many([_line("two")]))
+            answers.append(sink.submit_many([_line("three")]))
+            answers.append(sink.close(5.0))
+            return answers
+
+        assert [False, 0, 1, True] == run_in_child(child, deadline=20.0)
+        [records] = oracle_chains(lines_of(path)).values()
+        assert ["one", "two", "three", "audit.checkpoint"] == [r["event"] for r in records]
+
+    def test_flush_and_close_twice_and_flush_after_close_are_harmless(self, tmp_path: Path) -> None:
+        """One shutdown checkpoint however often close() is called; no write after it."""
+        path = tmp_path / "a.jsonl"
+        sink = make_sink(path, fsync=True)
+        sink.submit_many([_line("one")])
+        assert [True, True, True, True] == [
+            sink.flush(1.0),
+            sink.close(1.0),
+            sink.close(1.0),
+            sink.flush(1.0),
+        ]
+        assert 0 == sink.submit_many([_line("late")])
+        [records] = oracle_chains(lines_of(path)).values()
+        assert ["one", "audit.checkpoint"] == [r["event"] for r in records]
+
+    def test_close_racing_with_submitting_threads_and_the_syncer(self, tmp_path: Path) -> None:
+        """4 threads submit while the interval syncer runs and close() comes: every record a
+        submit reported written is in the file, before the shutdown checkpoint, nothing after."""
+        path = tmp_path / "a.jsonl"
+        sink = make_sink(path, fsync=0.001)
+        started = threading.Barrier(5)
+        reported: dict[str, int] = {}
+
+        def submitter(number: int) -> None:
+            started.wait(10.0)
+            for n in range(400):
+                event = f"t{number}-{n}"
+                reported[event] = sink.submit_many([_line(event)])
+
+        threads = [threading.Thread(target=submitter, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        started.wait(10.0)
+        while not any(reported.values()):
+            pass  # until the first record is written: close() lands among the writes
+        assert sink.close(5.0)
+        for thread in threads:
+            thread.join(30.0)
+        [records] = oracle_chains(lines_of(path)).values()
+        assert {e for e, n in reported.items() if n} == {r["event"] for r in records[:-1]}
+        assert ("audit.checkpoint", "shutdown") == (
+            records[-1]["event"],
+            records[-1]["audit.reason"],
+        )
+        assert 1600 == len(reported)
+
+    def test_stats_while_threads_write_never_fail_and_add_up(self, tmp_path: Path) -> None:
+        """stats() read in a loop while two threads write: no error; the end adds up."""
+        path = tmp_path / "a.jsonl"
+        sink = make_sink(path)
+        done = threading.Event()
+
+        def writer() -> None:
+            for n in range(300):
+                sink.submit_many([_line(f"e{n}"), _line(f"f{n}")])
+
+        threads = [threading.Thread(target=writer) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        seen = []
+        while any(thread.is_alive() for thread in threads):
+            seen.append(sink.stats()["delivered"])
+        for thread in threads:
+            thread.join(30.0)
+        done.set()
+        final = sink.stats()
+        sink.close(5.0)
+        assert seen == sorted(seen)
+        assert (1200, 1200, 1200) == (
+            final["enqueued"],
+            final["delivered"],
+            final["chain"]["records"],
+        )
+
+
+class TestFork:
+    def test_a_child_forked_while_another_thread_holds_the_lock_writes_its_own_chain(
+        self, tmp_path: Path
+    ) -> None:
+        """The fork lands while the sink's lock is held: the child does not wait for it, and
+        its records form their own valid chain beside the parent's."""
+        path = tmp_path / "a.jsonl"
+        sink = make_sink(path)
+        sink.submit_many([_line("parent-1")])
+
+        def child() -> int:
+            written = sink.submit_many([_line("child-1"), _line("child-2")])
+            sink.close(5.0)
+            return written
+
+        assert 2 == run_in_child(child, deadline=20.0, holding=sink._lock)
+        sink.submit_many([_line("parent-2")])
+        sink.close(5.0)
+        chains = oracle_chains(lines_of(path))
+        assert [
+            ["child-1", "child-2", "audit.checkpoint"],
+            ["parent-1", "parent-2", "audit.checkpoint"],
+        ] == sorted([r["event"] for r in records] for records in chains.values())
+
+    def test_a_fork_while_writer_threads_are_mid_write_and_the_syncer_waits(
+        self, tmp_path: Path
+    ) -> None:
+        """Interval fsync, threads writing, a fork among them: the child gets a syncer of its
+        own (its record is synced by it) and every chain in the file stays valid."""
+        path = tmp_path / "a.jsonl"
+        sink = make_sink(path, fsync=0.01)
+        stop = threading.Event()
+
+        def writer() -> None:
+            while not stop.is_set():
+                sink.submit_many([_line("parent")])
+
+        threads = [threading.Thread(target=writer) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+
+        def child() -> list[Any]:
+            synced = threading.Event()
+            real = os.fsync
+
+            def fsync(fd: int) -> None:
+                real(fd)
+                if threading.current_thread().name == "bridge-audit-audit":
+                    synced.set()
+
+            os.fsync = fsync
+            written = sink.submit_many([_line("child")])
+            answer = [written, synced.wait(10.0)]
+            sink.close(5.0)
+            return answer
+
+        try:
+            while not path.stat().st_size:
+                pass
+            answers = [run_in_child(child, deadline=30.0) for _ in range(3)]
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30.0)
+            sink.close(5.0)
+        assert [[1, True]] * 3 == answers
+        chains = oracle_chains(lines_of(path))
+        children = [r for r in chains.values() if r[0]["event"] == "child"]
+        assert [["child", "audit.checkpoint"]] * 3 == [[r["event"] for r in c] for c in children]
+
+    def test_close_in_the_child_leaves_the_parents_chain_alone(self, tmp_path: Path) -> None:
+        """The child closes (no records of its own: nothing written); the parent's chain
+        goes on and ends with its own checkpoint."""
+        path = tmp_path / "a.jsonl"
+        sink = make_sink(path)
+        sink.submit_many([_line("parent-1")])
+        assert [True, True] == run_in_child(
+            lambda: [sink.close(5.0), sink.flush(1.0)], deadline=20.0
+        )
+        sink.submit_many([_line("parent-2")])
+        sink.close(5.0)
+        [records] = oracle_chains(lines_of(path)).values()
+        assert ["parent-1", "parent-2", "audit.checkpoint"] == [r["event"] for r in records]
