@@ -47,6 +47,15 @@ def files_oldest_first(path: Path) -> list[Path]:
     return [*sorted(backups, key=lambda p: -int(p.suffix[1:])), path]
 
 
+def until(condition: Any, timeout: float = 30.0) -> bool:
+    """Spin until `condition()` (threads of the test are about to make it true), bounded."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+    return True
+
+
 def _raise_the_limit(signum: int, frame: Any) -> None:
     """Room comes back the moment a write is refused (another process freed space)."""
     hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
@@ -221,8 +230,7 @@ class TestLifecycle:
         for thread in threads:
             thread.start()
         started.wait(10.0)
-        while not any(reported.values()):
-            pass  # until the first record is written: close() lands among the writes
+        assert until(lambda: any(reported.values()))  # close() lands among the writes
         assert sink.close(5.0)
         for thread in threads:
             thread.join(30.0)
@@ -238,7 +246,6 @@ class TestLifecycle:
         """stats() read in a loop while two threads write: no error; the end adds up."""
         path = tmp_path / "a.jsonl"
         sink = make_sink(path)
-        done = threading.Event()
 
         def writer() -> None:
             for n in range(300):
@@ -252,7 +259,6 @@ class TestLifecycle:
             seen.append(sink.stats()["delivered"])
         for thread in threads:
             thread.join(30.0)
-        done.set()
         final = sink.stats()
         sink.close(5.0)
         assert seen == sorted(seen)
@@ -320,8 +326,7 @@ class TestFork:
             return answer
 
         try:
-            while not path.stat().st_size:
-                pass
+            assert until(lambda: path.stat().st_size > 0)
             answers = [run_in_child(child, deadline=30.0) for _ in range(3)]
         finally:
             stop.set()
