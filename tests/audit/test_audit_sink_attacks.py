@@ -13,6 +13,7 @@ import resource
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
