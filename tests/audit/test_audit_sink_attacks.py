@@ -352,3 +352,112 @@ class TestFork:
         sink.close(5.0)
         [records] = oracle_chains(lines_of(path)).values()
         assert ["parent-1", "parent-2", "audit.checkpoint"] == [r["event"] for r in records]
+
+
+class TestTheFileUnderTheWriter:
+    def test_copytruncate_keeps_the_chain_across_the_copy_and_the_file(
+        self, tmp_path: Path
+    ) -> None:
+        """logrotate's copytruncate: the copy then the truncated file read as one chain."""
+        path = tmp_path / "a.jsonl"
+        sink = make_sink(path)
+        try:
+            sink.submit_many([_line("one"), _line("two")])
+            shutil.copyfile(path, tmp_path / "a.jsonl.1")
+            os.truncate(path, 0)
+            assert 1 == sink.submit_many([_line("three")])
+        finally:
+            sink.close(5.0)
+        [records] = oracle_chains(lines_of(tmp_path / "a.jsonl.1", path)).values()
+        assert ["one", "two", "three", "audit.checkpoint"] == [r["event"] for r in records]
+
+    def test_a_deleted_file_is_replaced_and_its_successor_starts_after_a_checkpoint(
+        self, tmp_path: Path
+    ) -> None:
+        """rm under the writer: the deleted file got the checkpoint; the new file's first
+        record links to it (seq goes on), nothing lost, nothing written into the void after."""
+        path = tmp_path / "a.jsonl"
+        sink = make_sink(path)
+        try:
+            sink.submit_many([_line("one")])
+            os.unlink(path)
+            assert 1 == sink.submit_many([_line("two")])
+        finally:
+            sink.close(5.0)
+        records = [json.loads(line) for line in lines_of(path)]
+        assert (["two", "audit.checkpoint"], 3) == (
+            [r["event"] for r in records],
+            records[0]["audit.seq"],  # one (1) and its rotation checkpoint (2) went with the file
+        )
+        assert "audit.lost" not in records[0]
+
+    def test_a_symlink_planted_at_the_path_is_never_followed(self, tmp_path: Path) -> None:
+        """The file renamed away and a symlink put in its place: the target is untouched, the
+        records go on into the renamed file, whose chain stays valid."""
+        path = tmp_path / "a.jsonl"
+        target = tmp_path / "victim"
+        target.write_bytes(b"precious\n")
+        sink = make_sink(path)
+        try:
+            sink.submit_many([_line("one")])
+            os.rename(path, tmp_path / "a.jsonl.1")
+            os.symlink(target, path)
+            answers = [sink.submit_many([_line("two")]), sink.submit_many([_line("three")])]
+        finally:
+            sink.close(5.0)
+        assert b"precious\n" == target.read_bytes()
+        [records] = oracle_chains(lines_of(tmp_path / "a.jsonl.1")).values()
+        assert [1, 1] == answers
+        assert {"one", "two", "three"} <= {r["event"] for r in records}
+        assert "shutdown" == records[-1]["audit.reason"]
+
+
+def _rotating_writer(path: Path, tag: str, rounds: int) -> dict[str, int]:
+    sink = make_sink(path, rotate_bytes=3000, backups=80)
+    reported = {}
+    for n in range(rounds):
+        batch = [_line(f"{tag}-{n}-a"), _line(f"{tag}-{n}-b", **{"args.pad": "x" * 200})]
+        reported[f"{tag}-{n}"] = sink.submit_many(batch)
+    sink.close(5.0)
+    return reported
+
+
+class TestWorkersRotatingUnderEachOther:
+    @pytest.mark.parametrize("round_", range(3))
+    def test_two_processes_with_rotate_bytes_keep_every_chain_whole(
+        self, tmp_path: Path, round_: int
+    ) -> None:
+        """Parent and child append and rotate the same file at once: read oldest first,
+        every chain is valid, each record reported written is there once, and every chain's
+        part of a file it left ends with a rotation checkpoint."""
+        path = tmp_path / "a.jsonl"
+        sink = make_sink(path)  # the fork registers nothing new: a plain start-up file
+        sink.close(1.0)
+        child_result: list[Any] = []
+        child = threading.Thread(
+            target=lambda: child_result.append(
+                run_in_child(lambda: _rotating_writer(path, "child", 150), deadline=120.0)
+            )
+        )
+        child.start()
+        parent = _rotating_writer(path, "parent", 150)
+        child.join(150.0)
+        [reported] = child_result
+        reported.update(parent)
+        files = files_oldest_first(path)
+        assert len(files) > 10
+        chains = oracle_chains(lines_of(*files))
+        events = [r["event"] for c in chains.values() for r in c]
+        written = [f"{key}-{part}" for key, n in reported.items() for part in "ab"[:n]]
+        assert sorted(written) == sorted(e for e in events if e != "audit.checkpoint")
+        assert not any("audit.lost" in r for c in chains.values() for r in c)
+        ends: dict[str, list[str]] = {}  # chain -> how its part of each file ends, in order
+        for file in files:
+            last_of: dict[str, str] = {}
+            for line in lines_of(file):
+                record = json.loads(line)
+                last_of[record["audit.chain"]] = record.get("audit.reason", record["event"])
+            for chain, reason in last_of.items():
+                ends.setdefault(chain, []).append(reason)
+        for parts in ends.values():
+            assert ["rotation"] * (len(parts) - 1) + ["shutdown"] == parts
