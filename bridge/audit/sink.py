@@ -22,6 +22,8 @@ waits for the disk (and for fsync, by policy), which is the promise an audit tra
 - `fsync`: true after every write (a request's records: one fsync), an interval in seconds
   (a thread syncs at most that long after a write), or false (the OS decides).
 - A forked child starts its own chain (new pid, new name); the parent's goes on.
+- A write interrupted by a signal handler that raises (gunicorn's SIGQUIT and SIGINT exit
+  that way) ends its chain where it stands, as a killed worker's: a new chain follows.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class AuditSink:
         self._chain: Chain = new_chain(self._key, HOST_NAME)
         self._service = ""  # the service of the records sealed, for the checkpoints
         self._owed = b""  # the rest of a record a partial write cut: the next bytes written
+        self._in_write = False  # between sealing and accounting for what reached the file
         self._checkpointed = 0  # chain.seq at the last rotation checkpoint tried: one per turn
         self._written = 0
         self._accepted = 0
@@ -143,7 +146,33 @@ class AuditSink:
         return written
 
     def _write_records(self, records: list[dict[str, Any]], notes: list[tuple[str, str]]) -> int:
-        """Under the lock: follow a rotation (checkpoint first), seal, write, fsync."""
+        """Under the lock: seal and write, marked as under way: a signal handler that raises
+        in there (gunicorn's SIGQUIT and SIGINT call sys.exit) leaves the mark on."""
+        if self._in_write:
+            self._abandon_chain(notes)
+        self._in_write = True
+        done = self._seal_and_write(records, notes)
+        self._in_write = False
+        return done
+
+    def _abandon_chain(self, notes: list[tuple[str, str]]) -> None:
+        """A write was interrupted: how much of it reached the file is unknown, so this chain
+        ends there (as a killed worker's does) and a new one begins; no checkpoint claims
+        to follow what may be missing."""
+        notes.append(
+            (
+                f"audit-interrupted-{self.name}",
+                f"audit sink {self.name}: a write was "
+                f"interrupted; chain {self._chain.name} ends there, a new one begins",
+            )
+        )
+        self._chain = new_chain(self._key, HOST_NAME)
+        self._owed = b""
+        self._output.settle_partial(0)
+        self._in_write = False
+
+    def _seal_and_write(self, records: list[dict[str, Any]], notes: list[tuple[str, str]]) -> int:
+        """Follow a rotation (checkpoint first), seal, write, fsync."""
         if not self._pay_owed(notes):
             self._lose(records, self._chain.mark(), notes, "the rest of a cut record is owed")
             return 0
@@ -349,8 +378,12 @@ class AuditSink:
         try:
             if self._closed:
                 return True
+            if self._in_write:
+                self._abandon_chain(notes)
+            self._in_write = True  # the checkpoint is a write too
             if self._chain.seq and self._pay_owed(notes):
                 self._write_checkpoint("shutdown", notes)
+            self._in_write = False
             if self._dirty and self._fsync is not False:
                 self._sync(notes)
             self._closed = True

@@ -21,7 +21,8 @@ import pytest
 
 from bridge.audit.sink import AuditSink
 from bridge.config import FileSinkSettings
-from tests.audit.test_audit_sink import KEY, _line, lines_of, oracle_chains
+from tests.audit.test_audit_sink import KEY, _line, audit_app, lines_of, oracle_chains
+from tests.conftest import LOGIN_SIGNAL
 from tests.forks import run_in_child
 
 
@@ -461,3 +462,111 @@ class TestWorkersRotatingUnderEachOther:
                 ends.setdefault(chain, []).append(reason)
         for parts in ends.values():
             assert ["rotation"] * (len(parts) - 1) + ["shutdown"] == parts
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = {"d": value}
+    return value
+
+
+class TestHostileArguments:
+    @pytest.mark.parametrize(
+        "arguments",
+        [
+            {"username": "x" * (1 << 20)},
+            {"username": "Zoë 李 \u2028 \x00 \x1f 🙂"},
+            {"username": "lone \ud800 surrogate \udfff"},
+            {"audit.mac": "0" * 64, "args.audit.mac": "1" * 64, "audit.chain": "evil"},
+            {"nested": _nested(300)},
+            {"big": 2**80, "small": -(2**70), "ratio": 0.1, "huge": 1e300},
+            {"items": list(range(1000))},
+        ],
+        ids=["1MiB", "non-ascii", "surrogates", "audit-keys", "nested", "numbers", "list"],
+    )
+    def test_a_login_with_hostile_arguments_is_recorded_in_a_valid_chain(
+        self, tmp_path: Path, arguments: dict[str, Any]
+    ) -> None:
+        """Whatever the app sends, the login is recorded (nothing raised, nothing skipped) and
+        the chain verifies, before and after it."""
+        app, bridge, audit_path, _ = audit_app(tmp_path)
+        try:
+            client = app.test_client()
+            client.post("/login")
+            with app.test_request_context("/"):
+                LOGIN_SIGNAL.send(app, **arguments)
+            client.post("/login")
+        finally:
+            bridge.close(5.0)
+        [records] = oracle_chains(lines_of(audit_path)).values()
+        assert ["user-login"] * 3 + ["audit.checkpoint"] == [r["event"] for r in records]
+        assert [1, 2, 3, 4] == [r["audit.seq"] for r in records]
+        assert "evil" != records[1]["audit.chain"]
+
+
+class TestHostileGlobs:
+    @pytest.mark.parametrize(
+        ("pattern", "matches", "misses"),
+        [
+            ("[", ["["], ["a"]),
+            ("**", ["user-login", ""], []),
+            ("a.+?(b)|c", ["a.+?(b)|c"], ["aa(b)", "c"]),
+            ("user-[!x]*", ["user-login"], ["user-xray"]),
+            ("[z-a]", [], ["z", "a", "-"]),
+            ("\\", ["\\"], [""]),
+            ("*a*a*a*a*a*a*a*a*a*a*a*a*b", ["a" * 12 + "b"], ["a" * 5000]),
+        ],
+    )
+    def test_an_events_glob_matches_event_names_literally_and_quickly(
+        self, tmp_path: Path, pattern: str, matches: list[str], misses: list[str]
+    ) -> None:
+        """A glob full of regex metacharacters is a glob: no error, no regex meaning, and
+        no catastrophic backtracking on a long name."""
+        path = tmp_path / "a.jsonl"
+        sink = make_sink(path, events=(pattern, "x-never"))
+        try:
+            started = time.monotonic()
+            chosen = [sink.submit_many([_line(name)]) for name in matches + misses]
+            took = time.monotonic() - started
+        finally:
+            sink.close(5.0)
+        assert [1] * len(matches) + [0] * len(misses) == chosen
+        assert took < 5.0
+
+
+def _interrupted_worker(path: Path) -> dict[str, Any]:
+    """Submits until a timer's handler exits the way gunicorn's SIGQUIT handler does (sys.exit,
+    anywhere, often inside the sink), then closes as atexit would."""
+    sink = make_sink(path)
+    reported: dict[str, int] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.002)
+    try:
+        for n in range(100_000):
+            reported[f"e{n}"] = 0
+            reported[f"e{n}"] = sink.submit_many([_line(f"e{n}"), _line(f"e{n}")])
+    except SystemExit:
+        pass
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    closed = sink.close(5.0)
+    return {"reported": reported, "closed": closed}
+
+
+class TestInterrupted:
+    @pytest.mark.parametrize("round_", range(8))
+    def test_a_signal_handler_exiting_mid_write_leaves_chains_that_verify(
+        self, tmp_path: Path, round_: int
+    ) -> None:
+        """sys.exit() from a signal handler at a random point of a busy worker, then close():
+        the file verifies (a chain cut mid-write ends there, without a false checkpoint), and
+        every record reported written is in it."""
+        path = tmp_path / "a.jsonl"
+        result = run_in_child(lambda: _interrupted_worker(path), deadline=60.0)
+        chains = oracle_chains(lines_of(path))
+        events = {r["event"] for records in chains.values() for r in records}
+        assert {e for e, n in result["reported"].items() if n} <= events
