@@ -97,6 +97,34 @@ class TestFullDisk:
         assert ["five", "audit.checkpoint"] == events_of(new)
         assert 1 == records[2]["audit.lost"]  # three
 
+    def test_a_record_cut_then_its_file_renamed_is_finished_in_that_file(
+        self, tmp_path: Path
+    ) -> None:
+        """A record cut by a full disk, logrotate renames the file before room comes back:
+        the rest goes to the renamed file (where its start is), then the checkpoint, then
+        the new path; the record that never got room is declared once."""
+        path = tmp_path / "a.jsonl"
+
+        def child() -> list[int]:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            sink = make_sink(path)
+            sink.submit_many([_line("one")])
+            _limit_file_size(path.stat().st_size + 40)
+            cut = sink.submit_many([_line("two"), _line("three")])
+            os.rename(path, tmp_path / "a.jsonl-1")
+            _limit_file_size(resource.RLIM_INFINITY)
+            after = sink.submit_many([_line("four")])
+            sink.close(5.0)
+            return [cut, after]
+
+        assert [0, 1] == run_in_child(child, deadline=60.0)
+        old, new = lines_of(tmp_path / "a.jsonl-1"), lines_of(path)
+        [records] = oracle_chains(old + new).values()
+        assert ["one", "two", "audit.checkpoint"] == events_of(old)
+        assert ["four", "audit.checkpoint"] == events_of(new)
+        assert 1 == records[2]["audit.lost"]  # three: declared by the next record, the checkpoint
+        assert 1 == sum(r.get("audit.lost", 0) for r in records)
+
     def test_a_rotation_checkpoint_cut_by_a_full_disk_is_finished_before_any_record(
         self, tmp_path: Path
     ) -> None:
