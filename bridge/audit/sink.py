@@ -159,13 +159,9 @@ class AuditSink:
         """A write was interrupted: how much of it reached the file is unknown, so this chain
         ends there (as a killed worker's does) and a new one begins; no checkpoint claims
         to follow what may be missing."""
-        notes.append(
-            (
-                f"audit-interrupted-{self.name}",
-                f"audit sink {self.name}: a write was "
-                f"interrupted; chain {self._chain.name} ends there, a new one begins",
-            )
-        )
+        ended = self._chain.name
+        message = f"audit sink {self.name}: a write was interrupted; chain {ended} ends there"
+        notes.append((f"audit-interrupted-{self.name}", message))
         self._chain = new_chain(self._key, HOST_NAME)
         self._owed = b""
         self._output.settle_partial(0)
@@ -232,11 +228,9 @@ class AuditSink:
         self._stats.count_dropped("write_error", unwritten)
         self._stats.record_error(f"write failed: {failure}")
         what = f"{unwritten} records not written" if events else "a checkpoint not written whole"
+        said = "; the next record says so (audit.lost)" if unwritten else ""
         notes.append(
-            (
-                f"audit-write-{self.name}",
-                f"audit sink {self.name}: {what} ({failure}); the next record says so (audit.lost)",
-            )
+            (f"audit-write-{self.name}", f"audit sink {self.name}: {what} ({failure}){said}")
         )
         return whole
 
