@@ -22,6 +22,8 @@ waits for the disk (and for fsync, by policy), which is the promise an audit tra
 - `fsync`: true after every write (a request's records: one fsync), an interval in seconds
   (a thread syncs at most that long after a write), or false (the OS decides).
 - A forked child starts its own chain (new pid, new name); the parent's goes on.
+- A write interrupted by a signal handler that raises (gunicorn's SIGQUIT and SIGINT exit
+  that way) ends its chain where it stands, as a killed worker's: a new chain follows.
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class AuditSink:
         self._chain: Chain = new_chain(self._key, HOST_NAME)
         self._service = ""  # the service of the records sealed, for the checkpoints
         self._owed = b""  # the rest of a record a partial write cut: the next bytes written
+        self._in_write = False  # between sealing and accounting for what reached the file
+        self._checkpointed = 0  # chain.seq at the last rotation checkpoint tried: one per turn
         self._written = 0
         self._accepted = 0
         self._dirty = False  # written since the last fsync
@@ -142,12 +146,35 @@ class AuditSink:
         return written
 
     def _write_records(self, records: list[dict[str, Any]], notes: list[tuple[str, str]]) -> int:
-        """Under the lock: follow a rotation (checkpoint first), seal, write, fsync."""
+        """Under the lock: seal and write, marked as under way: a signal handler that raises
+        in there (gunicorn's SIGQUIT and SIGINT call sys.exit) leaves the mark on."""
+        if self._in_write:
+            self._abandon_chain(notes)
+        self._in_write = True
+        done = self._seal_and_write(records, notes)
+        self._in_write = False
+        return done
+
+    def _abandon_chain(self, notes: list[tuple[str, str]]) -> None:
+        """A write was interrupted: how much of it reached the file is unknown, so this chain
+        ends there (as a killed worker's does) and a new one begins; no checkpoint claims
+        to follow what may be missing."""
+        ended = self._chain.name
+        message = f"audit sink {self.name}: a write was interrupted; chain {ended} ends there"
+        notes.append((f"audit-interrupted-{self.name}", message))
+        self._chain = new_chain(self._key, HOST_NAME)
+        self._owed = b""
+        self._output.settle_partial(0)
+        self._in_write = False
+
+    def _seal_and_write(self, records: list[dict[str, Any]], notes: list[tuple[str, str]]) -> int:
+        """Follow a rotation (checkpoint first), seal, write, fsync."""
         if not self._pay_owed(notes):
             self._lose(records, self._chain.mark(), notes, "the rest of a cut record is owed")
             return 0
-        if self._output.maintenance_due(time.monotonic()):
-            self._follow_rotation(notes)
+        if self._output.maintenance_due(time.monotonic()) and not self._follow_rotation(notes):
+            self._lose(records, self._chain.mark(), notes, "a checkpoint's rest is owed")
+            return 0
         service = records[-1].get("service.name")
         if isinstance(service, str):
             self._service = service
@@ -162,9 +189,12 @@ class AuditSink:
         sealed: list[tuple[bytes, tuple[int, str, int]]],
         before: tuple[int, str, int],
         notes: list[tuple[str, str]],
+        *,
+        events: bool = True,
     ) -> int:
         """One `write()` of the sealed lines if it can; on a failure the chain is rewound to
-        the last record that reached the file (whole, or cut: its rest is owed)."""
+        the last record that reached the file (whole, or cut: its rest is owed). A checkpoint
+        (`events=False`) that is not written is no lost event: the chain skips nothing."""
         data = b"".join(line for line, _ in sealed)
         sent = 0
         failure: OSError | None = None
@@ -175,7 +205,7 @@ class AuditSink:
                 failure = exc
                 break
         if failure is None:
-            self._written += len(sealed)
+            self._written += len(sealed) if events else 0  # stats count events, as enqueued
             self._dirty = True
             return len(sealed)
         whole, offset = 0, 0
@@ -188,18 +218,19 @@ class AuditSink:
         if sent > offset:  # a record cut: it is in the file, its rest comes next
             self._owed = data[sent : offset + len(sealed[whole][0])]
             out += 1
-        self._written += whole
+        if sent:  # the output counted the whole batch as owed: only the cut record's rest is
+            self._output.settle_partial(len(self._owed))
+        self._written += whole if events else 0
         self._dirty = self._dirty or bool(sent)
         mark = sealed[out - 1][1] if out else before
-        self._chain.rewind(mark, len(sealed) - out)
-        self._stats.count_dropped("write_error", len(sealed) - out)
+        unwritten = len(sealed) - out if events else 0
+        self._chain.rewind(mark, unwritten)
+        self._stats.count_dropped("write_error", unwritten)
         self._stats.record_error(f"write failed: {failure}")
+        what = f"{unwritten} records not written" if events else "a checkpoint not written whole"
+        said = "; the next record says so (audit.lost)" if unwritten else ""
         notes.append(
-            (
-                f"audit-write-{self.name}",
-                f"audit sink {self.name}: {len(sealed) - out} records not written "
-                f"({failure}); the next record says so (audit.lost)",
-            )
+            (f"audit-write-{self.name}", f"audit sink {self.name}: {what} ({failure}){said}")
         )
         return whole
 
@@ -237,17 +268,23 @@ class AuditSink:
             )
         )
 
-    def _follow_rotation(self, notes: list[tuple[str, str]]) -> None:
-        """Rotate or reopen; first, a checkpoint ends this chain's part of the old file."""
-        if self._chain.seq and not self._owed:
-            self._write_checkpoint("rotation", notes)
+    def _follow_rotation(self, notes: list[tuple[str, str]]) -> bool:
+        """Rotate or reopen; first, a checkpoint ends this chain's part of the old file. False
+        while the checkpoint is cut: the file is left only after its rest is written."""
+        if self._chain.seq and self._checkpointed != self._chain.seq:
+            whole = self._write_checkpoint("rotation", notes)
+            self._checkpointed = self._chain.seq
+            if not whole:
+                return False
         try:
             self._output.maintain()
         except OSError as exc:
             self._stats.record_error(str(exc))
             notes.append((f"audit-reopen-{self.name}", f"audit sink {self.name}: {exc}"))
+        return True
 
-    def _write_checkpoint(self, reason: str, notes: list[tuple[str, str]]) -> None:
+    def _write_checkpoint(self, reason: str, notes: list[tuple[str, str]]) -> bool:
+        """Seal and write a checkpoint; False while a cut leaves its rest owed."""
         timestamp, event_id = timestamp_and_id()
         record = {
             "timestamp": timestamp,
@@ -263,7 +300,8 @@ class AuditSink:
         }
         before = self._chain.mark()
         line = self._chain.seal(record, own=True)
-        self._write_sealed([(line, self._chain.mark())], before, notes)
+        self._write_sealed([(line, self._chain.mark())], before, notes, events=False)
+        return self._pay_owed(notes)  # once more at once: room may be back, and it ends a file
 
     def _after_write(self, notes: list[tuple[str, str]]) -> None:
         """fsync by policy: now (true), or by the syncer thread within the interval."""
@@ -311,28 +349,42 @@ class AuditSink:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def flush(self, timeout: float) -> bool:
-        """Everything is written already; make it durable unless fsync is false."""
+        """Everything is written already; make it durable unless fsync is false. False when
+        that failed or the lock was not free within `timeout`."""
         notes: list[tuple[str, str]] = []
-        with self._lock:
+        if not self._lock.acquire(timeout=max(0.0, timeout)):
+            return False  # a write hangs, or a signal handler interrupted this thread's own
+        try:
             if self._dirty and self._fsync is not False and not self._closed:
                 self._sync(notes)
+        finally:
+            self._lock.release()
         for note in notes:
             report(*note)
         return not notes
 
     def close(self, timeout: float) -> bool:
-        """End the chain with its shutdown checkpoint, sync, close the file. Idempotent."""
+        """End the chain with its shutdown checkpoint, sync, close the file. Idempotent; False
+        (nothing done) when the lock was not free within `timeout`."""
         notes: list[tuple[str, str]] = []
-        with self._lock:
+        if not self._lock.acquire(timeout=max(0.0, timeout)):
+            return False  # as flush(): a later close() still ends the chain
+        try:
             if self._closed:
                 return True
+            if self._in_write:
+                self._abandon_chain(notes)
+            self._in_write = True  # the checkpoint is a write too
             if self._chain.seq and self._pay_owed(notes):
                 self._write_checkpoint("shutdown", notes)
+            self._in_write = False
             if self._dirty and self._fsync is not False:
                 self._sync(notes)
             self._closed = True
             self._wake.notify_all()
             self._output.close()
+        finally:
+            self._lock.release()
         for note in notes:
             report(*note)
         return not notes
