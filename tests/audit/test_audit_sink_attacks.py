@@ -295,7 +295,7 @@ class TestLifecycle:
         assert (1200, 1200, 1200) == (
             final["enqueued"],
             final["delivered"],
-            final["chain"]["records"],
+            final["chain_records"],
         )
 
 
