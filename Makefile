@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo bench venv clean docker-compose
+.PHONY: test lint typecheck pytest demo bench venv clean debian-packages
 
 venv: $(STAMP)
 
@@ -22,18 +22,23 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict bridge
 
-pytest: $(STAMP) docker-compose
+pytest: $(STAMP) debian-packages
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# tests/test_compose.py validates docker-compose.yml with Debian's docker-compose (1.29): installed
-# here when missing and possible (root, or sudo without a password). Otherwise those tests fail
-# and say how to install it; they never skip.
-docker-compose:
-	@command -v docker-compose >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y docker-compose; \
-	  elif sudo -n true 2>/dev/null; then sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y docker-compose; \
-	  else echo "docker-compose is missing and cannot be installed without root:" \
-	    "tests/test_compose.py will fail (sudo apt-get install docker-compose)" >&2; fi; }
+# Debian packages some tests drive for real, installed here when missing and possible (root, or
+# sudo without a password); otherwise those tests fail and say how to install them, never skip:
+# docker-compose (1.29) validates docker-compose.yml (tests/test_compose.py); openssl checks an
+# audit record's MAC the way the README shows an auditor (tests/audit/test_audit_sink.py).
+DEBIAN_PACKAGES := docker-compose openssl
+
+debian-packages:
+	@for pkg in $(DEBIAN_PACKAGES); do \
+	  command -v $$pkg >/dev/null 2>&1 && continue; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$pkg; \
+	  elif sudo -n true 2>/dev/null; then sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y $$pkg; \
+	  else echo "$$pkg is missing and cannot be installed without root:" \
+	    "some tests will fail (sudo apt-get install $$pkg)" >&2; fi; \
+	done
 
 test: lint typecheck pytest
 

@@ -1,6 +1,6 @@
 """The audit chain: every record of an audit file signed and linked to the one before it.
 
-A record is an event line plus five `audit.*` keys (the chain format, a contract that
+A record is an event line plus these `audit.*` keys (the chain format, a contract that
 `flask bridge verify` reads back):
 
 | key | value |
@@ -9,16 +9,23 @@ A record is an event line plus five `audit.*` keys (the chain format, a contract
 | `audit.seq` | 1, 2, 3, ... within the chain, with no gap |
 | `audit.prev` | the previous record's `audit.mac` (`""` for seq 1) |
 | `audit.kid` | the key's id: 16 hex of HMAC-SHA256(key, "flask-signal-bridge audit key id") |
-| `audit.mac` | hex HMAC-SHA256(key, canonical JSON of the record without `audit.mac`) |
+| `audit.mac` | hex HMAC-SHA256(key, the record's canonical JSON without `audit.mac`) |
 
-The canonical JSON is the record's object with keys sorted and no whitespace, UTF-8, as
-`orjson.dumps(record, option=OPT_SORT_KEYS)` writes it; the previous MAC is in it (as
-`audit.prev`), so each MAC covers the whole chain before it. A checkpoint is a record of its
-own (`event` = `audit.checkpoint`, `audit.reason` = `rotation` or `shutdown`,
-`audit.records` = the records the chain held before it): the last record of a chain whose
-process ended cleanly is its shutdown checkpoint, so a tail cut off the file shows. A record
-may carry `audit.lost` = N: N records before it could not be written (a full disk); the
-chain itself skips nothing.
+The line is written in its signed form: the canonical JSON of the record without `audit.mac`
+(keys sorted, no whitespace, UTF-8: `orjson.dumps(record, option=OPT_SORT_KEYS)`), then
+`audit.mac` appended as its last member:
+
+    {"audit.chain":"web-1:4242:8c1d2e3f4a5b6c7d",...,"user.id":"7","audit.mac":"<64 hex>"}
+
+so the MAC is over bytes that are in the file: a verifier cuts `,"audit.mac":"<64 hex>"`
+off the end and computes HMAC-SHA256 of what is left, without serializing anything again
+(no two JSON libraries need agree on how to write a number). `openssl dgst -sha256 -hmac`
+can check a line. The previous MAC is inside (as `audit.prev`), so each MAC covers the whole
+chain before it. A checkpoint is a record of its own (`event` = `audit.checkpoint`,
+`audit.reason` = `rotation` or `shutdown`, `audit.records` = the records the chain held
+before it): the last record of a chain whose process ended cleanly is its shutdown
+checkpoint, so a tail cut off the file shows. A record may carry `audit.lost` = N: N records
+before it could not be written (a full disk); the chain itself skips nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ __all__ = [
     "chain_name",
     "new_chain",
     "record_mac",
+    "split_signed",
 ]
 
 CHECKPOINT_EVENT = "audit.checkpoint"
@@ -73,8 +81,28 @@ def canonical(record: dict[str, Any]) -> bytes:
 
 
 def record_mac(key: AuditKey, record: dict[str, Any]) -> str:
-    """The MAC of `record` (which must not hold `audit.mac`)."""
+    """The MAC of `record` (which must not hold `audit.mac`): of its canonical JSON."""
     return hmac.new(key.secret, canonical(record), hashlib.sha256).hexdigest()
+
+
+_MAC_MEMBER = b',"audit.mac":"'
+_SIGNED_TAIL = len(_MAC_MEMBER) + 64 + len(b'"}')
+
+
+def split_signed(line: bytes) -> tuple[bytes, str] | None:
+    """(the signed bytes, the MAC) of a line in signed form (a final newline allowed), or
+    None when it does not end with `,"audit.mac":"<64 lower-case hex>"}`."""
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if len(line) < _SIGNED_TAIL + 2 or not line.endswith(b'"}'):
+        return None
+    start = len(line) - _SIGNED_TAIL
+    if line[start : start + len(_MAC_MEMBER)] != _MAC_MEMBER:
+        return None
+    mac = line[start + len(_MAC_MEMBER) : -2]
+    if not all(c in b"0123456789abcdef" for c in mac):
+        return None
+    return line[:start] + b"}", mac.decode()
 
 
 def chain_name(host: str, pid: int) -> str:
@@ -95,24 +123,29 @@ class Chain:
         self.lost = 0  # records that could not be written since the last one that was
 
     def seal(self, record: dict[str, Any], *, own: bool = False) -> bytes:
-        """Add the audit keys to `record` (in place), advance the chain, return the line.
+        """Add the audit keys to `record` (in place), advance the chain, return the line in
+        signed form (see the module docstring).
 
         An event's own `audit.*` keys are moved to `args.audit.*` (the chain's keys are the
         chain's); `own=True` keeps them: a checkpoint the sink wrote itself."""
         for key in [k for k in record if k.startswith("audit.") and not own]:
-            record["args." + key] = record.pop(key)
+            moved = "args." + key
+            while moved in record:  # the app sent args.audit.x too: keep both
+                moved = "args." + moved
+            record[moved] = record.pop(key)
         record["audit.chain"] = self.name
         record["audit.seq"] = self.seq + 1
         record["audit.prev"] = self.prev
         record["audit.kid"] = self.key.kid
         if self.lost:
             record["audit.lost"] = self.lost
-        mac = record_mac(self.key, record)
+        body = canonical(record)
+        mac = hmac.new(self.key.secret, body, hashlib.sha256).hexdigest()
         record["audit.mac"] = mac
         self.seq += 1
         self.prev = mac
         self.lost = 0
-        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        return b"".join((body[:-1], _MAC_MEMBER, mac.encode(), b'"}\n'))
 
     def mark(self) -> tuple[int, str, int]:
         """The chain's state, to `rewind` to when sealed lines could not be written."""

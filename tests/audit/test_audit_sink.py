@@ -9,8 +9,10 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import resource
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,16 +31,28 @@ KEY = "correct horse battery staple 0123456789"
 KID = hmac.new(KEY.encode(), b"flask-signal-bridge audit key id", hashlib.sha256).hexdigest()[:16]
 
 
+MAC_MEMBER = re.compile(rb',"audit\.mac":"([0-9a-f]{64})"\}\n\Z')
+
+
 def oracle_chains(lines: list[bytes], key: str = KEY) -> dict[str, list[dict[str, Any]]]:
-    """Every line's MAC, prev link and seq checked; the records of each chain, in file order."""
+    """Every line's MAC (over the bytes before `,"audit.mac":...`), prev link and seq
+    checked, and the signed bytes being the sorted, compact JSON the stdlib writes for
+    the same record; the records of each chain, in file order."""
     chains: dict[str, list[dict[str, Any]]] = {}
     for number, line in enumerate(lines, 1):
         assert line.endswith(b"\n"), f"line {number} is torn"
-        record = json.loads(line)
-        mac = record.pop("audit.mac")
-        canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        expected = hmac.new(key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
+        found = MAC_MEMBER.search(line)
+        assert found is not None, f"line {number}: not in signed form"
+        signed = line[: found.start()] + b"}"
+        mac = found.group(1).decode()
+        expected = hmac.new(key.encode(), signed, hashlib.sha256).hexdigest()
         assert mac == expected, f"line {number}: MAC"
+        record = json.loads(signed)
+        if not _has_float(record):  # the stdlib writes floats its own way (1e-05)
+            canonical = json.dumps(
+                record, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            )
+            assert canonical.encode() == signed, f"line {number}: not canonical"
         assert record["audit.kid"] == KID
         chain = chains.setdefault(record["audit.chain"], [])
         previous = chain[-1] if chain else None
@@ -47,6 +61,16 @@ def oracle_chains(lines: list[bytes], key: str = KEY) -> dict[str, list[dict[str
         record["audit.mac"] = mac
         chain.append(record)
     return chains
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
 
 
 def lines_of(*paths: Path) -> list[bytes]:
@@ -429,3 +453,37 @@ class TestKeySeparation:
         with pytest.raises(ConfigError, match=r"sinks\[0\]\.audit_key") as raised:
             SignalBridge(app)
         assert KEY not in str(raised.value)
+
+
+class TestPortableCheck:
+    def test_a_float_argument_still_verifies_by_bytes(self, tmp_path: Path) -> None:
+        """The MAC is over the bytes written, so a number the stdlib would write otherwise
+        (1.5e-05 vs 0.000015) does not matter to another verifier."""
+        sink = _sink(tmp_path / "a.jsonl")
+        sink.submit_many([_line("user-login", ratio=1.5e-5, big=1e21, tiny=1e-7)])
+        sink.close(5.0)
+        [records] = oracle_chains(lines_of(tmp_path / "a.jsonl")).values()
+        assert 1.5e-5 == records[0]["ratio"]
+
+    def test_openssl_checks_a_line_as_the_readme_shows(self, tmp_path: Path) -> None:
+        """The README's shell lines (cut the MAC member, HMAC the rest with openssl) give the
+        line's audit.mac: no JSON library, no trust in this package needed."""
+        sink = _sink(tmp_path / "audit.jsonl")
+        sink.submit_many([_line("user-login", note='quote " and ,"audit.mac": inside')])
+        sink.close(5.0)
+        script = (
+            "line=$(sed -n 1p audit.jsonl)\n"
+            'printf \'%s}\' "${line%,\\"audit.mac\\":*}" '
+            '| openssl dgst -sha256 -hmac "$AUDIT_KEY" -r | cut -d" " -f1\n'
+        )
+        done = subprocess.run(
+            ["bash", "-c", script],
+            cwd=tmp_path,
+            env={"AUDIT_KEY": KEY, "PATH": os.environ["PATH"]},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert 0 == done.returncode, done.stderr
+        first = json.loads(lines_of(tmp_path / "audit.jsonl")[0])
+        assert first["audit.mac"] == done.stdout.strip()
