@@ -24,6 +24,7 @@ What a child resets:
     delivery engines  empty feed, fresh locks, no worker thread, a new HTTP session
     stats publishers  no thread (the first request starts one), a file named by the new pid
     metrics           the counts pushed so far start over, as the worker's counters do
+    audit sinks       a new chain (the child's pid), fresh lock, no syncer thread, nothing owed
 
 A reset never takes a lock that existed before the fork and never does I/O that can block.
 """

@@ -68,7 +68,10 @@ class EventFilter:
     def __call__(self, record: dict[str, Any]) -> bool:
         if self._all:
             return True
-        if self._auth and record.get("event.category") == AUTH_CATEGORY:
+        category = record.get("event.category")
+        if self._auth and (
+            category == AUTH_CATEGORY or (isinstance(category, list) and AUTH_CATEGORY in category)
+        ):  # ECS allows a list of categories
             return True
         event = record.get("event")
         return self._names is not None and isinstance(event, str) and bool(self._names.match(event))
@@ -311,10 +314,15 @@ class AuditSink:
             self._sync(notes)
             return
         if self._syncer is None or not self._syncer.is_alive():
-            self._syncer = threading.Thread(
+            syncer = threading.Thread(
                 target=self._sync_later, name=f"bridge-audit-{self.name}", daemon=True
             )
-            self._syncer.start()
+            try:
+                syncer.start()
+            except RuntimeError:  # the interpreter is shutting down: no thread, sync now
+                self._sync(notes)
+                return
+            self._syncer = syncer
         self._wake.notify()
 
     def _sync(self, notes: list[tuple[str, str]]) -> None:

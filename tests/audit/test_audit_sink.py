@@ -287,6 +287,19 @@ class TestWhatItRecords:
         records = [json.loads(line) for line in lines_of(tmp_path / "a.jsonl")]
         assert expected == [r["event"] for r in records if r["event"] != "audit.checkpoint"]
 
+    def test_auth_takes_a_list_of_categories_too(self, tmp_path: Path) -> None:
+        """ECS lets event.category be a list: ["authentication", "iam"] is an auth event."""
+        sink = _sink(tmp_path / "a.jsonl", events=("auth",))
+        sink.submit_many(
+            [
+                _line("sso.login", **{"event.category": ["authentication", "iam"]}),
+                _line("user.changed", **{"event.category": ["iam"]}),
+            ]
+        )
+        sink.close(5.0)
+        records = [json.loads(line) for line in lines_of(tmp_path / "a.jsonl")]
+        assert ["sso.login", "audit.checkpoint"] == [r["event"] for r in records]
+
     def test_a_sink_that_recorded_nothing_writes_no_checkpoint(self, tmp_path: Path) -> None:
         """An empty chain has nothing to protect: a worker without logins leaves no line."""
         sink = _sink(tmp_path / "a.jsonl", events=("user.*",))
