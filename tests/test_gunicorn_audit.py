@@ -105,12 +105,8 @@ def journey(url: str, stop: threading.Event) -> None:
             assert 302 == http.get(f"{url}/private", allow_redirects=False).status_code
 
 
-@pytest.fixture(scope="module")
-def trail(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run the example under two gunicorn workers until both wrote logins and the file has
-    rotated; stop it cleanly; the logs directory."""
-    work = tmp_path_factory.mktemp("gunicorn-audit")
-    (work / "bridge.toml").write_text(CONFIG)
+def app_env(work: Path) -> dict[str, str]:
+    """The environment the app runs in: this config, both keys, no stray BRIDGE_/FLASK_."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "FLASK_"))}
     env |= {
         "PYTHONPATH": str(ROOT),
@@ -119,6 +115,16 @@ def trail(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "AUDIT_KEY": AUDIT_KEY,
         "PSEUDONYM_KEY": PSEUDONYM_KEY,
     }
+    return env
+
+
+@pytest.fixture(scope="module")
+def trail(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the example under two gunicorn workers until both wrote logins and the file has
+    rotated; stop it cleanly; the logs directory."""
+    work = tmp_path_factory.mktemp("gunicorn-audit")
+    (work / "bridge.toml").write_text(CONFIG)
+    env = app_env(work)
     logs = work / "logs"
     with GunicornServer("examples.audit_trail:create_app()", cwd=work, workers=2, env=env) as s:
         stop = threading.Event()
@@ -202,14 +208,7 @@ class TestTheTrailTwoWorkersWrote:
     def test_the_app_s_own_command_verifies_it_with_the_configured_key(self, trail: Path) -> None:
         """`flask bridge verify` takes the key from the app's audit sink."""
         work = trail.parent
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "FLASK_"))}
-        env |= {
-            "PYTHONPATH": str(ROOT),
-            "BRIDGE_CONFIG": str(work / "bridge.toml"),
-            "BRIDGE_STATS_DIR": str(work / "stats"),
-            "AUDIT_KEY": AUDIT_KEY,
-            "PSEUDONYM_KEY": PSEUDONYM_KEY,
-        }
+        env = app_env(work)
         done = subprocess.run(
             [
                 sys.executable,

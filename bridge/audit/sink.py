@@ -42,10 +42,8 @@ from bridge import forking
 from bridge.audit.chain import CHECKPOINT_EVENT, AuditKey, Chain, new_chain
 from bridge.config import FileSinkSettings
 from bridge.diagnostics import report
-from bridge.errors import ConfigError
 from bridge.events import HOST_NAME, timestamp_and_id
-from bridge.sinks.file import FileOutput
-from bridge.sinks.filetarget import survey
+from bridge.sinks.file import open_output
 from bridge.sinks.output import LineAbandoned
 from bridge.stats import SinkStats
 
@@ -95,7 +93,7 @@ class AuditSink:
         self.selects = EventFilter(settings.events)
         self._key = AuditKey.of(settings.audit_key)
         self._stats = SinkStats()
-        self._output = _open_output(settings, config_key, check_interval)
+        self._output = open_output(settings, config_key, check_interval, audit=True)
         self._fsync = settings.fsync  # True, False, or an interval in seconds
         self._closed = False
         self._start()
@@ -408,35 +406,3 @@ class AuditSink:
         snapshot["chain"] = self._chain.name  # this process's (`flask bridge verify` names it)
         snapshot["chain_records"] = self._chain.seq
         return snapshot
-
-
-def _open_output(settings: FileSinkSettings, config_key: str, check_interval: float) -> FileOutput:
-    """A regular file only: a chain read back needs one (a pipe has no tail to verify)."""
-    try:
-        target = survey(settings.path)
-        if target.stream:
-            raise ConfigError(
-                f"{config_key}.path",
-                str(settings.path),
-                "a regular file for an audit sink (a pipe or terminal cannot be verified)",
-            )
-        if settings.rotate_bytes and target.link is not None:
-            raise ConfigError(
-                f"{config_key}.rotate_bytes",
-                settings.rotate_bytes,
-                "0 when path is a symlink: rotate the file it leads to with logrotate",
-            )
-        return FileOutput(
-            settings.path,
-            mode=settings.file_mode,
-            rotate_bytes=settings.rotate_bytes,
-            backups=settings.backups,
-            check_interval=check_interval,
-            target=target,
-        )
-    except OSError as exc:
-        raise ConfigError(
-            f"{config_key}.path",
-            str(settings.path),
-            f"a file path this process can create and append to ({exc.strerror or exc})",
-        ) from None

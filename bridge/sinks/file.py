@@ -54,7 +54,7 @@ from bridge.sinks.writer import LineWriter
 from bridge.sinks.writersink import WriterSink
 from bridge.stats import SinkStats
 
-__all__ = ["FileOutput", "FileSink"]
+__all__ = ["FileOutput", "FileSink", "open_output"]
 
 # A tail left unfinished this long ago is nobody's append in progress (file times are coarse,
 # a few ms; a restarted process takes far longer than this to write its first line).
@@ -305,7 +305,7 @@ class FileSink(WriterSink):
         self.kind = "file"
         self.settings = settings
         self._stats = SinkStats()
-        output = _open_output(settings, config_key, check_interval)
+        output = open_output(settings, config_key, check_interval)
         self._writer = LineWriter(
             output,
             name=self.name,
@@ -321,12 +321,23 @@ class FileSink(WriterSink):
         return {"path": str(self.settings.path)}
 
 
-def _open_output(settings: FileSinkSettings, config_key: str, check_interval: float) -> Output:
-    """What the path leads to at start-up decides the output; ConfigError when unusable."""
+def open_output(
+    settings: FileSinkSettings, config_key: str, check_interval: float, *, audit: bool = False
+) -> Output:
+    """What the path leads to at start-up decides the output; ConfigError when unusable.
+
+    `audit`: a regular file only (the audit sink: a chain must be read back to be verified).
+    """
     try:
         target = survey(settings.path)
     except OSError as exc:
         raise _path_error(settings, config_key, exc) from None
+    if audit and target.stream:
+        raise ConfigError(
+            f"{config_key}.path",
+            str(settings.path),
+            "a regular file for an audit sink (a pipe or terminal cannot be verified)",
+        )
     if settings.rotate_bytes and target.link is not None and not target.stream:
         raise ConfigError(
             f"{config_key}.rotate_bytes",
