@@ -30,12 +30,12 @@ from typing import Any, NamedTuple
 import orjson
 
 from bridge.audit.chain import AUDIT_KEYS, CHECKPOINT_EVENT, AuditKey, record_mac
-from bridge.audit.trailfiles import file_lines, reading_order
+from bridge.audit.trailfiles import MAX_LINE_BYTES, ExpansionError, file_lines, reading_order
 
 __all__ = ["MAX_PROBLEMS", "Problem", "Summary", "VerifyReport", "verify"]
 
 MAX_PROBLEMS = 100  # kept in the report (the count is of all of them)
-_CUT = (EOFError, gzip.BadGzipFile, zlib.error)
+_CUT = (EOFError, gzip.BadGzipFile, zlib.error, ExpansionError)
 
 
 class _Loc(NamedTuple):
@@ -135,6 +135,9 @@ class _Verifier:
         self.torn: dict[int, _Loc] = {}  # file -> its last line, cut mid-line
 
     def line(self, loc: _Loc, line: bytes) -> None:
+        if len(line) > MAX_LINE_BYTES:
+            self.problems.add(loc, f"a line over {MAX_LINE_BYTES} bytes: not an audit record")
+            return
         if not line.endswith(b"\n"):
             self.problems.add(loc, "the last line is incomplete (no newline): cut mid-line")
             self.torn[loc.file] = loc
@@ -370,8 +373,10 @@ def verify(
     opened; everything wrong inside the files is in the report."""
     ordered = reading_order([Path(p) for p in paths])
     for path in ordered:
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
+        if not path.is_file():  # a FIFO would block, a device never end
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
     verifier = _Verifier(keys, partial)
     for loc, line in _lines(ordered, verifier):
         verifier.line(loc, line)

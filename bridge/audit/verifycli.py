@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ __all__ = ["EXIT_FAILED", "SHOWN", "explicit_keys", "report_lines", "run_verify"
 
 EXIT_FAILED = 1
 SHOWN = 10  # problems printed; --json gives every one kept
+MAX_KEY_FILE_BYTES = 64 * 1024  # hundreds of keys; more is not a key file
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -78,12 +80,32 @@ def explicit_keys(key_envs: Sequence[str], key_file: Path | None) -> list[AuditK
             )
         keys.append(AuditKey.of(value))
     if key_file is not None:
-        lines = key_file.read_text().splitlines()  # the key is the whole line, as written
+        lines = _key_file_bytes(key_file).splitlines()  # the key is the whole line, as written
         found = [AuditKey.of(line) for line in lines if line.strip()]
         if not found:
             raise click.BadParameter(f"{key_file} holds no key", param_hint="--key-file")
         keys += found
     return keys
+
+
+def _key_file_bytes(path: Path) -> bytes:
+    """The key file's bytes: a regular file of at most `MAX_KEY_FILE_BYTES` (a FIFO would
+    block the command, a device never end), opened without blocking to look at it first."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {path}: {exc.strerror}", param_hint="--key-file"
+        ) from None
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise click.BadParameter(f"{path} is not a regular file", param_hint="--key-file")
+        data = file.read(MAX_KEY_FILE_BYTES + 1)
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise click.BadParameter(
+            f"{path} is over {MAX_KEY_FILE_BYTES} bytes: not a key file", param_hint="--key-file"
+        )
+    return data
 
 
 def _count(number: int, noun: str) -> str:
