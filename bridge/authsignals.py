@@ -58,6 +58,10 @@ __all__ = [
 
 AUTH_GROUP = "auth"  # the word in `signals`
 AUTH_CATEGORY = "authentication"
+# Longer than any user name: a name this long is not searched for in the other arguments (a
+# pattern of a 500 KB name costs most of a second to compile, on the request thread); they are
+# dropped instead, so nothing leaks.
+_MAX_NAME_CHARS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +205,8 @@ class AuthWriter:
         texts = {str(name).strip() for name in names if name is not None} - {""}
         if not texts:
             return rest
+        if max(len(text) for text in texts) > _MAX_NAME_CHARS:
+            return {key: value for key, value in rest.items() if _keeps_as_is(value)}
         pattern = re.compile(
             "|".join(re.escape(text) for text in sorted(texts, key=len, reverse=True)),
             re.IGNORECASE,
