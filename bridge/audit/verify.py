@@ -182,6 +182,8 @@ class _Verifier:
         name, seq = record["audit.chain"], record["audit.seq"]
         chain = self.chains.get(name)
         if chain is None:
+            if not signed:  # its name is not to be trusted: a file of such lines must not
+                return  # grow a chain per line
             chain = self.chains[name] = _Chain(name)
         if seq <= chain.seq:
             if signed:

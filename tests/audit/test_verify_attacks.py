@@ -225,6 +225,29 @@ class TestHostileInputs:
         assert f"over {MAX_LINE_BYTES} bytes" in report.problems[0].message
         assert peak < 3 * MAX_LINE_BYTES, peak
 
+    def test_forged_lines_of_new_chains_do_not_grow_memory(self, tmp_path: Path) -> None:
+        """50k lines with a known key id, a false MAC and a chain name each: every one named,
+        no state kept per forged chain."""
+        path = tmp_path / "audit.jsonl"
+        with path.open("wb") as file:
+            for number in range(50_000):
+                record = {
+                    "audit.chain": f"web-1:1:{number:016x}",
+                    "audit.seq": 1,
+                    "audit.prev": "",
+                    "audit.kid": KEY.kid,
+                    "audit.mac": "0" * 64,
+                }
+                file.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+        tracemalloc.start()
+        try:
+            report = verify([path], [KEY])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert (50_000, 0) == (report.problem_count, report.summary.chains)
+        assert peak < 4 << 20, peak
+
     def test_a_gzip_bomb_stops_in_bounded_memory_and_time(self, tmp_path: Path) -> None:
         """2 GiB of zeros (or of empty lines) in 2 MB of gzip: reading stops after a few MB
         expanded, with the reason (after the lines read, for empty lines)."""
