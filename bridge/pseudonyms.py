@@ -18,10 +18,10 @@ the path). A configured name matches every field whose path ends with it on a do
 name (`email`) matches that key at any depth, and an argument kept as `args.user.email` (its
 name is the bridge's, `bridge.eventlines.PROTECTED_KEYS`) still matches `user.email`. Names
 match whatever their case (`Email` and `EMAIL` are `email`: an app's spelling must not let a
-value through). Every
-value at or below a matching field is hidden (a list of addresses item by item); None stays
-None, a `[REDACTED]` value stays redacted, and the envelope (`timestamp`, `event`,
-`service.name`, ...) is never touched. Any field may be listed, `user.id` included.
+value through). Every value at or below a matching field is hidden (a list of addresses item by
+item, a mapping's keys as well as its values); None stays None, a `[REDACTED]` value stays
+redacted, and the envelope (`timestamp`, `event`, `service.name`, ...) is never touched. Any
+field may be listed, `user.id` included.
 
 Where: `Pseudonymizer.apply` runs on what is about to be encoded, in the two places a line is
 made (`bridge.eventlines.EventLines` for a spliced line and its request context fragment,
@@ -207,8 +207,8 @@ class Pseudonymizer:
             return hidden
         if value is None:
             return None
-        if isinstance(value, Mapping):
-            return {key: self._hide(name, item) for key, item in value.items()}
+        if isinstance(value, Mapping):  # its keys too: `{"email": {"ada@example.org": ...}}`
+            return {self._hide(name, key): self._hide(name, item) for key, item in value.items()}
         if isinstance(value, list | tuple | set | frozenset):
             return [self._hide(name, item) for item in value]
         return self.field(name, value)

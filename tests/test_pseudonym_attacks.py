@@ -145,3 +145,10 @@ class TestValues:
         out = hide.apply({"email": disguised, "user": {"email": real}})
         assert PSEUDONYM.fullmatch(out["email"]) and out["email"] != disguised
         assert real == out["user"]["email"]
+
+    def test_the_keys_of_a_mapping_under_a_listed_field(self) -> None:
+        """`{"email": {"alice@...": "primary"}}`: the key is hidden as well as the value."""
+        hide = Pseudonymizer(["email"], KEY)
+        out = hide.apply({"by": {"email": {EMAIL: "primary", 7: None}}})
+        assert [hide.pseudonym(EMAIL), hide.pseudonym(7)] == list(out["by"]["email"])
+        assert EMAIL not in str(out)
