@@ -162,11 +162,12 @@ class AuthWriter:
     cut out of the failure's other arguments (a message or an exception quoting it).
     """
 
-    __slots__ = ("mode", "pseudonymizer", "username_args")
+    __slots__ = ("mode", "pseudonymizer", "username_args", "username_order")
 
     def __init__(self, auth: AuthSettings, pseudonymizer: Pseudonymizer | None) -> None:
         self.mode = auth.attempted_user
         self.username_args = frozenset(auth.username_args)
+        self.username_order = tuple(auth.username_args)  # the first given is the name tried
         self.pseudonymizer = pseudonymizer
 
     @classmethod
@@ -192,7 +193,9 @@ class AuthWriter:
         self, emitter: Emitter, kwargs: Mapping[str, Any], fields: dict[str, Any]
     ) -> dict[str, Any]:
         """The failure's arguments without the user name tried; `user.name` in `fields`."""
-        names = [kwargs[key] for key in self.username_args & kwargs.keys()]
+        # In the configured order, not a set's: the same failure gives the same `user.name`
+        # in every process (a set's order follows the per-process string hash seed).
+        names = [kwargs[key] for key in self.username_order if key in kwargs]
         tried = next((name for name in names if name is not None), None)
         rest = {key: value for key, value in kwargs.items() if key not in self.username_args}
         if tried is None:

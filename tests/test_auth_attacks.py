@@ -109,6 +109,24 @@ class TestAuthNames:
         ]
 
 
+class TestTheNameTried:
+    @pytest.mark.parametrize("order", [["email", "username"], ["username", "email"]])
+    def test_the_first_configured_argument_is_the_name(
+        self, make_login: Make, order: list[str]
+    ) -> None:
+        """A failure with both `username` and `email`: `user.name` is the pseudonym of the
+        one listed first in `username_args`, in every process (not a set's order)."""
+        bridged = make_login(
+            BRIDGE_AUTH={"attempted_user": "pseudonymize", "username_args": order},
+            BRIDGE_PSEUDONYMIZE_KEY=PSEUDONYM_KEY,
+        )
+        sent = {"username": "mallory", "email": "mallory@example.org"}
+        LOGIN_FAILED.send(bridged.app, **sent)
+        (failed,) = bridged.events()
+        expected = Pseudonymizer((), PSEUDONYM_KEY).pseudonym(sent[order[0]])
+        assert expected == failed["user.name"]
+
+
 class TestOutsideARequest:
     def test_a_job_worker_thread_sends_a_failure(self, make_login: Make) -> None:
         """A failure sent from a worker thread, with a name dressed as a pseudonym: written
