@@ -231,8 +231,8 @@ class _Verifier:
             first, last = self.summary.first_time, self.summary.last_time
             self.summary.first_time = stamp if first is None else min(first, stamp)
             self.summary.last_time = stamp if last is None else max(last, stamp)
-        if record.get("event") != CHECKPOINT_EVENT:
-            return
+        if record.get("event") != CHECKPOINT_EVENT or "audit.reason" not in record:
+            return  # an event merely named so: the chain moves its audit.* keys to args.audit.*
         self.summary.checkpoints += 1
         chain.reason = reason = str(record.get("audit.reason"))
         if reason == "shutdown":

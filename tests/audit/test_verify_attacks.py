@@ -19,7 +19,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from bridge.audit.__main__ import main
-from bridge.audit.chain import Chain
+from bridge.audit.chain import CHECKPOINT_EVENT, Chain
 from bridge.audit.trailfiles import MAX_LINE_BYTES
 from bridge.audit.verify import verify
 from tests.audit.test_verify import KEY, ROOT, Writer, first, three_chains, write
@@ -177,6 +177,23 @@ class TestInsiderWithoutTheKey:
         report = verify([path], [KEY])
         assert [(str(path), len(lines))] == [(p.path, p.line) for p in report.problems]
         assert "record 1 of chain" in report.problems[0].message
+
+    def test_an_event_named_like_a_checkpoint_is_not_one(self, tmp_path: Path) -> None:
+        """An app's event named `audit.checkpoint` claiming `audit.reason` = shutdown (sealed
+        as an event: its keys moved to args.audit.*) neither ends the chain nor fails a
+        trail that has its real checkpoint."""
+        writer = Writer()
+        chain = writer.chain("A")
+        lines = [writer.login("A")]
+        spoof = writer.envelope("A", CHECKPOINT_EVENT)
+        spoof.update({"audit.reason": "shutdown", "audit.records": 1})
+        lines.append(chain.seal(spoof))
+        path = write(tmp_path / "audit.jsonl", lines)
+        report = verify([path], [KEY])
+        assert [(str(path), 2)] == [(p.path, p.line) for p in report.problems]
+        assert "without its shutdown checkpoint" in report.problems[0].message
+        write(path, [*lines, writer.checkpoint("A", "shutdown")])
+        assert verify([path], [KEY]).ok
 
     def test_a_byte_order_mark_and_crlf(self, tmp_path: Path) -> None:
         """A BOM before the first line and a CRLF ending are each named at their line (the BOM
