@@ -14,6 +14,10 @@ the files, only then). `partial=True` accepts a chain that starts after record 1
 without its shutdown checkpoint (a live file, some rotated files, a killed worker); it then
 cannot tell a chain spliced in from another trail signed with the same key, nor a tail cut
 off the file.
+
+The files may be an attacker's: memory stays bounded whatever they hold (lines are read in at
+most `trailfiles.MAX_LINE_BYTES`, a gzip bomb stops, a line whose MAC fails opens no chain),
+and a file given twice, by two names, is read once.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Shared by `flask bridge verify` (`bridge.cli`, which adds the app's own audit ke
 `python -m bridge.audit verify` (`bridge.audit.__main__`, for an auditor's machine without the
 app), so both read keys, print and exit the same way. A key is never a command-line value
 (any user sees those in `ps`): it comes from an environment variable (`--key-env NAME`) or a
-file (`--key-file`, one key per line).
+file (`--key-file`, one key per line; a regular file of at most 64 KiB, so a FIFO or a device
+given by mistake or malice cannot hang the command or fill its memory).
 
 Exit status: 0 the trail verifies, 1 it does not (the first problem as `PATH:LINE: what`),
 2 a usage error (no key, a missing file).
