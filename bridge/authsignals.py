@@ -58,6 +58,10 @@ __all__ = [
 
 AUTH_GROUP = "auth"  # the word in `signals`
 AUTH_CATEGORY = "authentication"
+# Longer than any user name: a name this long is not searched for in the other arguments (a
+# pattern of a 500 KB name costs most of a second to compile, on the request thread); they are
+# dropped instead, so nothing leaks.
+_MAX_NAME_CHARS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,11 +162,12 @@ class AuthWriter:
     cut out of the failure's other arguments (a message or an exception quoting it).
     """
 
-    __slots__ = ("mode", "pseudonymizer", "username_args")
+    __slots__ = ("mode", "pseudonymizer", "username_args", "username_order")
 
     def __init__(self, auth: AuthSettings, pseudonymizer: Pseudonymizer | None) -> None:
         self.mode = auth.attempted_user
         self.username_args = frozenset(auth.username_args)
+        self.username_order = tuple(auth.username_args)  # the first given is the name tried
         self.pseudonymizer = pseudonymizer
 
     @classmethod
@@ -188,7 +193,9 @@ class AuthWriter:
         self, emitter: Emitter, kwargs: Mapping[str, Any], fields: dict[str, Any]
     ) -> dict[str, Any]:
         """The failure's arguments without the user name tried; `user.name` in `fields`."""
-        names = [kwargs[key] for key in self.username_args & kwargs.keys()]
+        # In the configured order, not a set's: the same failure gives the same `user.name`
+        # in every process (a set's order follows the per-process string hash seed).
+        names = [kwargs[key] for key in self.username_order if key in kwargs]
         tried = next((name for name in names if name is not None), None)
         rest = {key: value for key, value in kwargs.items() if key not in self.username_args}
         if tried is None:
@@ -201,6 +208,8 @@ class AuthWriter:
         texts = {str(name).strip() for name in names if name is not None} - {""}
         if not texts:
             return rest
+        if max(len(text) for text in texts) > _MAX_NAME_CHARS:
+            return {key: value for key, value in rest.items() if _keeps_as_is(value)}
         pattern = re.compile(
             "|".join(re.escape(text) for text in sorted(texts, key=len, reverse=True)),
             re.IGNORECASE,

@@ -16,10 +16,12 @@ Which fields: a field's name is its dotted path, nested keys joined with "." (`{
 {"email": ...}}` holds `user.email`, as does a flat key `"user.email"`; lists add nothing to
 the path). A configured name matches every field whose path ends with it on a dot, so a bare
 name (`email`) matches that key at any depth, and an argument kept as `args.user.email` (its
-name is the bridge's, `bridge.eventlines.PROTECTED_KEYS`) still matches `user.email`. Every
-value at or below a matching field is hidden (a list of addresses item by item); None stays
-None, a `[REDACTED]` value stays redacted, and the envelope (`timestamp`, `event`,
-`service.name`, ...) is never touched. Any field may be listed, `user.id` included.
+name is the bridge's, `bridge.eventlines.PROTECTED_KEYS`) still matches `user.email`. Names
+match whatever their case (`Email` and `EMAIL` are `email`: an app's spelling must not let a
+value through). Every value at or below a matching field is hidden (a list of addresses item by
+item, a mapping's keys as well as its values); None stays None, a `[REDACTED]` value stays
+redacted, and the envelope (`timestamp`, `event`, `service.name`, ...) is never touched. Any
+field may be listed, `user.id` included.
 
 Where: `Pseudonymizer.apply` runs on what is about to be encoded, in the two places a line is
 made (`bridge.eventlines.EventLines` for a spliced line and its request context fragment,
@@ -36,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import string
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -50,6 +53,7 @@ REDACTED = "[REDACTED]"
 _DOMAIN = b"flask-signal-bridge pseudonym\x00"
 _DIGEST_CHARS = 32
 _MAX_CACHED = 4096  # distinct values remembered (one HMAC each); a flood of new ones resets it
+_HEX = frozenset(string.hexdigits.lower())
 
 _M = TypeVar("_M", bound=Mapping[Any, Any])
 
@@ -82,6 +86,7 @@ class Pseudonymizer:
 
     __slots__ = (
         "_cache",
+        "_folded",
         "_ip_cache",
         "_key",
         "_names",
@@ -93,6 +98,7 @@ class Pseudonymizer:
 
     def __init__(self, fields: Iterable[str], key: str | None, ip_mode: str = "hmac") -> None:
         self.fields = frozenset(fields)
+        self._folded = {name.casefold(): name for name in self.fields}  # matched caselessly
         self.ip_mode = ip_mode
         self._key = AuditKey.of(key) if key else None
         self._prefix = "" if self._key is None else f"{PSEUDONYM_PREFIX}{self.kid}:"
@@ -179,14 +185,13 @@ class Pseudonymizer:
         return value
 
     def _learn(self, path: str) -> str:
-        """The configured name `path` ends with (on a dot), or ""; remembered."""
-        fields = self.fields
-        name = path if path in fields else ""
-        dot = path.find(".")
+        """The configured name `path` ends with (on a dot, in any case), or ""; remembered."""
+        folded, lowered = self._folded, path.casefold()
+        name = folded.get(lowered, "")
+        dot = lowered.find(".")
         while not name and dot >= 0:
-            if path[dot + 1 :] in fields:
-                name = path[dot + 1 :]
-            dot = path.find(".", dot + 1)
+            name = folded.get(lowered[dot + 1 :], "")
+            dot = lowered.find(".", dot + 1)
         if len(path) <= 256:  # a client's unique long keys must not pin memory
             _remember(self._names, path, name)
         return name
@@ -202,17 +207,21 @@ class Pseudonymizer:
             return hidden
         if value is None:
             return None
-        if isinstance(value, Mapping):
-            return {key: self._hide(name, item) for key, item in value.items()}
+        if isinstance(value, Mapping):  # its keys too: `{"email": {"ada@example.org": ...}}`
+            return {self._hide(name, key): self._hide(name, item) for key, item in value.items()}
         if isinstance(value, list | tuple | set | frozenset):
             return [self._hide(name, item) for item in value]
         return self.field(name, value)
 
     def _kept(self, text: str) -> bool:
-        """Redacted already, or hidden already (a receiver called `field`)."""
+        """Redacted already, or hidden already (a receiver called `field`): exactly a pseudonym's
+        form under this key, so a value that merely starts like one is hidden too."""
         prefix = self._prefix
         return text == REDACTED or (
-            bool(prefix) and len(text) == len(prefix) + _DIGEST_CHARS and text.startswith(prefix)
+            bool(prefix)
+            and len(text) == len(prefix) + _DIGEST_CHARS
+            and text.startswith(prefix)
+            and _HEX.issuperset(text[len(prefix) :])
         )
 
 

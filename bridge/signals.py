@@ -278,9 +278,13 @@ def event_name(spec: BuiltinSignal | CustomSignal, rename: Mapping[str, str]) ->
 
 
 def _own_signal(key: str, name: str) -> blinker.Signal:
-    """A signal `[auth]` names: by import path, or by name in blinker's namespace."""
+    """A signal `[auth]` names: by import path, or by name in blinker's namespace; never one
+    of Flask's own (every request would be a login, and written twice)."""
     if ":" in name:
-        return _import_signal(name, key)
+        imported = _import_signal(name, key)
+        if any(spec.signal is imported for spec in BUILTIN_SIGNALS.values()):
+            raise ConfigError(key, name, "an authentication signal, not one of Flask's own")
+        return imported
     signal = blinker.default_namespace.get(name)
     if signal is None:
         close = difflib.get_close_matches(name, list(blinker.default_namespace), n=1)
@@ -345,8 +349,11 @@ def resolve_signals(
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
-        if id(signal) in listed:
-            continue  # a group member listed by name too: one event, not two
+        if id(signal) in listed:  # a group member listed by name too: one event, not two
+            if name in rename:  # renamed by this spelling: whatever the order of the list
+                at = listed[id(signal)]
+                customs[at] = replace(customs[at], event=rename[name])
+            continue
         if grouped and id(signal) in kinds:
             listed[id(signal)] = len(customs)
         customs.append(_custom(name, signal, rename, None))

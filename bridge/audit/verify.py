@@ -14,6 +14,10 @@ the files, only then). `partial=True` accepts a chain that starts after record 1
 without its shutdown checkpoint (a live file, some rotated files, a killed worker); it then
 cannot tell a chain spliced in from another trail signed with the same key, nor a tail cut
 off the file.
+
+The files may be an attacker's: memory stays bounded whatever they hold (lines are read in at
+most `trailfiles.MAX_LINE_BYTES`, a gzip bomb stops, a line whose MAC fails opens no chain),
+and a file given twice, by two names, is read once.
 """
 
 from __future__ import annotations
@@ -30,12 +34,12 @@ from typing import Any, NamedTuple
 import orjson
 
 from bridge.audit.chain import AUDIT_KEYS, CHECKPOINT_EVENT, AuditKey, record_mac
-from bridge.audit.trailfiles import file_lines, reading_order
+from bridge.audit.trailfiles import MAX_LINE_BYTES, ExpansionError, file_lines, reading_order
 
 __all__ = ["MAX_PROBLEMS", "Problem", "Summary", "VerifyReport", "verify"]
 
 MAX_PROBLEMS = 100  # kept in the report (the count is of all of them)
-_CUT = (EOFError, gzip.BadGzipFile, zlib.error)
+_CUT = (EOFError, gzip.BadGzipFile, zlib.error, ExpansionError)
 
 
 class _Loc(NamedTuple):
@@ -135,6 +139,9 @@ class _Verifier:
         self.torn: dict[int, _Loc] = {}  # file -> its last line, cut mid-line
 
     def line(self, loc: _Loc, line: bytes) -> None:
+        if len(line) > MAX_LINE_BYTES:
+            self.problems.add(loc, f"a line over {MAX_LINE_BYTES} bytes: not an audit record")
+            return
         if not line.endswith(b"\n"):
             self.problems.add(loc, "the last line is incomplete (no newline): cut mid-line")
             self.torn[loc.file] = loc
@@ -179,6 +186,8 @@ class _Verifier:
         name, seq = record["audit.chain"], record["audit.seq"]
         chain = self.chains.get(name)
         if chain is None:
+            if not signed:  # its name is not to be trusted: a file of such lines must not
+                return  # grow a chain per line
             chain = self.chains[name] = _Chain(name)
         if seq <= chain.seq:
             if signed:
@@ -226,8 +235,8 @@ class _Verifier:
             first, last = self.summary.first_time, self.summary.last_time
             self.summary.first_time = stamp if first is None else min(first, stamp)
             self.summary.last_time = stamp if last is None else max(last, stamp)
-        if record.get("event") != CHECKPOINT_EVENT:
-            return
+        if record.get("event") != CHECKPOINT_EVENT or "audit.reason" not in record:
+            return  # an event merely named so: the chain moves its audit.* keys to args.audit.*
         self.summary.checkpoints += 1
         chain.reason = reason = str(record.get("audit.reason"))
         if reason == "shutdown":
@@ -370,8 +379,10 @@ def verify(
     opened; everything wrong inside the files is in the report."""
     ordered = reading_order([Path(p) for p in paths])
     for path in ordered:
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
+        if not path.is_file():  # a FIFO would block, a device never end
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
     verifier = _Verifier(keys, partial)
     for loc, line in _lines(ordered, verifier):
         verifier.line(loc, line)

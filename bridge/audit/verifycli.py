@@ -4,7 +4,8 @@ Shared by `flask bridge verify` (`bridge.cli`, which adds the app's own audit ke
 `python -m bridge.audit verify` (`bridge.audit.__main__`, for an auditor's machine without the
 app), so both read keys, print and exit the same way. A key is never a command-line value
 (any user sees those in `ps`): it comes from an environment variable (`--key-env NAME`) or a
-file (`--key-file`, one key per line).
+file (`--key-file`, one key per line; a regular file of at most 64 KiB, so a FIFO or a device
+given by mistake or malice cannot hang the command or fill its memory).
 
 Exit status: 0 the trail verifies, 1 it does not (the first problem as `PATH:LINE: what`),
 2 a usage error (no key, a missing file).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +30,7 @@ __all__ = ["EXIT_FAILED", "SHOWN", "explicit_keys", "report_lines", "run_verify"
 
 EXIT_FAILED = 1
 SHOWN = 10  # problems printed; --json gives every one kept
+MAX_KEY_FILE_BYTES = 64 * 1024  # hundreds of keys; more is not a key file
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -78,12 +81,32 @@ def explicit_keys(key_envs: Sequence[str], key_file: Path | None) -> list[AuditK
             )
         keys.append(AuditKey.of(value))
     if key_file is not None:
-        lines = key_file.read_text().splitlines()  # the key is the whole line, as written
+        lines = _key_file_bytes(key_file).splitlines()  # the key is the whole line, as written
         found = [AuditKey.of(line) for line in lines if line.strip()]
         if not found:
             raise click.BadParameter(f"{key_file} holds no key", param_hint="--key-file")
         keys += found
     return keys
+
+
+def _key_file_bytes(path: Path) -> bytes:
+    """The key file's bytes: a regular file of at most `MAX_KEY_FILE_BYTES` (a FIFO would
+    block the command, a device never end), opened without blocking to look at it first."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {path}: {exc.strerror}", param_hint="--key-file"
+        ) from None
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise click.BadParameter(f"{path} is not a regular file", param_hint="--key-file")
+        data = file.read(MAX_KEY_FILE_BYTES + 1)
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise click.BadParameter(
+            f"{path} is over {MAX_KEY_FILE_BYTES} bytes: not a key file", param_hint="--key-file"
+        )
+    return data
 
 
 def _count(number: int, noun: str) -> str:
