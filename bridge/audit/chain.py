@@ -48,7 +48,6 @@ __all__ = [
     "canonical",
     "chain_name",
     "new_chain",
-    "record_mac",
     "split_signed",
 ]
 
@@ -78,11 +77,6 @@ class AuditKey:
 def canonical(record: dict[str, Any]) -> bytes:
     """Sorted keys, no whitespace, UTF-8: the bytes a MAC is made over."""
     return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-
-
-def record_mac(key: AuditKey, record: dict[str, Any]) -> str:
-    """The MAC of `record` (which must not hold `audit.mac`): of its canonical JSON."""
-    return hmac.new(key.secret, canonical(record), hashlib.sha256).hexdigest()
 
 
 _MAC_MEMBER = b',"audit.mac":"'

@@ -2,18 +2,20 @@
 
 `flask bridge verify` and `python -m bridge.audit verify` run `verify` (the command-line side
 is `bridge.audit.verifycli`); the format it checks is `bridge.audit.chain`'s. The files are
-read oldest first (`bridge.audit.trailfiles`), streamed, with only a little state per chain,
-and each line is checked on its own (JSON, audit keys, a known key id, its MAC, the exact
-bytes the sink wrote) and within its chain: seq contiguous from 1, `audit.prev` the MAC of
-the record before, a checkpoint's count, host and pid matching the chain's name, and the
-chain ending in its shutdown checkpoint. Chains of different processes interleave freely.
+read oldest first (`bridge.audit.trailfiles`), streamed, with only a little state per chain.
+Each line is checked on its own (JSON, audit keys, a known key id, and its MAC over the bytes
+as written, `chain.split_signed`: nothing is serialized again) and within its chain: seq
+contiguous from 1, `audit.prev` the MAC of the record before, a checkpoint's count, host and
+pid matching the chain's name, and the chain ending in its shutdown checkpoint. Chains of
+different processes interleave freely.
 
 The problem named is the first in reading order (file, then line); the rest are kept, up to
 `MAX_PROBLEMS`. A line found twice is named with where it was first seen (a second pass over
 the files, only then). `partial=True` accepts a chain that starts after record 1 or ends
 without its shutdown checkpoint (a live file, some rotated files, a killed worker); it then
-cannot tell a chain spliced in from another trail signed with the same key, nor a tail cut
-off the file.
+cannot tell a chain spliced in mid-way from another trail signed with the same key, nor a
+tail cut off the file. A complete chain (record 1 to its shutdown checkpoint) copied from
+another trail signed with the same key passes in either mode: keys are per deployment.
 
 The files may be an attacker's: memory stays bounded whatever they hold (lines are read in at
 most `trailfiles.MAX_LINE_BYTES`, a gzip bomb stops, a line whose MAC fails opens no chain),
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import hmac
 import zlib
 from collections.abc import Iterable, Sequence
@@ -33,7 +36,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from bridge.audit.chain import AUDIT_KEYS, CHECKPOINT_EVENT, AuditKey, record_mac
+from bridge.audit.chain import AUDIT_KEYS, CHECKPOINT_EVENT, AuditKey, split_signed
 from bridge.audit.trailfiles import MAX_LINE_BYTES, ExpansionError, file_lines, reading_order
 
 __all__ = ["MAX_PROBLEMS", "Problem", "Summary", "VerifyReport", "verify"]
@@ -170,16 +173,22 @@ class _Verifier:
         if key is None:
             self.problems.add(loc, f"signed with key id {kid}: no key given has that id")
             return
-        body = {k: v for k, v in record.items() if k != "audit.mac"}
-        signed = hmac.compare_digest(record_mac(key, body), mac)
-        if not signed:
+        signed_form = split_signed(line)
+        if signed_form is None:
             self.problems.add(
-                loc, "the MAC does not match: the line was edited, or forged without the key"
+                loc,
+                'not in signed form (`,"audit.mac":"<64 hex>"` is not its last member as '
+                "written): the line was re-written",
             )
-        elif orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE) != line:
-            self.problems.add(
-                loc, "the line differs from its signed form (spacing, escapes or a repeated key)"
-            )
+            signed = False
+        else:  # the MAC is over the bytes as written: nothing is serialized again
+            body, written_mac = signed_form
+            expected = hmac.new(key.secret, body, hashlib.sha256).hexdigest()
+            signed = hmac.compare_digest(expected, written_mac) and written_mac == mac
+            if not signed:
+                self.problems.add(
+                    loc, "the MAC does not match: the line was edited, or forged without the key"
+                )
         self.record(loc, record, signed)
 
     def record(self, loc: _Loc, record: dict[str, Any], signed: bool) -> None:

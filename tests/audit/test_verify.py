@@ -177,10 +177,21 @@ class TestTampering:
     ) -> None:
         """A repeated key (which another reader may take instead) fails although the MAC holds."""
         _, lines, path = trail
-        lines[4] = lines[4].replace(b'{"timestamp"', b'{"user.id":"admin","timestamp"', 1)
+        assert lines[4].startswith(b'{"audit.chain"')
+        lines[4] = lines[4].replace(b'{"audit.chain"', b'{"user.id":"admin","audit.chain"', 1)
         report = verify([write(path, lines)], [KEY])
         assert (str(path), 5) == first(report)
-        assert "differs from its signed form" in report.problems[0].message
+        assert "the MAC does not match" in report.problems[0].message
+
+    def test_a_line_rewritten_with_other_spacing(
+        self, trail: tuple[Writer, list[bytes], Path]
+    ) -> None:
+        """The same record re-serialized (spaces after separators): not the signed bytes."""
+        _, lines, path = trail
+        lines[2] = json.dumps(json.loads(lines[2])).encode() + b"\n"
+        report = verify([write(path, lines)], [KEY])
+        assert (str(path), 3) == first(report)
+        assert "not in signed form" in report.problems[0].message
 
     def test_tail_truncated_by_whole_lines(self, trail: tuple[Writer, list[bytes], Path]) -> None:
         """A cut tail: the chain whose shutdown checkpoint is gone is named at its last line."""

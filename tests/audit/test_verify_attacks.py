@@ -138,11 +138,11 @@ class TestInsiderWithoutTheKey:
         """A key repeated with a false value first (what a first-wins parser reads) fails."""
         writer = Writer()
         lines = three_chains(writer)
-        lines[3] = edited(lines[3], b'{"timestamp"', b'{"user.id":"admin","timestamp"')
+        lines[3] = edited(lines[3], b'{"audit.chain"', b'{"user.id":"admin","audit.chain"')
         path = write(tmp_path / "audit.jsonl", lines)
         report = verify([path], [KEY])
         assert (str(path), 4) == first(report)
-        assert "repeated key" in report.problems[0].message
+        assert "the MAC does not match" in report.problems[0].message
 
     def test_unicode_escapes_that_parse_to_the_same_record(self, tmp_path: Path) -> None:
         """`\\u0075` for `u`: the same record parsed, another line written: named."""
