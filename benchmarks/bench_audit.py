@@ -192,7 +192,7 @@ def section(
         rows,
     )
     piece_lines = [
-        f"- sealing one login record (HMAC-SHA256 over its canonical JSON, both dumps): "
+        f"- sealing one login record (its canonical JSON, HMAC-SHA256, the signed line): "
         f"{timings['seal']:.1f} µs CPU"
     ]
     if "verify" in timings:
