@@ -41,6 +41,7 @@ import ipaddress
 import string
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import quote, unquote_plus
 
 from bridge.audit.chain import AuditKey
 from bridge.auditsettings import IP_FIELDS
@@ -166,6 +167,8 @@ class Pseudonymizer:
                 name = self._learn(full)
             if name and not (top_level and text in ENVELOPE_KEYS):
                 new = self._hide(name, value)
+            elif top_level and text == "url.query" and type(value) is str:
+                new = self._query(value)
             elif type(value) is dict or type(value) is list:
                 new = self._nested(value, full)
             else:
@@ -175,6 +178,27 @@ class Pseudonymizer:
                     out = dict(mapping)
                 out[key] = new
         return mapping if out is None else out
+
+    def _query(self, query: str) -> str:
+        """`url.query` with the value of each parameter named like a configured field hidden
+        (`?email=ada@example.org` -> `?email=hmac:...`); the rest kept as it was."""
+        parts = query.split("&")
+        changed = False
+        for index, part in enumerate(parts):
+            raw_name, equals, raw_value = part.partition("=")
+            if not equals or not raw_value:
+                continue
+            name = unquote_plus(raw_name)
+            configured = self._names.get(name)
+            if configured is None:
+                configured = self._learn(name)
+            if configured:
+                value = unquote_plus(raw_value)
+                hidden = self._hide(configured, value)
+                if hidden != value:  # `[REDACTED]` already (a sensitive name) stays as it is
+                    parts[index] = f"{raw_name}={quote(str(hidden), safe=':')}"
+                    changed = True
+        return "&".join(parts) if changed else query
 
     def _nested(self, value: Any, path: str) -> Any:
         if isinstance(value, Mapping):

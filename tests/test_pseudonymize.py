@@ -208,6 +208,28 @@ class TestNoRawValue:
         assert captured == read_events(path)
 
 
+class TestQueryString:
+    def test_a_query_parameter_named_like_a_field_is_hidden(self, make_app: Any) -> None:
+        """`?email=...` on any event's url.query is a pseudonym; other parameters stay."""
+        app, bridge, path = make_app(pseudonymize=FIELDS, pseudonymize_key=KEY)
+        client = app.test_client()
+        query = {"email": EMAIL, "next": "/cart", "password": "hunter2"}
+        assert 404 == client.get("/reset", query_string=query).status_code
+        assert bridge.flush(timeout=10.0)
+        [finished] = [e for e in read_events(path) if e["event"] == "request.finished"]
+        params = dict(part.split("=", 1) for part in finished["url.query"].split("&"))
+        assert PSEUDONYM.fullmatch(params["email"])
+        assert "/cart" == params["next"]
+        assert "[REDACTED]" == params["password"]
+        assert [] == leaks(path, EMAIL, EMAIL.replace("@", "%40"))
+
+    def test_the_same_address_in_the_query_and_a_field_links(self) -> None:
+        """The query's pseudonym is the one a field with the same e-mail gets."""
+        hide = Pseudonymizer(FIELDS, KEY)
+        hidden = hide.apply({"url.query": "email=" + EMAIL.replace("@", "%40"), "email": EMAIL})
+        assert hidden["url.query"] == "email=" + hidden["email"]
+
+
 class TestLinking:
     def test_same_value_same_pseudonym_across_events_and_requests(self, make_app: Any) -> None:
         """One address and one e-mail give one pseudonym each, over four requests' events."""
