@@ -38,10 +38,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 import string
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote, unquote, unquote_plus
 
 from bridge.audit.chain import AuditKey
 from bridge.auditsettings import IP_FIELDS
@@ -51,6 +52,8 @@ __all__ = ["PSEUDONYM_PREFIX", "Pseudonymizer", "truncate_ip"]
 
 PSEUDONYM_PREFIX = "hmac:"
 REDACTED = "[REDACTED]"
+# A whole-segment Flask/werkzeug URL variable: `<name>` or `<converter(args):name>`.
+_VARIABLE = re.compile(r"<(?:([a-zA-Z_][\w]*)(?:\([^)]*\))?:)?([a-zA-Z_][\w]*)>")
 _DOMAIN = b"flask-signal-bridge pseudonym\x00"
 _DIGEST_CHARS = 32
 _MAX_CACHED = 4096  # distinct values remembered (one HMAC each); a flood of new ones resets it
@@ -92,6 +95,7 @@ class Pseudonymizer:
         "_key",
         "_names",
         "_prefix",
+        "_routes",
         "_truncating",
         "fields",
         "ip_mode",
@@ -111,6 +115,7 @@ class Pseudonymizer:
         # A text value -> what it is written as (one HMAC each): a user's recur too.
         self._cache: dict[str, str] = {}
         self._ip_cache: dict[str, str] = {}
+        self._routes: dict[str, list[tuple[int, str]]] = {}  # route -> its hidden variables
 
     @classmethod
     def of(cls, settings: Any) -> Pseudonymizer | None:
@@ -177,7 +182,60 @@ class Pseudonymizer:
                 if out is None:
                     out = dict(mapping)
                 out[key] = new
+        if top_level and "http.route" in mapping:  # URL variables named like a field
+            url_path, route = mapping.get("url.path"), mapping["http.route"]
+            if type(url_path) is str and type(route) is str and "<" in route:
+                hidden_path = self._path(url_path, route)
+                if hidden_path != url_path:
+                    if out is None:
+                        out = dict(mapping)
+                    out["url.path"] = hidden_path
         return mapping if out is None else out
+
+    def _path(self, path: str, route: str) -> str:
+        """`url.path` with the segments of URL variables named like a configured field hidden
+        (`/users/<email>`): the route's segments laid over the path's last ones (a mount
+        prefix comes first). A route with a variable spanning segments (`<path:...>`) is
+        left alone: which segments are its value is not known."""
+        variables = self._routes.get(route)
+        if variables is None:
+            variables = self._route_variables(route)
+        if not variables:
+            return path
+        segments = path.split("/")
+        offset = len(segments) - len(route.split("/"))
+        if offset < 0:
+            return path
+        for index, name in variables:
+            value = unquote(segments[offset + index])
+            hidden = self._hide(name, value)
+            if hidden != value:
+                segments[offset + index] = quote(str(hidden), safe=":")
+        return "/".join(segments)
+
+    def _route_variables(self, route: str) -> list[tuple[int, str]]:
+        """(segment index, configured name) of each variable of `route` named like a field;
+        [] for a route with a variable that spans segments. Remembered per route."""
+        found: list[tuple[int, str]] = []
+        for index, segment in enumerate(route.split("/")):
+            match = _VARIABLE.fullmatch(segment)
+            if match is None:
+                if "<" in segment:  # part of a segment, or a converter we cannot place
+                    found = []
+                    break
+                continue
+            converter, name = match.group(1) or "", match.group(2)
+            if converter.startswith("path"):
+                found = []
+                break
+            configured = self._names.get(name)
+            if configured is None:
+                configured = self._learn(name)
+            if configured:
+                found.append((index, configured))
+        if len(self._routes) < _MAX_CACHED:
+            self._routes[route] = found
+        return found
 
     def _query(self, query: str) -> str:
         """`url.query` with the value of each parameter named like a configured field hidden

@@ -230,6 +230,67 @@ class TestQueryString:
         assert hidden["url.query"] == "email=" + hidden["email"]
 
 
+def url_shop(path: Path) -> Flask:
+    """Routes whose URL variables carry an e-mail."""
+    app = Flask("urls")
+    app.config.update(
+        BRIDGE_SINKS=[{"type": "file", "path": str(path)}],
+        BRIDGE_PSEUDONYMIZE=FIELDS,
+        BRIDGE_PSEUDONYMIZE_KEY=KEY,
+    )
+
+    @app.get("/users/<email>/orders/<int:number>")
+    def orders(email: str, number: int) -> str:
+        return "ok"
+
+    @app.get("/files/<path:email>")
+    def files(email: str) -> str:
+        return "ok"
+
+    return app
+
+
+class TestUrlPath:
+    @pytest.mark.parametrize("mount", ["", "/shop"])
+    def test_a_url_variable_named_like_a_field_is_hidden_in_the_path(
+        self, tmp_path: Path, mount: str
+    ) -> None:
+        """`/users/<email>/orders/<int:number>`: the e-mail segment is a pseudonym in
+        url.path (under a mount prefix too), the route and the other segments stay."""
+        path = tmp_path / "events.jsonl"
+        app = url_shop(path)
+        bridge = SignalBridge(app)
+        try:
+            client = app.test_client()
+            url = f"/users/{EMAIL}/orders/7"
+            base_url = f"http://localhost{mount}"
+            assert 200 == client.get(url, base_url=base_url).status_code
+            assert bridge.flush(timeout=10.0)
+        finally:
+            bridge.close(timeout=5.0)
+        [finished] = read_events(path)
+        prefix, users, hidden, orders, number = finished["url.path"].rsplit("/", 4)
+        assert (mount, "users", "orders", "7") == (prefix, users, orders, number)
+        assert PSEUDONYM.fullmatch(hidden)
+        assert hidden == Pseudonymizer(FIELDS, KEY).pseudonym(EMAIL)
+        assert "/users/<email>/orders/<int:number>" == finished["http.route"]
+        assert [] == leaks(path, EMAIL, EMAIL.replace("@", "%40"))
+
+    def test_a_variable_spanning_segments_is_left_as_documented(self, tmp_path: Path) -> None:
+        """`<path:email>` may span segments: which are its value is not known, so url.path
+        is written as it is (the README says so)."""
+        path = tmp_path / "events.jsonl"
+        app = url_shop(path)
+        bridge = SignalBridge(app)
+        try:
+            assert 200 == app.test_client().get("/files/a/b").status_code
+            assert bridge.flush(timeout=10.0)
+        finally:
+            bridge.close(timeout=5.0)
+        [finished] = read_events(path)
+        assert "/files/a/b" == finished["url.path"]
+
+
 class TestLinking:
     def test_same_value_same_pseudonym_across_events_and_requests(self, make_app: Any) -> None:
         """One address and one e-mail give one pseudonym each, over four requests' events."""
