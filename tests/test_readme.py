@@ -107,3 +107,44 @@ def test_structlog_example_runs_and_correlates(tmp_path: Path) -> None:
     )
     assert paid["request_id"] == finished["request_id"]
     assert not {"args.level", "args.timestamp", "args.event"} & set(paid)
+
+
+def test_the_audit_trail_snippet_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Audit trail section's configuration, with its keys set and the README's
+    `user-login-failed` signal defined, starts an app whose failed login lands in a file
+    that `verify` accepts after close, pseudonymized."""
+    import blinker
+    from flask import Flask
+
+    from bridge import SignalBridge
+    from bridge.audit.chain import AuditKey
+    from bridge.audit.verify import verify
+
+    [block] = toml_blocks("Audit trail")[:1]
+    audit_path = tmp_path / "audit.jsonl"
+    block = block.replace('"/var/log/shop/audit.jsonl"', json.dumps(str(audit_path)))
+    monkeypatch.setenv("AUDIT_KEY", "a" * 64)
+    monkeypatch.setenv("PSEUDONYM_KEY", "b" * 64)
+    (tmp_path / "bridge.toml").write_text(block)
+    failed = blinker.signal("user-login-failed")
+    app = Flask("shop")
+    app.config["BRIDGE_CONFIG"] = str(tmp_path / "bridge.toml")
+
+    @app.post("/login")
+    def login() -> tuple[str, int]:
+        failed.send(app, username="ada@example.org", reason="bad_password")
+        return "Wrong user name or password.", 401
+
+    bridge = SignalBridge(app)
+    assert 401 == app.test_client().post("/login").status_code
+    assert bridge.close(timeout=5.0)
+    report = verify([audit_path], [AuditKey.of("a" * 64)])
+    assert report.ok, report
+    data = audit_path.read_bytes()
+    assert b"example.org" not in data and b"127.0.0.1" not in data
+    [record, checkpoint] = [json.loads(line) for line in data.splitlines()]
+    assert ("failure", "login_failed") == (record["event.outcome"], record["event.action"])
+    assert record["user.name"].startswith("hmac:")
+    assert "shutdown" == checkpoint["audit.reason"]
