@@ -180,6 +180,14 @@ def work(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
 
 
+@pytest.fixture
+def unrotated(tmp_path: Path) -> Iterator[Path]:
+    """A directory with the example's config, the audit sink not rotating by itself."""
+    assert "rotate_bytes" not in CONFIG_NO_ROTATION
+    (tmp_path / "bridge.toml").write_text(CONFIG_NO_ROTATION)
+    yield tmp_path
+
+
 def serve(work: Path, *, workers: int = 2, extra: tuple[str, ...] = ()) -> GunicornServer:
     """The example under gunicorn in `work`; the master's pid in `work/gunicorn.pid`."""
     extra = ("--pid", str(work / "gunicorn.pid"), *extra)
@@ -287,16 +295,15 @@ def lines_of(chains: Chains, name: str, path: Path) -> list[tuple[int, dict[str,
 
 class TestLogrotate:
     @pytest.mark.parametrize("backup", ["audit.jsonl.1", "audit.jsonl-20261207", "audit.jsonl-1"])
-    def test_a_rename_under_the_workers_is_followed(self, tmp_path: Path, backup: str) -> None:
+    def test_a_rename_under_the_workers_is_followed(self, unrotated: Path, backup: str) -> None:
         """logrotate's rename (`mv audit.jsonl <backup>`) while both workers write: each ends
         its part of the renamed file with a rotation checkpoint and goes on in a new
         audit.jsonl; both files verify, given oldest first (any name), or in the shell's
         order `audit.jsonl*` when the name is logrotate's (`.1`, `-20261207`)."""
-        (tmp_path / "bridge.toml").write_text(CONFIG_NO_ROTATION)
-        logs = tmp_path / "logs"
+        logs = unrotated / "logs"
         current, renamed = logs / "audit.jsonl", logs / backup
         both = [renamed, current]
-        with serve(tmp_path) as server, Visitors(server.url) as visitors:
+        with serve(unrotated) as server, Visitors(server.url) as visitors:
             until(lambda: chains_with_logins(logs) >= 2, "both workers logged in", visitors)
             current.rename(renamed)  # under load: workers are writing
             until(
@@ -317,14 +324,13 @@ class TestLogrotate:
             assert set(both) == set(logs.glob("audit.jsonl*"))  # no lock file or other
             assert 2 == chain_count(verified(sorted(logs.glob("audit.jsonl*"))))
 
-    def test_a_quiet_copytruncate_verifies(self, tmp_path: Path) -> None:
+    def test_a_quiet_copytruncate_verifies(self, unrotated: Path) -> None:
         """logrotate's copytruncate with no write between the copy and the truncate: the
         chains go on in the emptied file without a checkpoint, and the copy then the file
         verify, every login in them once."""
-        (tmp_path / "bridge.toml").write_text(CONFIG_NO_ROTATION)
-        logs = tmp_path / "logs"
+        logs = unrotated / "logs"
         current, copy = logs / "audit.jsonl", logs / "audit.jsonl.1"
-        with serve(tmp_path) as server, Visitors(server.url) as visitors:
+        with serve(unrotated) as server, Visitors(server.url) as visitors:
             until(lambda: chains_with_logins(logs) >= 2, "both workers logged in", visitors)
             visitors.pause()
             shutil.copyfile(current, copy)
@@ -339,14 +345,13 @@ class TestLogrotate:
         assert 2 == len(chains)
         assert 2 == chain_count(verified(sorted(logs.glob("audit.jsonl*"))))
 
-    def test_a_login_between_copy_and_truncate_is_lost_and_named(self, tmp_path: Path) -> None:
+    def test_a_login_between_copy_and_truncate_is_lost_and_named(self, unrotated: Path) -> None:
         """A login written after logrotate's copy and before its truncate is in neither file
         (copytruncate's own race): verify fails, naming the last line of that worker's chain
         in the copy, 'the end of that file was cut'."""
-        (tmp_path / "bridge.toml").write_text(CONFIG_NO_ROTATION)
-        logs = tmp_path / "logs"
+        logs = unrotated / "logs"
         current, copy = logs / "audit.jsonl", logs / "audit.jsonl.1"
-        with serve(tmp_path) as server, Visitors(server.url) as visitors:
+        with serve(unrotated) as server, Visitors(server.url) as visitors:
             until(lambda: chains_with_logins(logs) >= 2, "both workers logged in", visitors)
             visitors.pause()
             shutil.copyfile(current, copy)
