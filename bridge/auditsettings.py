@@ -18,6 +18,7 @@ from bridge.errors import ConfigError, ConfigProblem
 __all__ = [
     "ATTEMPTED_USER_CHOICES",
     "AUDIT_EVENTS_DEFAULT",
+    "AUTH_CATEGORY",
     "IP_FIELDS",
     "AuthSettings",
     "audit_fsync",
@@ -31,6 +32,9 @@ __all__ = [
 
 # Fields that hold an IP address: `pseudonymize_ip = "truncate"` shortens them without a key.
 IP_FIELDS = frozenset({"client.address", "client.ip", "source.address", "source.ip"})
+# `event.category` of an authentication event (ECS): what `signals = ["auth"]` writes, what an
+# audit sink's `events = ["auth"]` selects, and what noise control never drops.
+AUTH_CATEGORY = "authentication"
 ATTEMPTED_USER_CHOICES = ("omit", "pseudonymize", "raw")
 # What an audit sink records unless told otherwise: every authentication event.
 AUDIT_EVENTS_DEFAULT = ("auth",)

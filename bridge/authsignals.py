@@ -37,8 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import blinker
 
-from bridge.auditsettings import AuthSettings
-from bridge.noise import never_dropped
+from bridge.auditsettings import AUTH_CATEGORY, AuthSettings
 from bridge.pseudonyms import Pseudonymizer
 from bridge.redaction import REDACTED
 
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
     from bridge.emitter import Emitter
 
 __all__ = [
-    "AUTH_CATEGORY",
     "AUTH_GROUP",
     "FLASK_LOGIN_AUTH",
     "FLASK_SECURITY_EVENTS",
@@ -57,7 +55,6 @@ __all__ = [
 ]
 
 AUTH_GROUP = "auth"  # the word in `signals`
-AUTH_CATEGORY = "authentication"
 # Longer than any user name: a name this long is not searched for in the other arguments (a
 # pattern of a 500 KB name costs most of a second to compile, on the request thread); they are
 # dropped instead, so nothing leaks.
@@ -178,7 +175,8 @@ class AuthWriter:
     def emit(
         self, emitter: Emitter, signal: str, event: str, kind: AuthEvent, kwargs: Mapping[str, Any]
     ) -> None:
-        """Write one authentication event; noise control lets it through (`never_dropped`)."""
+        """Write one authentication event; noise control lets it through (by its
+        `event.category`, `bridge.noise`)."""
         fields = kind.fields
         arguments: Mapping[str, Any] = kwargs
         if kind.outcome == "failure" and not self.username_args.isdisjoint(kwargs):
@@ -186,8 +184,7 @@ class AuthWriter:
                 arguments = self._attempted(emitter, kwargs, fields)
             except Exception:  # fail closed: the event without its arguments, nothing leaks
                 arguments = {}
-        with never_dropped():
-            emitter.emit(signal, event, "info", fields, arguments)
+        emitter.emit(signal, event, "info", fields, arguments)
 
     def _attempted(
         self, emitter: Emitter, kwargs: Mapping[str, Any], fields: dict[str, Any]

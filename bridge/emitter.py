@@ -148,7 +148,7 @@ class Emitter:
         is a `FinishedResponse`, whose level and fields are read when it is built.
         """
         if self.noise is not None:  # an excluded path, a level below the floor: nothing
-            if not self.noise.admits(level, context):
+            if not self.noise.admits(level, context, fields):
                 return
             fields = self.noise.limit(fields)
         if context is None:

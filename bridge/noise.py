@@ -26,9 +26,8 @@ Every event suppressed is counted per reason in `stats()["suppressed"]`.
 Authentication events (`event.category` = "authentication", `bridge.authsignals`) are never
 suppressed, whatever their name after `rename`: not by `exclude_paths`, `min_level` nor
 sampling (their request is kept whole, as with `always_keep`). An audit trail with holes is
-no audit trail. The writer sends them inside `never_dropped()`, which the checks made as the
-event is sent (`admits`, `keeps`) read; those made when the request's events are written
-read the event's own `event.category`.
+no audit trail. Every check reads the event's own `event.category` (the bridge-made fields
+`bridge.authsignals` gives it).
 """
 
 from __future__ import annotations
@@ -38,38 +37,24 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from flask.globals import _cv_request
 
 from bridge import forking
+from bridge.auditsettings import AUTH_CATEGORY
 from bridge.noisesettings import LEVELS, ExceptionRate, SampleRule
 from bridge.pending import Pending, current_pending
 
-__all__ = ["REASONS", "Noise", "NoiseSettings", "never_dropped"]
+__all__ = ["REASONS", "Noise", "NoiseSettings"]
 
 REASONS = ("excluded", "level", "sampled", "stacktrace")
 _MAX_EXCEPTIONS = 1024  # distinct exceptions remembered at once: bounded memory
-# The category of the events noise control never drops (`bridge.authsignals`).
-COMPLETE_CATEGORY = "authentication"
-_sending_complete: ContextVar[bool] = ContextVar("bridge.noise.complete", default=False)
-
-
-@contextmanager
-def never_dropped() -> Iterator[None]:
-    """The event sent inside this block passes `exclude_paths`, `min_level` and sampling."""
-    token = _sending_complete.set(True)
-    try:
-        yield
-    finally:
-        _sending_complete.reset(token)
 
 
 def _complete_fields(fields: Any) -> bool:
-    return type(fields) is dict and fields.get("event.category") == COMPLETE_CATEGORY
+    return type(fields) is dict and fields.get("event.category") == AUTH_CATEGORY
 
 
 def _complete(item: Any) -> bool:
@@ -134,10 +119,11 @@ class Noise:
         with self._lock:
             return dict(self.counts)
 
-    def admits(self, level: str, context: Mapping[str, Any] | None) -> bool:
+    def admits(self, level: str, context: Mapping[str, Any] | None, fields: Any = None) -> bool:
         """Whether an event may be captured: not below `min_level`, not of an excluded
-        path (the request's answer cached in its environ; `context`'s path when given)."""
-        if level and LEVELS.get(level, 40) < self.floor and not _sending_complete.get():
+        path (the request's answer cached in its environ; `context`'s path when given).
+        An authentication event (its `fields`) always may."""
+        if level and LEVELS.get(level, 40) < self.floor and not _complete_fields(fields):
             self.count("level")
             return False
         excluded = self.excluded
@@ -160,7 +146,7 @@ class Noise:
                     if known and pending is not None:
                         self._exclude(pending)
                 quiet = bool(known)
-        if quiet and not _sending_complete.get():
+        if quiet and not _complete_fields(fields):
             self.count("excluded")
             return False
         return True
@@ -215,7 +201,7 @@ class Noise:
         self, signal: str, event: str, level: str, fields: Any, context: Mapping[str, Any] | None
     ) -> bool:
         """One event decided on its own (outside a request, or the WSGI wrapper unseen)."""
-        complete = _sending_complete.get() or _complete_fields(fields)
+        complete = _complete_fields(fields)
         if LEVELS.get(level, 40) < self.floor and not complete:
             self.count("level")
             return False

@@ -40,6 +40,7 @@ import orjson
 
 from bridge import forking
 from bridge.audit.chain import CHECKPOINT_EVENT, AuditKey, Chain, new_chain
+from bridge.auditsettings import AUTH_CATEGORY
 from bridge.config import FileSinkSettings
 from bridge.diagnostics import report
 from bridge.events import HOST_NAME, timestamp_and_id
@@ -48,8 +49,6 @@ from bridge.sinks.output import LineAbandoned
 from bridge.stats import SinkStats
 
 __all__ = ["AuditSink", "EventFilter"]
-
-AUTH_CATEGORY = "authentication"
 
 
 class EventFilter:
