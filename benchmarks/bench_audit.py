@@ -228,7 +228,7 @@ def file_system(path: Path) -> str:
 
 
 def run(quick: bool = False) -> str:
-    rounds, requests, calls = (2, 20, 200) if quick else (9, 200, 20_000)
+    rounds, requests, calls = (2, 20, 200) if quick else (25, 200, 20_000)
     with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
         work = Path(tmp)
         samples = measure(work, rounds=rounds, requests=requests)
