@@ -51,7 +51,8 @@ class GunicornServer:
     """`with GunicornServer("examples.login_log.app:app", cwd=...) as server:` then
     `server.url`; leaving the block stops it (SIGTERM, then SIGKILL past the deadline).
 
-    With `config_file` (a gunicorn.conf.py), the file sets the workers and timeouts, and its
+    With `config_file` (a gunicorn.conf.py), the file sets the workers (`workers` must still
+    say how many, for the start to wait for them all) and timeouts, and its
     `wsgi_app` is served when `app` is None; the port is always the server's own."""
 
     def __init__(
@@ -145,7 +146,7 @@ class GunicornServer:
                     self.ready_probes += 1
                     # Ours, not whoever grabbed the port between free_port() and the bind.
                     if f"Listening at: {self.url} (" in self.stderr_text():
-                        return True
+                        return self._wait_booted(deadline)
                 except requests.RequestException:  # refused: not listening yet
                     pass
                 try:  # doubles as the pause between probes
@@ -153,6 +154,26 @@ class GunicornServer:
                     return False  # exited: bad app, or the port was taken
                 except subprocess.TimeoutExpired:
                     continue
+        return False
+
+    def _wait_booted(self, deadline: float) -> bool:
+        """Until every worker of this start has booted. gunicorn forks them one by one, with
+        a random pause between; a worker forked while the master handles SIGTERM still has
+        the master's signal handler until it sets up its own, so that SIGTERM is lost and
+        the stop waits out `graceful_timeout` (gunicorn's race, not the app's): a stop is
+        sent only once they all run."""
+        process = self._process
+        assert process is not None
+        marker = f"Listening at: {self.url} ("
+        while time.monotonic() < deadline:
+            log = self.stderr_text()
+            if log[log.rfind(marker) :].count("Booting worker with pid") >= self.workers:
+                return True
+            try:
+                process.wait(timeout=0.05)
+                return False  # exited while booting its workers
+            except subprocess.TimeoutExpired:
+                continue
         return False
 
     def stop(self, timeout: float = 30.0) -> int:
